@@ -1,0 +1,7 @@
+"""pix2pix-lit: paired image-to-image translation with conditional GANs on PyTorch Lightning."""
+
+from pix2pix_lit.data import PairedDataModule, SyntheticPairedDataModule
+from pix2pix_lit.module import Pix2Pix
+
+__all__ = ["PairedDataModule", "Pix2Pix", "SyntheticPairedDataModule"]
+__version__ = "0.1.0"

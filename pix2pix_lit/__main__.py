@@ -1,0 +1,3 @@
+from pix2pix_lit.cli import main
+
+main()

@@ -1,0 +1,89 @@
+"""Image grids (source | output | target) of fixed samples, to PNG files and to the loggers."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from torchvision.utils import make_grid
+
+from pix2pix_lit.data.io import save_image_atomic, to_pil
+
+log = logging.getLogger(__name__)
+
+
+def _rgb(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[0] == 1:
+        return x.expand(3, -1, -1)
+    return x[:3]
+
+
+def pair_grid(source: torch.Tensor, fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """One row per sample: source | fake | target, as a (3, H, W) tensor in [-1, 1]."""
+    tiles = []
+    for s, f, t in zip(source, fake, target):
+        tiles += [_rgb(s.float().cpu()), _rgb(f.float().cpu()), _rgb(t.float().cpu())]
+    return make_grid(tiles, nrow=3, padding=2, pad_value=1.0)
+
+
+class ImageGridCallback(pl.Callback):
+    """Every ``every_n_epochs`` validations, render fixed val (and train) samples as grids.
+
+    Grids go to ``<output_dir>/{val,train}_epoch{E}_step{S}.png`` (default: ``<run folder>/images``)
+    and to W&B (``images/val``, ``images/train``) or TensorBoard when those loggers are used.
+    The samples are the same at every epoch: evenly spaced val items and the first train items,
+    the latter with a fixed augmentation.
+    """
+
+    def __init__(
+        self, every_n_epochs: int = 1, num_val_samples: int = 8, num_train_samples: int = 4,
+        output_dir: Optional[str] = None,
+    ) -> None:
+        self.every_n_epochs, self.output_dir = every_n_epochs, output_dir
+        self.num_val, self.num_train = num_val_samples, num_train_samples
+        self._batches: dict[str, dict[str, torch.Tensor]] = {}
+        self.written: list[Path] = []
+
+    @staticmethod
+    def _take(dataset, indices: list[int]) -> dict[str, torch.Tensor]:
+        items = [dataset[i] for i in indices]
+        return {k: torch.stack([it[k] for it in items]) for k in ("source", "target")}
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        dm = trainer.datamodule
+        self._batches = {}
+        if dm is None or self.every_n_epochs < 1:
+            return
+        for split, dataset, n in (("val", getattr(dm, "val_dataset", None), self.num_val),
+                                  ("train", getattr(dm, "train_dataset", None), self.num_train)):
+            if dataset is None or n < 1 or len(dataset) == 0:
+                continue
+            n = min(n, len(dataset))
+            idx = [int(i * len(dataset) / n) for i in range(n)] if split == "val" else list(range(n))
+            self._batches[split] = self._take(dataset, idx)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not self._batches or self.every_n_epochs < 1:
+            return
+        if trainer.current_epoch % self.every_n_epochs:
+            return
+        out_dir = Path(self.output_dir or Path(trainer.default_root_dir) / "images")
+        for split, batch in self._batches.items():
+            fake = pl_module.generate(batch["source"].to(pl_module.device))
+            grid = pair_grid(batch["source"], fake, batch["target"])
+            if not trainer.is_global_zero:
+                continue
+            path = out_dir / f"{split}_epoch{trainer.current_epoch:04d}_step{trainer.global_step:07d}.png"
+            img = to_pil(grid)
+            save_image_atomic(img, path)
+            self.written.append(path)
+            caption = f"{split}: source | output | target (epoch {trainer.current_epoch}, step {trainer.global_step})"
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.log_image(key=f"images/{split}", images=[img], caption=[caption])
+                elif isinstance(logger, TensorBoardLogger):
+                    logger.experiment.add_image(f"images/{split}", (grid + 1) / 2, trainer.global_step)

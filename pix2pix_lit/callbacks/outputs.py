@@ -1,0 +1,112 @@
+"""Files written by ``predict`` (output images) and ``test`` (metrics.json, per-image CSV)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from pix2pix_lit.data.io import save_image_atomic, to_pil
+
+log = logging.getLogger(__name__)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _gather_objects(obj: Any) -> list[Any]:
+    if dist.is_available() and dist.is_initialized():
+        out: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write each prediction as an image with the input's name (and size) under ``output_dir``.
+
+    Default folder: ``<run folder>/predictions``. Each file is written atomically.
+    """
+
+    def __init__(self, output_dir: Optional[str] = None) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = output_dir
+        self.count = 0
+
+    def _dir(self, trainer: pl.Trainer) -> Path:
+        return Path(self.output_dir or Path(trainer.default_root_dir) / "predictions")
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        out = self._dir(trainer)
+        for fake, name in zip(prediction["fake"], prediction["name"]):
+            save_image_atomic(to_pil(fake.cpu()), out / name)
+            self.count += 1
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            log.info("wrote %d predicted image(s) to %s", self.count, self._dir(trainer))
+
+
+class TestReport(pl.Callback):
+    """After ``test``: ``metrics.json`` (FID, KID, SSIM, PSNR over the split) and ``per_image.csv``.
+
+    Written next to the tested checkpoint, or in ``output_dir`` if given (else the run folder).
+    """
+
+    def __init__(self, output_dir: Optional[str] = None) -> None:
+        self.output_dir = output_dir
+        self.rows: list[dict[str, Any]] = []
+        self.written: list[Path] = []
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.rows = []
+
+    @torch.no_grad()
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        fake = (outputs["fake"].float().clamp(-1, 1) + 1) / 2
+        target = (batch["target"].float().clamp(-1, 1) + 1) / 2
+        ssim = structural_similarity_index_measure(fake, target, data_range=1.0, reduction="none")
+        psnr = peak_signal_noise_ratio(fake, target, data_range=1.0, dim=(1, 2, 3), reduction="none")
+        for name, s, p in zip(outputs["name"], ssim.tolist(), psnr.tolist()):
+            self.rows.append({"name": name, "ssim": s, "psnr": p})
+
+    def _dir(self, trainer: pl.Trainer) -> Path:
+        if self.output_dir:
+            return Path(self.output_dir)
+        if trainer.ckpt_path:
+            return Path(trainer.ckpt_path).parent
+        return Path(trainer.default_root_dir)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        rows = [r for part in _gather_objects(self.rows) for r in part]
+        if not trainer.is_global_zero:
+            return
+        out = self._dir(trainer)
+        results = dict(getattr(pl_module, "test_results", {}))
+        report = {
+            "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+            "num_images": len(rows),
+            "metrics": {k.split("/", 1)[-1]: v for k, v in results.items()},
+        }
+        _write_atomic(out / "metrics.json", json.dumps(report, indent=2) + "\n")
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=["name", "ssim", "psnr"])
+        writer.writeheader()
+        writer.writerows(sorted(rows, key=lambda r: r["name"]))
+        _write_atomic(out / "per_image.csv", buf.getvalue())
+        self.written = [out / "metrics.json", out / "per_image.csv"]
+        log.info("test metrics written to %s", out / "metrics.json")

@@ -1,0 +1,33 @@
+"""User-facing errors: the CLI prints these as one line and exits non-zero."""
+
+from __future__ import annotations
+
+
+class Pix2PixLitError(Exception):
+    """An error the user can fix; its message names the file or option and the fix."""
+
+    exit_code = 2
+
+
+class ConfigError(Pix2PixLitError, ValueError):
+    """An option has a value that cannot work (unknown name, crop larger than load size, ...)."""
+
+
+class DataError(Pix2PixLitError):
+    """The data on disk cannot be used (missing folder, unreadable image, size mismatch, ...)."""
+
+
+class InceptionWeightsError(Pix2PixLitError):
+    """The FID Inception weights cannot be found offline."""
+
+
+class NonFiniteLossError(Pix2PixLitError, RuntimeError):
+    """Training kept producing NaN/Inf losses."""
+
+
+def check_choice(option: str, value: str, choices) -> str:
+    """Return ``value`` if it is one of ``choices``; otherwise raise a ConfigError listing them."""
+    choices = list(choices)
+    if value not in choices:
+        raise ConfigError(f"{option}={value!r} is not known; choose one of: {', '.join(map(str, choices))}")
+    return value

@@ -1,0 +1,418 @@
+"""The pix2pix LightningModule: manual optimization, D step then G step on every batch."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from contextlib import contextmanager
+from typing import Any, Iterator, Literal, Optional
+
+import lightning.pytorch as pl
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, ReduceLROnPlateau, StepLR
+
+from pix2pix_lit.errors import ConfigError, NonFiniteLossError, check_choice
+from pix2pix_lit.losses import GANLoss, feature_matching_loss, gradient_penalty
+from pix2pix_lit.metrics import ImageQualityMetrics, load_inception
+from pix2pix_lit.nets import DISCRIMINATORS, GENERATORS, define_D, define_G
+
+log = logging.getLogger(__name__)
+
+LR_POLICIES = ("linear", "step", "plateau", "cosine")
+
+
+class ImagePool:
+    """The official image buffer: D sees a mix of current and past fakes (``pool_size=0`` disables it)."""
+
+    def __init__(self, pool_size: int) -> None:
+        self.pool_size = pool_size
+        self.images: list[torch.Tensor] = []
+
+    def query(self, images: torch.Tensor) -> torch.Tensor:
+        if self.pool_size == 0:
+            return images
+        out = []
+        for image in images.detach():
+            image = image.unsqueeze(0)
+            if len(self.images) < self.pool_size:
+                self.images.append(image.clone())
+                out.append(image)
+            elif random.uniform(0, 1) > 0.5:
+                i = random.randint(0, self.pool_size - 1)
+                out.append(self.images[i].clone())
+                self.images[i] = image.clone()
+            else:
+                out.append(image)
+        return torch.cat(out, 0)
+
+
+def linear_decay(n_epochs: int, n_epochs_decay: int):
+    """The official 'linear' rule: lr constant for ``n_epochs``, then linearly to ~0 over ``n_epochs_decay``."""
+
+    def rule(epoch: int) -> float:
+        return 1.0 - max(0, epoch + 1 - n_epochs) / float(n_epochs_decay + 1)
+
+    return rule
+
+
+class Pix2Pix(pl.LightningModule):
+    """pix2pix (Isola et al. 2017): conditional GAN with L = L_cGAN(G, D) + lambda_L1 * L1(G).
+
+    Option names and defaults follow the official PyTorch implementation (``--netG`` -> ``netG``,
+    ``--no_dropout`` -> ``no_dropout``, ...). Extras: ``num_D``/``lambda_feat`` (pix2pixHD multi-scale D
+    and feature matching), ``lambda_gp`` (WGAN-GP), ``inference_mode``, precision helpers and metrics.
+
+    Steps: ``trainer.global_step`` counts batches (one D and one G update each), so ``max_steps``,
+    ``val_check_interval`` and checkpoint ``every_n_train_steps`` are in batches. LR policies are
+    stepped once per epoch, as in the official code.
+
+    Args:
+        input_nc, output_nc: channels of source and target (linked from the data in the CLI).
+        netG: unet_256 | unet_128 | unet (with num_downs) | resnet_9blocks | resnet_6blocks | resnet (n_blocks).
+        netD: basic (70x70 PatchGAN) | n_layers (n_layers_D) | pixel | multiscale (num_D PatchGANs).
+        norm: batch | instance | none | syncbatch; init_type/init_gain: weight init.
+        gan_mode: vanilla (BCE on logits) | lsgan | hinge | wgangp (+ lambda_gp * gradient penalty).
+        lr_policy: linear (n_epochs constant + n_epochs_decay to 0) | step (x0.1 every lr_decay_iters
+            epochs) | plateau (x0.2 when ``plateau_monitor`` stalls 5 epochs) | cosine (over n_epochs).
+        inference_mode: ``eval`` (dropout off, running BN statistics) or ``paper`` (dropout on and batch
+            statistics at test time, Sec. 3.3 of the paper; running statistics are left untouched).
+        predict_fit: how ``predict`` fits any image size to the generator: ``pad`` (reflect-pad to a
+            multiple of the generator's stride, then crop back) or ``resize`` (to ``predict_size``, then back).
+        channels_last: NHWC memory format (faster with bf16/fp16 on CPUs with AMX and on tensor cores).
+        compile: ``torch.compile`` the networks.
+        fid, kid, inception_weights, kid_subset_size: FID/KID settings (see ``pix2pix_lit.metrics``).
+        max_nonfinite_steps: stop after this many consecutive batches with NaN/Inf losses (they are skipped).
+    """
+
+    def __init__(
+        self,
+        input_nc: int = 3,
+        output_nc: int = 3,
+        netG: Literal["unet_256", "unet_128", "unet", "resnet_9blocks", "resnet_6blocks", "resnet"] = "unet_256",
+        ngf: int = 64,
+        num_downs: Optional[int] = None,
+        n_blocks: Optional[int] = None,
+        no_dropout: bool = False,
+        netD: Literal["basic", "n_layers", "pixel", "multiscale"] = "basic",
+        ndf: int = 64,
+        n_layers_D: int = 3,
+        num_D: int = 3,
+        norm: Literal["batch", "instance", "none", "syncbatch"] = "batch",
+        init_type: Literal["normal", "xavier", "kaiming", "orthogonal"] = "normal",
+        init_gain: float = 0.02,
+        gan_mode: Literal["vanilla", "lsgan", "hinge", "wgangp"] = "vanilla",
+        lambda_L1: float = 100.0,
+        lambda_gp: float = 10.0,
+        lambda_feat: float = 0.0,
+        pool_size: int = 0,
+        lr: float = 0.0002,
+        beta1: float = 0.5,
+        beta2: float = 0.999,
+        lr_policy: Literal["linear", "step", "plateau", "cosine"] = "linear",
+        n_epochs: int = 100,
+        n_epochs_decay: int = 100,
+        lr_decay_iters: int = 50,
+        plateau_monitor: str = "val/fid",
+        inference_mode: Literal["eval", "paper"] = "eval",
+        predict_fit: Literal["pad", "resize"] = "pad",
+        predict_size: int = 256,
+        channels_last: bool = True,
+        compile: bool = False,
+        fid: bool = True,
+        kid: bool = True,
+        inception_weights: Optional[str] = None,
+        kid_subset_size: int = 1000,
+        max_nonfinite_steps: int = 20,
+    ) -> None:
+        super().__init__()
+        check_choice("model.netG", netG, GENERATORS)
+        check_choice("model.netD", netD, DISCRIMINATORS)
+        check_choice("model.lr_policy", lr_policy, LR_POLICIES)
+        check_choice("model.inference_mode", inference_mode, ("eval", "paper"))
+        check_choice("model.predict_fit", predict_fit, ("pad", "resize"))
+        if lr <= 0 or lambda_L1 < 0 or pool_size < 0 or max_nonfinite_steps < 1:
+            raise ConfigError("model.lr must be > 0, model.lambda_L1 and model.pool_size >= 0, max_nonfinite_steps >= 1")
+        self.save_hyperparameters(logger=False)
+        self.automatic_optimization = False
+        self.G = define_G(input_nc, output_nc, ngf, netG, norm, not no_dropout, init_type, init_gain, num_downs, n_blocks)
+        self.D = define_D(input_nc + output_nc, ndf, netD, n_layers_D, norm, init_type, init_gain, num_D)
+        self.size_multiple: int = self.G.size_multiple
+        if predict_size % self.size_multiple:
+            raise ConfigError(f"model.predict_size={predict_size} must be a multiple of {self.size_multiple} for netG={netG}")
+        self.criterion_gan = GANLoss(gan_mode)
+        self.pool = ImagePool(pool_size)
+        self.val_metrics = ImageQualityMetrics(fid, kid, kid_subset_size)
+        self.test_metrics = ImageQualityMetrics(fid, kid, kid_subset_size)
+        self.nonfinite_total = 0
+        self._nonfinite_run = 0
+        self._rng_to_restore: Optional[dict[str, Any]] = None
+
+    # -- setup ---------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        needs = {"fit": self.val_metrics, "validate": self.val_metrics, "test": self.test_metrics}.get(stage)
+        if needs is not None and needs.needs_inception:
+            extractor = load_inception(self.hparams.inception_weights)
+            self.val_metrics.set_extractor(extractor)
+            self.test_metrics.set_extractor(extractor)
+        if self.hparams.channels_last:
+            self.G.to(memory_format=torch.channels_last)
+            self.D.to(memory_format=torch.channels_last)
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            self.G.compile()
+            self.D.compile()
+            self._compiled = True
+
+    def _prep(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _check_size(self, x: torch.Tensor) -> None:
+        h, w = x.shape[-2:]
+        m = self.size_multiple
+        if h % m or w % m:
+            raise ConfigError(
+                f"images are {h}x{w} but netG={self.hparams.netG} needs sides divisible by {m}; "
+                f"set data.crop_size to a multiple of {m} (or choose another netG)"
+            )
+
+    def forward(self, source: torch.Tensor) -> torch.Tensor:
+        return self.G(self._prep(source))
+
+    # -- training ------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        h = self.hparams
+        opt_g = torch.optim.Adam(self.G.parameters(), lr=h.lr, betas=(h.beta1, h.beta2))
+        opt_d = torch.optim.Adam(self.D.parameters(), lr=h.lr, betas=(h.beta1, h.beta2))
+        scheds = [self._scheduler(opt_g), self._scheduler(opt_d)]
+        return [opt_g, opt_d], [{"scheduler": s, "name": f"lr/{n}"} for s, n in zip(scheds, "GD")]
+
+    def _scheduler(self, opt: torch.optim.Optimizer):
+        h = self.hparams
+        if h.lr_policy == "linear":
+            return LambdaLR(opt, lr_lambda=linear_decay(h.n_epochs, h.n_epochs_decay))
+        if h.lr_policy == "step":
+            return StepLR(opt, step_size=h.lr_decay_iters, gamma=0.1)
+        if h.lr_policy == "plateau":
+            return ReduceLROnPlateau(opt, mode="min", factor=0.2, threshold=0.01, patience=5)
+        return CosineAnnealingLR(opt, T_max=h.n_epochs, eta_min=0)
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether ``loss`` is finite on every process (they must all skip or all step)."""
+        bad = (~torch.isfinite(loss.detach())).float()
+        bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        return bool(bad.item() == 0)
+
+    def _count_nonfinite(self, what: str) -> None:
+        self.nonfinite_total += 1
+        self._nonfinite_run += 1
+        log.warning("non-finite %s at step %d: the update is skipped", what, self.global_step)
+        if self._nonfinite_run >= self.hparams.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{self._nonfinite_run} consecutive batches had NaN/Inf losses (last: {what}); training stopped. "
+                "Lower model.lr, try trainer.precision=32 or bf16-mixed, or check the data for corrupt images"
+            )
+
+    def _d_input(self, source: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return self._prep(torch.cat([source, image], 1))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        h = self.hparams
+        opt_g, opt_d = self.optimizers()
+        source, target = self._prep(batch["source"]), self._prep(batch["target"])
+        self._check_size(source)
+        fake = self.G(source)
+
+        # D step: real pairs vs detached fake pairs, loss halved (official backward_D)
+        self.toggle_optimizer(opt_d)
+        fake_for_d = self.pool.query(fake.detach())
+        pred_fake = self.D(self._d_input(source, fake_for_d))
+        pred_real = self.D(self._d_input(source, target))
+        loss_D_fake = self.criterion_gan(pred_fake, False, for_discriminator=True)
+        loss_D_real = self.criterion_gan(pred_real, True, for_discriminator=True)
+        loss_D = (loss_D_fake + loss_D_real) * 0.5
+        logs = {"train/loss_D_real": loss_D_real, "train/loss_D_fake": loss_D_fake}
+        if h.gan_mode == "wgangp":
+            gp = gradient_penalty(self.D, self._d_input(source, target), self._d_input(source, fake_for_d))
+            loss_D = loss_D + h.lambda_gp * gp
+            logs["train/loss_D_gp"] = gp
+        d_ok = self._all_finite(loss_D)
+        if d_ok:
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(loss_D)
+            # Stepped through the strategy (precision plugin: GradScaler under 16-mixed) but not through
+            # the LightningOptimizer, whose step would count a second trainer step for the same batch.
+            self.trainer.strategy.optimizer_step(opt_d.optimizer, closure=_no_closure)
+        self.untoggle_optimizer(opt_d)
+
+        # G step: fool D on (source, fake) + lambda_L1 * L1(fake, target) [+ feature matching]
+        self.toggle_optimizer(opt_g)
+        fake_pair = self._d_input(source, fake)
+        if h.lambda_feat > 0:
+            feats_fake = self.D.features(fake_pair)
+            with torch.no_grad():
+                feats_real = self.D.features(self._d_input(source, target))
+            pred = [f[-1] for f in feats_fake] if isinstance(feats_fake[0], list) else feats_fake[-1]
+            loss_G_feat = feature_matching_loss(feats_real, feats_fake) * h.lambda_feat
+            logs["train/loss_G_feat"] = loss_G_feat
+        else:
+            pred = self.D(fake_pair)
+            loss_G_feat = 0.0
+        loss_G_GAN = self.criterion_gan(pred, True, for_discriminator=False)
+        loss_G_L1 = F.l1_loss(fake.float(), target.float()) * h.lambda_L1
+        loss_G = loss_G_GAN + loss_G_L1 + loss_G_feat
+        g_ok = self._all_finite(loss_G)
+        if g_ok:
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(loss_G)
+            opt_g.step()
+        else:
+            # the batch still counts as one trainer step, so max_steps/limits stay in batches
+            progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+            progress.increment_ready()
+            progress.increment_completed()
+        self.untoggle_optimizer(opt_g)
+
+        if d_ok and g_ok:
+            self._nonfinite_run = 0
+        else:
+            self._count_nonfinite("loss_D" if not d_ok else "loss_G")
+        logs.update({"train/loss_D": loss_D, "train/loss_G_GAN": loss_G_GAN, "train/loss_G_L1": loss_G_L1,
+                     "train/loss_G": loss_G})
+        self.log_dict({k: v.detach().float() for k, v in logs.items()}, prog_bar=False, batch_size=source.shape[0])
+        self.log("train/nonfinite_skipped", float(self.nonfinite_total), batch_size=source.shape[0])
+        self.log("loss_G_L1", loss_G_L1.detach().float(), prog_bar=True, logger=False, batch_size=source.shape[0])
+
+    def on_train_epoch_end(self) -> None:
+        for sched in self.lr_schedulers():
+            if isinstance(sched, ReduceLROnPlateau):
+                metric = self.trainer.callback_metrics.get(self.hparams.plateau_monitor)
+                if metric is None:
+                    raise ConfigError(
+                        f"lr_policy=plateau watches {self.hparams.plateau_monitor!r}, which was not logged; "
+                        "set model.plateau_monitor (e.g. train/loss_G) or enable validation"
+                    )
+                sched.step(metric)
+            else:
+                sched.step()
+
+    def on_fit_start(self) -> None:
+        h, t = self.hparams, self.trainer
+        if h.lr_policy == "linear" and t.max_epochs not in (None, -1) and t.max_steps == -1:
+            if t.max_epochs != h.n_epochs + h.n_epochs_decay:
+                log.warning(
+                    "trainer.max_epochs=%d but the linear LR policy spans n_epochs + n_epochs_decay = %d epochs",
+                    t.max_epochs, h.n_epochs + h.n_epochs_decay,
+                )
+
+    # -- inference -----------------------------------------------------------------------------------
+    @contextmanager
+    def inference(self) -> Iterator[None]:
+        """G in the chosen inference mode; 'paper' uses dropout and batch statistics but changes no buffer."""
+        if self.hparams.inference_mode == "eval":
+            was_training = self.G.training
+            self.G.eval()
+            try:
+                yield
+            finally:
+                self.G.train(was_training)
+            return
+        was_training = self.G.training
+        saved = {k: v.clone() for k, v in self.G.named_buffers()}
+        self.G.train()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, v in self.G.named_buffers():
+                    v.copy_(saved[k])
+            self.G.train(was_training)
+
+    @torch.no_grad()
+    def generate(self, source: torch.Tensor) -> torch.Tensor:
+        """G(source) in the configured inference mode, as float in [-1, 1]."""
+        with self.inference():
+            return self.G(self._prep(source)).float()
+
+    def _eval_step(self, batch: dict[str, Any], metrics: ImageQualityMetrics) -> None:
+        self._check_size(batch["source"])
+        fake = self.generate(batch["source"])
+        if not self.trainer.sanity_checking:
+            metrics.update(fake, batch["target"])
+
+    def _eval_epoch_end(self, metrics: ImageQualityMetrics, prefix: str) -> dict[str, float]:
+        if self.trainer.sanity_checking:
+            metrics.reset()
+            return {}
+        values = metrics.compute()
+        metrics.reset()
+        out = {f"{prefix}/{k}": v.float() for k, v in values.items()}
+        self.log_dict(out, sync_dist=False)
+        return {k: float(v) for k, v in out.items()}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end(self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        self._check_size(batch["source"])
+        fake = self.generate(batch["source"])
+        self.test_metrics.update(fake, batch["target"])
+        return {"fake": fake, "name": batch["name"]}
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self._eval_epoch_end(self.test_metrics, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        source = batch["source"]
+        h, w = source.shape[-2:]
+        if self.hparams.predict_fit == "resize":
+            s = self.hparams.predict_size
+            x = F.interpolate(source.float(), size=(s, s), mode="bicubic", align_corners=False).clamp(-1, 1)
+            fake = self.generate(x)
+            fake = F.interpolate(fake, size=(h, w), mode="bicubic", align_corners=False).clamp(-1, 1)
+        else:
+            m = self.size_multiple
+            ph, pw = math.ceil(h / m) * m - h, math.ceil(w / m) * m - w
+            pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x = F.pad(source.float(), pad, mode=mode) if ph or pw else source
+            fake = self.generate(x)[..., pad[2]:pad[2] + h, pad[0]:pad[0] + w]
+        return {"fake": fake, "name": batch["name"]}
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning does not store RNG states; dropout (and the image pool) draw from them, so exact
+        # resume needs them. The data order and augmentation are seeded per epoch (SeededSampler).
+        checkpoint["pix2pix_lit"] = {
+            "rng_states": _collect_rng_states(include_cuda=torch.cuda.is_available()),
+            "image_pool": [t.cpu() for t in self.pool.images],
+            "nonfinite_total": self.nonfinite_total,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("pix2pix_lit", {})
+        self._rng_to_restore = state.get("rng_states")
+        self.pool.images = list(state.get("image_pool", []))
+        self.nonfinite_total = int(state.get("nonfinite_total", 0))
+
+    def on_train_start(self) -> None:
+        # after the sanity check, so the RNG continues exactly where the interrupted run left it
+        if self._rng_to_restore is not None:
+            _set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
+        self.pool.images = [t.to(self.device) for t in self.pool.images]
+
+
+def _no_closure() -> None:
+    return None
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())

@@ -1,0 +1,89 @@
+"""Network factories with the official pix2pix names and defaults."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from pix2pix_lit.errors import ConfigError, check_choice
+from pix2pix_lit.nets.discriminators import MultiscaleDiscriminator, NLayerDiscriminator, PixelDiscriminator
+from pix2pix_lit.nets.generators import ResnetGenerator, UnetGenerator
+from pix2pix_lit.nets.norm import INITS, NORMS, get_norm_layer, init_weights
+
+GENERATORS = ("unet_256", "unet_128", "unet", "resnet_9blocks", "resnet_6blocks", "resnet")
+DISCRIMINATORS = ("basic", "n_layers", "pixel", "multiscale")
+
+__all__ = [
+    "DISCRIMINATORS",
+    "GENERATORS",
+    "INITS",
+    "NORMS",
+    "MultiscaleDiscriminator",
+    "NLayerDiscriminator",
+    "PixelDiscriminator",
+    "ResnetGenerator",
+    "UnetGenerator",
+    "define_D",
+    "define_G",
+]
+
+
+def define_G(
+    input_nc: int,
+    output_nc: int,
+    ngf: int = 64,
+    netG: str = "unet_256",
+    norm: str = "batch",
+    use_dropout: bool = True,
+    init_type: str = "normal",
+    init_gain: float = 0.02,
+    num_downs: int | None = None,
+    n_blocks: int | None = None,
+) -> nn.Module:
+    """Build and initialise a generator.
+
+    ``unet_256``/``unet_128`` are U-Nets with 8/7 downsamplings; ``unet`` takes ``num_downs``.
+    ``resnet_9blocks``/``resnet_6blocks`` are ResNets; ``resnet`` takes ``n_blocks``.
+    """
+    check_choice("netG", netG, GENERATORS)
+    norm_layer = get_norm_layer(norm)
+    if netG.startswith("unet"):
+        depth = {"unet_256": 8, "unet_128": 7}.get(netG, num_downs)
+        if depth is None:
+            raise ConfigError("netG='unet' needs num_downs (e.g. 6 for 64x64 images: sides must divide by 2**num_downs)")
+        if num_downs is not None and num_downs != depth:
+            raise ConfigError(f"netG={netG!r} fixes num_downs={depth}; use netG='unet' to choose num_downs={num_downs}")
+        if depth < 5:
+            raise ConfigError(f"num_downs={depth}: a U-Net needs at least 5 downsamplings")
+        net: nn.Module = UnetGenerator(input_nc, output_nc, depth, ngf, norm_layer, use_dropout)
+    else:
+        blocks = {"resnet_9blocks": 9, "resnet_6blocks": 6}.get(netG, n_blocks)
+        if blocks is None:
+            raise ConfigError("netG='resnet' needs n_blocks (e.g. 9)")
+        if n_blocks is not None and n_blocks != blocks:
+            raise ConfigError(f"netG={netG!r} fixes n_blocks={blocks}; use netG='resnet' to choose n_blocks={n_blocks}")
+        net = ResnetGenerator(input_nc, output_nc, ngf, norm_layer, use_dropout, n_blocks=blocks)
+    return init_weights(net, init_type, init_gain)
+
+
+def define_D(
+    input_nc: int,
+    ndf: int = 64,
+    netD: str = "basic",
+    n_layers_D: int = 3,
+    norm: str = "batch",
+    init_type: str = "normal",
+    init_gain: float = 0.02,
+    num_D: int = 3,
+) -> nn.Module:
+    """Build and initialise a discriminator: ``basic`` (70x70 PatchGAN), ``n_layers``, ``pixel``, ``multiscale``."""
+    check_choice("netD", netD, DISCRIMINATORS)
+    norm_layer = get_norm_layer(norm)
+    if netD == "basic":
+        net: nn.Module = NLayerDiscriminator(input_nc, ndf, n_layers=3, norm_layer=norm_layer)
+    elif netD == "n_layers":
+        net = NLayerDiscriminator(input_nc, ndf, n_layers_D, norm_layer=norm_layer)
+    elif netD == "pixel":
+        net = PixelDiscriminator(input_nc, ndf, norm_layer=norm_layer)
+    else:
+        net = MultiscaleDiscriminator(input_nc, ndf, n_layers_D, norm_layer=norm_layer, num_D=num_D)
+    return init_weights(net, init_type, init_gain)
