@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+import numpy as np
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, ReduceLROnPlateau, StepLR
 
 from pix2pix_lit.errors import ConfigError, NonFiniteLossError, check_choice
@@ -391,7 +391,7 @@ class Pix2Pix(pl.LightningModule):
         # Lightning does not store RNG states; dropout (and the image pool) draw from them, so exact
         # resume needs them. The data order and augmentation are seeded per epoch (SeededSampler).
         checkpoint["pix2pix_lit"] = {
-            "rng_states": _collect_rng_states(include_cuda=torch.cuda.is_available()),
+            "rng_states": collect_rng_states(),
             "image_pool": [t.cpu() for t in self.pool.images],
             "nonfinite_total": self.nonfinite_total,
         }
@@ -405,9 +405,32 @@ class Pix2Pix(pl.LightningModule):
     def on_train_start(self) -> None:
         # after the sanity check, so the RNG continues exactly where the interrupted run left it
         if self._rng_to_restore is not None:
-            _set_rng_states(self._rng_to_restore)
+            set_rng_states(self._rng_to_restore)
             self._rng_to_restore = None
         self.pool.images = [t.to(self.device) for t in self.pool.images]
+
+
+def collect_rng_states() -> dict[str, Any]:
+    """Global RNG states of torch (CPU, CUDA), numpy and Python, as types ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _no_closure() -> None:
