@@ -1,0 +1,204 @@
+import logging
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import noise_image, write_aligned, write_folders
+from pix2pix_lit.data import AlignedDataset, PairedDataModule, SeededSampler, SyntheticPairedDataModule
+from pix2pix_lit.data.io import list_images
+from pix2pix_lit.data.transforms import JointTransform
+from pix2pix_lit.errors import ConfigError, DataError
+
+
+@pytest.mark.parametrize("preprocess", ["crop", "resize_and_crop", "scale_width_and_crop", "none"])
+def test_joint_transform_same_crop_and_flip(tmp_path, preprocess):
+    """B = 255 - A pixel for pixel: after the joint transform, target must still be -source."""
+    files = write_aligned(tmp_path / "train", 6, size=48, fn=lambda a: 255 - a)
+    tf = JointTransform(preprocess, load_size=40 if preprocess != "crop" else 48, crop_size=32, flip=True, train=True)
+    ds = AlignedDataset(files, tf)
+    flips, positions = 0, set()
+    for i in range(len(ds)):
+        for epoch_seed in range(8):
+            item = ds[(i, epoch_seed)]
+            src, tgt = item["source"], item["target"]
+            # resizing is interpolation (linear, up to 8-bit clipping): the relation survives within rounding
+            tol = 1e-6 if preprocess == "crop" else 0.15
+            assert torch.allclose(tgt, -src, atol=tol), preprocess
+            if preprocess == "crop":
+                x, y, flip = tf.params((48, 48), random.Random(epoch_seed))
+                flips += flip
+                positions.add((x, y))
+    if preprocess == "crop":
+        assert 0 < flips < 6 * 8 and len(positions) > 3  # the randomness is really there
+
+
+def test_joint_transform_is_misalignment_sensitive(tmp_path):
+    """The check above can fail: cropping A and B at different places breaks the relation."""
+    (path,) = write_aligned(tmp_path, 1, size=48)
+    img = Image.open(path)
+    a, b = img.crop((0, 0, 48, 48)), img.crop((48, 0, 96, 48))
+    tf = JointTransform("crop", 48, 32, flip=False)
+    ta = np.asarray(tf.apply(a, 0, 0, False), dtype=int)
+    tb = np.asarray(tf.apply(b, 5, 3, False), dtype=int)
+    assert not np.array_equal(255 - ta, tb)
+
+
+def test_eval_transform_is_center_and_deterministic(tmp_path):
+    files = write_aligned(tmp_path, 2, size=40)
+    ds = AlignedDataset(files, JointTransform("crop", 40, 32, train=False))
+    a, b = ds[(0, 1)]["source"], ds[(0, 2)]["source"]
+    assert torch.equal(a, b) and a.shape == (3, 32, 32)
+    full = torch.from_numpy(np.asarray(Image.open(files[0]))).permute(2, 0, 1).float() / 127.5 - 1
+    assert torch.allclose(a, full[:, 4:36, 4:36])
+
+
+def test_directions_aligned(aligned_root):
+    dm = PairedDataModule(str(aligned_root), direction="AtoB", preprocess="none", num_workers=0, batch_size=2)
+    dm.setup("fit")
+    atob = dm.val_dataset[0]
+    dm = PairedDataModule(str(aligned_root), direction="BtoA", preprocess="none", num_workers=0, batch_size=2)
+    dm.setup("fit")
+    btoa = dm.val_dataset[0]
+    assert torch.equal(atob["source"], btoa["target"]) and torch.equal(atob["target"], btoa["source"])
+    img = np.asarray(Image.open(aligned_root / "val" / "000.png"))
+    left = torch.from_numpy(img[:, :32]).permute(2, 0, 1).float() / 127.5 - 1
+    assert torch.allclose(atob["source"], left)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["source"].shape == (2, 3, 32, 32) and len(batch["name"]) == 2
+
+
+def test_folders_layout_names_directions_and_unmatched(tmp_path, caplog):
+    root = tmp_path / "city"
+    write_folders(root, "train", ["x1", "x2", "x3"], a_suffix="_gtFine_color.png", b_suffix="_leftImg8bit.png")
+    Image.fromarray(noise_image(np.random.default_rng(0), 40, 32)).save(root / "train" / "A" / "lonely_gtFine_color.png")
+    kw = dict(layout="folders", a_suffix="_gtFine_color.png", b_suffix="_leftImg8bit.png", preprocess="none",
+              num_workers=0, val_fraction=0.34)
+    with caplog.at_level(logging.WARNING):
+        dm = PairedDataModule(str(root), **kw)
+        dm.setup("fit")
+    assert "lonely" in caplog.text and "no partner" in caplog.text
+    names = sorted([dm.train_dataset[i]["name"] for i in range(len(dm.train_dataset))] + [dm.val_dataset[0]["name"]])
+    assert names == ["x1", "x2", "x3"]
+    item = dm.val_dataset[0]
+    assert item["source"].shape == (3, 32, 40)
+    assert torch.allclose(item["target"], -item["source"], atol=1e-6)
+    dm2 = PairedDataModule(str(root), direction="BtoA", **kw)
+    dm2.setup("fit")
+    assert torch.equal(dm2.val_dataset[0]["source"], item["target"])
+
+
+def test_carved_val_split_is_seeded_and_disjoint(tmp_path):
+    write_aligned(tmp_path / "d" / "train", 20)
+    split = lambda seed: PairedDataModule(str(tmp_path / "d"), seed=seed, val_fraction=0.25, num_workers=0)  # noqa
+    a, b, c = split(0), split(0), split(1)
+    for dm in (a, b, c):
+        dm.setup("fit")
+    assert a.val_dataset.indices == b.val_dataset.indices != c.val_dataset.indices
+    assert len(a.val_dataset) == 5 and not set(a.val_dataset.indices) & set(a.train_dataset.indices)
+
+
+def test_input_nc_1_reads_grayscale(aligned_root):
+    dm = PairedDataModule(str(aligned_root), input_nc=1, preprocess="none", num_workers=0)
+    dm.setup("fit")
+    item = dm.val_dataset[0]
+    assert item["source"].shape == (1, 32, 32) and item["target"].shape == (3, 32, 32)
+    rgb = np.asarray(Image.open(aligned_root / "val" / "000.png").crop((0, 0, 32, 32)).convert("L"))
+    assert torch.allclose(item["source"][0], torch.from_numpy(rgb).float() / 127.5 - 1)
+
+
+def test_max_dataset_size(aligned_root):
+    dm = PairedDataModule(str(aligned_root), max_dataset_size=3, num_workers=0, preprocess="none")
+    dm.setup("fit")
+    assert len(dm.train_dataset) == 3 and len(dm.val_dataset) == 3
+
+
+def test_seeded_sampler_depends_only_on_seed_and_epoch():
+    data = list(range(10))
+    s1, s2 = SeededSampler(data, num_replicas=1, rank=0, seed=3), SeededSampler(data, num_replicas=1, rank=0, seed=3)
+    s1.set_epoch(2)
+    s2.set_epoch(2)
+    assert list(s1) == list(s2)
+    s2.set_epoch(3)
+    assert list(s1) != list(s2)
+    shards = [list(SeededSampler(data, num_replicas=2, rank=r, seed=3)) for r in range(2)]
+    assert sorted(i for shard in shards for i, _ in shard) == data
+
+
+def test_synthetic_data_is_deterministic_and_official_format(tmp_path):
+    dm = SyntheticPairedDataModule(str(tmp_path / "syn"), num_train=4, num_val=2, num_test=2, image_size=40,
+                                   load_size=40, crop_size=32, num_workers=0)
+    dm.prepare_data()
+    files = list_images(tmp_path / "syn" / "train")
+    assert len(files) == 4 and Image.open(files[0]).size == (80, 40)
+    first = np.asarray(Image.open(files[0]))
+    SyntheticPairedDataModule(str(tmp_path / "syn2"), num_train=4, num_val=2, num_test=2, image_size=40).prepare_data()
+    assert np.array_equal(first, np.asarray(Image.open(tmp_path / "syn2" / "train" / files[0].name)))
+    dm.setup("fit")
+    assert dm.train_dataset[0]["source"].shape == (3, 32, 32)
+
+
+# -- bad input: one line naming the file/option and the fix ---------------------------------------------
+
+
+def test_missing_and_empty_folders(tmp_path):
+    with pytest.raises(DataError, match="does not exist.*data.root"):
+        PairedDataModule(str(tmp_path / "nope")).setup("fit")
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"empty/train holds no images"):
+        PairedDataModule(str(tmp_path / "empty")).setup("fit")
+
+
+def test_not_an_image_and_truncated(tmp_path):
+    root = tmp_path / "bad"
+    write_aligned(root / "train", 2, size=32)
+    (root / "train" / "notes.png").write_text("this is not a picture")
+    with pytest.raises(DataError, match=r"notes.png is not an image file"):
+        PairedDataModule(str(root), num_workers=0).setup("fit")
+    (root / "train" / "notes.png").unlink()
+    good = root / "train" / "000.png"
+    Image.open(good).save(root / "train" / "cut.jpg", quality=95)
+    data = (root / "train" / "cut.jpg").read_bytes()
+    (root / "train" / "cut.jpg").write_bytes(data[: len(data) // 2])
+    dm = PairedDataModule(str(root), num_workers=0, preprocess="none")
+    dm.setup("fit")  # the header is fine: the damage shows when the pixels are decoded
+    ds = dm.train_dataset.dataset
+    idx = [p.name for p in ds.files].index("cut.jpg")
+    with pytest.raises(DataError, match=r"cut.jpg cannot be decoded .*truncated or corrupt"):
+        ds[idx]
+
+
+def test_odd_width_and_size_mismatch(tmp_path):
+    root = tmp_path / "odd"
+    (root / "train").mkdir(parents=True)
+    Image.fromarray(noise_image(np.random.default_rng(0), 33, 16)).save(root / "train" / "x.png")
+    with pytest.raises(DataError, match=r"x.png is 33 pixels wide, an odd width"):
+        PairedDataModule(str(root)).setup("fit")
+    root2 = tmp_path / "pairs"
+    write_folders(root2, "train", ["a", "b"])
+    Image.fromarray(noise_image(np.random.default_rng(0), 20, 20)).save(root2 / "train" / "B" / "b.png")
+    with pytest.raises(DataError, match=r"A/b.png is 40x32 but its partner .*B/b.png is 20x20"):
+        PairedDataModule(str(root2), layout="folders").setup("fit")
+
+
+def test_channel_mismatch(tmp_path):
+    root = tmp_path / "gray"
+    (root / "train").mkdir(parents=True)
+    Image.fromarray(noise_image(np.random.default_rng(0), 32, 16, channels=1)).save(root / "train" / "g.png")
+    with pytest.raises(DataError, match=r"g.png has 1 channel but data.input_nc=3; set data.input_nc: 1"):
+        PairedDataModule(str(root)).setup("fit")
+    with pytest.raises(DataError, match=r"g.png has 1 channel but data.output_nc=3"):
+        PairedDataModule(str(root), input_nc=1).setup("fit")
+    Image.open(root / "train" / "g.png").save(root / "train" / "h.png")
+    PairedDataModule(str(root), input_nc=1, output_nc=1, val_fraction=0.5).setup("validate")  # fine
+
+
+def test_bad_options():
+    with pytest.raises(ConfigError, match="crop_size=300 is larger than data.load_size=286"):
+        PairedDataModule("x", crop_size=300)
+    with pytest.raises(ConfigError, match="data.input_nc=2"):
+        PairedDataModule("x", input_nc=2)
+    with pytest.raises(ConfigError, match="data.preprocess='zoom'.*resize_and_crop"):
+        PairedDataModule("x", preprocess="zoom")
