@@ -54,7 +54,8 @@ def linear_decay(n_epochs: int, n_epochs_decay: int):
     """The official 'linear' rule: lr constant for ``n_epochs``, then linearly to ~0 over ``n_epochs_decay``."""
 
     def rule(epoch: int) -> float:
-        return 1.0 - max(0, epoch + 1 - n_epochs) / float(n_epochs_decay + 1)
+        # clamped at 0: the official formula turns negative if training runs past the schedule
+        return max(0.0, 1.0 - max(0, epoch + 1 - n_epochs) / float(n_epochs_decay + 1))
 
     return rule
 
