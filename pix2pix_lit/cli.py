@@ -37,7 +37,15 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 class LoggerSaveConfigCallback(SaveConfigCallback):
-    """Writes ``config.yaml`` to the run folder and records the whole resolved config as hyper-parameters."""
+    """Writes ``config.yaml`` to the run folder and records the whole resolved config as hyper-parameters.
+
+    validate/test/predict write ``config-<stage>.yaml`` instead, so the fit's config stays as it was.
+    """
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit":
+            self.config_filename = f"config-{stage}.yaml"
+        super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
         params = {k: v for k, v in _flatten(self.config.as_dict()).items() if not k.startswith("config")}
@@ -97,6 +105,9 @@ class Pix2PixCLI(LightningCLI):
             if hasattr(lg, "class_path") and lg.class_path.rsplit(".", 1)[-1] in _RUN_DIR_LOGGERS:
                 if lg.init_args.get("save_dir") in (None, "", "."):
                     lg.init_args.save_dir = root
+                if lg.class_path.endswith("CSVLogger") and self.subcommand not in (None, "fit"):
+                    # keep csv/ for the training history that `compare` reads
+                    lg.init_args.name = f"csv-{self.subcommand}"
 
 
 def _one_line(err: BaseException) -> str:

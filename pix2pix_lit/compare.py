@@ -1,0 +1,164 @@
+"""``pix2pix-lit compare RUN_DIR...``: config differences and best/last metrics of runs, plus a PNG of curves.
+
+Reads what runs wrote locally (``config.yaml`` and ``csv/version_*/metrics.csv`` in each run folder);
+no network. The same runs, synced with ``wandb sync``, compare in the W&B dashboard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+DEFAULT_METRICS = ("val/fid", "val/kid_mean", "val/ssim", "val/psnr", "train/loss_G_L1")
+LOWER_IS_BETTER = ("fid", "kid", "loss")
+IGNORED_CONFIG = ("trainer.logger", "trainer.callbacks", "config", "ckpt_path", "return_predictions")
+
+
+class CompareError(Exception):
+    pass
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """{"name", "config": flat dict, "history": {metric: [(step, value)]}} of one run folder."""
+    if not run_dir.is_dir():
+        raise CompareError(f"run folder {run_dir} does not exist")
+    cfg_path = run_dir / "config.yaml"
+    config = _flatten(yaml.safe_load(cfg_path.read_text())) if cfg_path.is_file() else {}
+    files = sorted((run_dir / "csv").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[-1]))
+    if not files:
+        raise CompareError(f"{run_dir} has no csv/version_*/metrics.csv; was it trained with the CSVLogger of the shipped configs?")
+    history: dict[str, dict[int, float]] = {}
+    for path in files:  # later versions (resumed fits) override the same steps
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                step = int(float(row.get("step") or 0))
+                for key, value in row.items():
+                    if key in ("epoch", "step") or value in (None, ""):
+                        continue
+                    history.setdefault(key, {})[step] = float(value)
+    return {
+        "name": run_dir.name if run_dir.name not in ("", ".") else str(run_dir),
+        "config": config,
+        "history": {k: sorted(v.items()) for k, v in history.items()},
+    }
+
+
+def config_differences(runs: list[dict]) -> list[tuple[str, list[Any]]]:
+    keys = sorted(set().union(*(r["config"] for r in runs)))
+    diffs = []
+    for key in keys:
+        if key.startswith(IGNORED_CONFIG) or key.endswith(".dirpath"):
+            continue
+        values = [r["config"].get(key, "-") for r in runs]
+        if any(repr(v) != repr(values[0]) for v in values):
+            diffs.append((key, values))
+    return diffs
+
+
+def _best(metric: str, points: list[tuple[int, float]]) -> tuple[int, float]:
+    finite = [(s, v) for s, v in points if math.isfinite(v)]
+    pick = min if any(t in metric for t in LOWER_IS_BETTER) else max
+    return pick(finite, key=lambda p: p[1])
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def report(runs: list[dict], metrics: tuple[str, ...]) -> str:
+    names = [r["name"] for r in runs]
+    diffs = config_differences(runs)
+    out = ["config differences:"]
+    out.append(_table(["option", *names], [[k, *map(_fmt, v)] for k, v in diffs]) if diffs else "  (none)")
+    header = ["run", "last step"]
+    for m in metrics:
+        header += [f"best {m} (step)", f"last {m}"]
+    rows = []
+    for r in runs:
+        hist = r["history"]
+        last_step = max((p[-1][0] for p in hist.values() if p), default=0)
+        row = [r["name"], str(last_step)]
+        for m in metrics:
+            points = hist.get(m, [])
+            if points:
+                s, v = _best(m, points)
+                row += [f"{_fmt(v)} ({s})", _fmt(points[-1][1])]
+            else:
+                row += ["-", "-"]
+        rows.append(row)
+    out += ["", "metrics:", _table(header, rows)]
+    return "\n".join(out)
+
+
+def plot(runs: list[dict], metrics: tuple[str, ...], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [m for m in metrics if any(r["history"].get(m) for r in runs)] or list(metrics[:1])
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], shown):
+        for r in runs:
+            pts = r["history"].get(m, [])
+            if pts:
+                ax.plot([s for s, _ in pts], [v for _, v in pts], marker="o" if len(pts) < 30 else None,
+                        markersize=3, label=r["name"])
+        ax.set_title(m)
+        ax.set_xlabel("step (batches)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pix2pix-lit compare",
+        description="Compare runs: config differences, best/last metrics, and a PNG of metric curves.",
+    )
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders (trainer.default_root_dir of each fit)")
+    parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), help="metrics to report and plot")
+    parser.add_argument("--output", type=Path, default=Path("compare.png"), help="where to write the plot")
+    args = parser.parse_args(argv)
+    try:
+        runs = [read_run(p) for p in args.runs]
+    except (CompareError, OSError, yaml.YAMLError, ValueError) as e:
+        print(f"pix2pix-lit compare: error: {e}", file=sys.stderr)
+        return 2
+    print(report(runs, tuple(args.metrics)))
+    print(f"\ncurves written to {plot(runs, tuple(args.metrics), args.output)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
