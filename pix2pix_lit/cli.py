@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from argparse import ArgumentError
 from typing import Any, Optional
 
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -118,6 +119,21 @@ def _one_line(err: BaseException) -> str:
     return line[len(prefix):] if line.startswith(prefix) else line
 
 
+def _rejected(err: BaseException) -> Optional[BaseException]:
+    """The Pix2PixLitError behind a parse error, if any (jsonargparse instantiates classes to validate)."""
+    seen = set()
+    stack = [err]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, Pix2PixLitError):
+            return e
+        stack += [e.__cause__, e.__context__]
+    return None
+
+
 def main(args: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     if argv and argv[0] == "compare":
@@ -134,10 +150,20 @@ def main(args: Optional[list[str]] = None) -> None:
             save_config_kwargs={"overwrite": True},
             args=args,
             auto_configure_optimizers=False,
+            parser_kwargs={"exit_on_error": False},
         )
-    except Pix2PixLitError as e:
-        print(f"pix2pix-lit: error: {_one_line(e)}", file=sys.stderr)
-        sys.exit(e.exit_code)
+    except ArgumentError as e:
+        cause = _rejected(e)
+        msg = _one_line(cause) if cause else " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
+        print(f"pix2pix-lit: error: {msg}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:
+        # jsonargparse validates a class by instantiating it and wraps what it raised: unwrap ours
+        cause = _rejected(e)
+        if cause is None:
+            raise
+        print(f"pix2pix-lit: error: {_one_line(cause)}", file=sys.stderr)
+        sys.exit(cause.exit_code)
 
 
 if __name__ == "__main__":

@@ -164,6 +164,10 @@ def load_inception(weights: Optional[str] = None) -> nn.Module:
     return net.eval().requires_grad_(False)
 
 
+def _autocast_off(device: torch.device):
+    return torch.autocast(device.type, enabled=False) if device.type in ("cpu", "cuda") else nullcontext()
+
+
 class _PrecomputedFeatures(nn.Module):
     """Lets torchmetrics' FID/KID take 2048-d features computed once for both (Inception runs once per image)."""
 
@@ -219,12 +223,17 @@ class ImageQualityMetrics(nn.Module):
             u8 = u8.expand(-1, 3, -1, -1)
         elif u8.shape[1] == 4:
             u8 = u8[:, :3]
-        autocast_off = torch.autocast(images.device.type, enabled=False) if images.device.type in ("cpu", "cuda") else nullcontext()
-        with autocast_off:
+        with _autocast_off(images.device):
             return net(u8.contiguous())[0].float()
 
     @torch.no_grad()
     def update(self, fake: torch.Tensor, real: torch.Tensor) -> None:
+        # metrics are computed in fp32 whatever the training precision (SSIM's convs under bf16
+        # autocast would be off by percents)
+        with _autocast_off(fake.device):
+            self._update(fake, real)
+
+    def _update(self, fake: torch.Tensor, real: torch.Tensor) -> None:
         fake, real = fake.detach().float().clamp(-1, 1), real.detach().float().clamp(-1, 1)
         fake01, real01 = (fake + 1) / 2, (real + 1) / 2
         self.ssim.update(fake01, real01)

@@ -1,0 +1,150 @@
+"""The command line as a user runs it: fit / validate / test / predict / compare, W&B run read back, errors."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from conftest import REPO
+from wandb_reader import read_run
+
+CLI = [sys.executable, "-m", "pix2pix_lit"]
+
+
+def run(args, env, cwd, check=True, timeout=600):
+    proc = subprocess.run(CLI + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def tiny(root: Path, data: Path, *extra) -> list[str]:
+    return [
+        "-c", str(REPO / "configs" / "quickstart.yaml"),
+        "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
+        "--data.root", str(data), "--data.num_train", "8", "--data.num_val", "4", "--data.num_test", "4",
+        "--data.image_size", "36", "--data.load_size", "36", "--data.crop_size", "32", "--data.num_workers", "0",
+        "--model.num_downs", "5", "--model.ngf", "8", "--model.ndf", "8", "--model.kid_subset_size", "4",
+        "--image_grid.every_n_epochs", "1", "--trainer.log_every_n_steps", "1", *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    import os
+
+    tmp = tmp_path_factory.mktemp("cli")
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONWARNINGS="ignore")
+    env.pop("WANDB_API_KEY", None)
+    run(["fit", *tiny(tmp / "run_a", tmp / "syn", "--trainer.max_epochs", "2")], env, tmp)
+    return tmp, env
+
+
+def test_fit_writes_a_wandb_run_with_metrics_grids_and_config(trained):
+    tmp, _ = trained
+    root = tmp / "run_a"
+    (run_dir,) = list((root / "wandb").glob("offline-run-*"))
+    data = read_run(run_dir)
+    keys = set().union(*data["history"])
+    for k in ("val/fid", "val/kid_mean", "val/kid_std", "val/ssim", "val/psnr", "train/loss_D",
+              "train/loss_G_GAN", "train/loss_G_L1", "lr/G", "lr/D"):
+        assert k in keys, k
+    fids = [h["val/fid"] for h in data["history"] if "val/fid" in h]
+    assert len(fids) == 2 and all(f > 0 for f in fids)
+    assert "images/val" in {k.split("/_type")[0] for k in keys if k.endswith("/_type")}
+    assert list((run_dir / "files" / "media" / "images").rglob("*.png"))
+    assert data["config"]["model.lambda_L1"] == 100.0 and data["config"]["model.netG"] == "unet"
+    assert data["config"]["data.init_args.num_train"] == 8
+    # local files: checkpoints, grids, the resolved config
+    ckpts = {p.name for p in (root / "checkpoints").glob("*.ckpt")}
+    assert "last.ckpt" in ckpts and any(n.startswith("best-") for n in ckpts)
+    assert len(list((root / "images").glob("val_epoch*.png"))) == 2
+    assert yaml.safe_load((root / "config.yaml").read_text())["model"]["num_downs"] == 5
+    ckpt = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 4  # 8 images / batch 4 x 2 epochs: one step per batch
+    assert not any("Mixed" in k or "inception" in k.lower() for k in ckpt["state_dict"])  # Inception is not saved
+    grid = Image.open(sorted((root / "images").glob("val_epoch*.png"))[0])
+    assert grid.size == (3 * 34 + 2, 8 * 34 + 2) or grid.size[0] == 3 * 34 + 2
+
+
+def test_resume_continues_step_count(trained):
+    tmp, env = trained
+    run(["fit", *tiny(tmp / "run_a", tmp / "syn", "--trainer.max_epochs", "3", "--ckpt_path", "last")], env, tmp)
+    ckpt = torch.load(tmp / "run_a" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 6  # 2 epochs before + 1 resumed, 2 batches each
+
+
+def test_test_writes_metrics_json_and_predict_writes_images(trained):
+    tmp, env = trained
+    ckpt = tmp / "run_a" / "checkpoints" / "last.ckpt"
+    run(["test", *tiny(tmp / "run_a", tmp / "syn"), "--ckpt_path", str(ckpt)], env, tmp)
+    report = json.loads((ckpt.parent / "metrics.json").read_text())
+    assert set(report["metrics"]) >= {"fid", "kid_mean", "ssim", "psnr"} and report["num_images"] == 4
+    rows = (ckpt.parent / "per_image.csv").read_text().splitlines()
+    assert rows[0] == "name,ssim,psnr" and len(rows) == 5
+    ssim_mean = sum(float(r.split(",")[1]) for r in rows[1:]) / 4
+    assert ssim_mean == pytest.approx(report["metrics"]["ssim"], abs=1e-4)
+    out = tmp / "pred"
+    run(["predict", *tiny(tmp / "run_a", tmp / "syn"), "--ckpt_path", str(ckpt), "--predict_writer.output_dir", str(out)],
+        env, tmp)
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{i:05d}.png" for i in range(4)]
+    assert yaml.safe_load((tmp / "run_a" / "config.yaml").read_text())["ckpt_path"] in (None, "last")
+
+
+def test_compare_prints_table_and_writes_plot(trained):
+    tmp, env = trained
+    run(["fit", *tiny(tmp / "run_b", tmp / "syn", "--trainer.max_epochs", "1", "--model.lambda_L1", "10")], env, tmp)
+    proc = run(["compare", str(tmp / "run_a"), str(tmp / "run_b"), "--output", str(tmp / "cmp.png")], env, tmp)
+    assert re.search(r"model\.lambda_L1\s+100\s+10\n", proc.stdout), proc.stdout
+    assert "best val/fid (step)" in proc.stdout and "run_a" in proc.stdout and "run_b" in proc.stdout
+    assert "trainer.max_epochs" in proc.stdout
+    assert Image.open(tmp / "cmp.png").size[0] > 400
+    bad = run(["compare", str(tmp / "nothing")], env, tmp, check=False)
+    assert bad.returncode == 2 and "nothing does not exist" in bad.stderr
+
+
+def _one_error_line(proc) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("pix2pix-lit: error:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
+
+
+def test_cli_bad_input_one_line_no_output(trained, tmp_path):
+    _, env = trained
+    missing = run(["fit", "-c", str(REPO / "configs" / "maps.yaml"), "--data.root", str(tmp_path / "nope"),
+                   "--trainer.default_root_dir", str(tmp_path / "r")], env, tmp_path, check=False)
+    assert missing.returncode == 2
+    assert "nope does not exist; set data.root" in _one_error_line(missing)
+    assert not list((tmp_path / "r").rglob("*.ckpt"))
+    crop = run(["fit", "-c", str(REPO / "configs" / "maps.yaml"), "--data.crop_size", "300",
+                "--trainer.default_root_dir", str(tmp_path / "r")], env, tmp_path, check=False)
+    assert crop.returncode == 2 and "crop_size=300 is larger than data.load_size=286" in _one_error_line(crop)
+
+
+def test_cli_unknown_names_list_choices(trained, tmp_path):
+    _, env = trained
+    for option, value, choice in (("--model.netG", "unet_512", "resnet_9blocks"), ("--model.gan_mode", "wgan", "hinge")):
+        proc = run(["fit", "-c", str(REPO / "configs" / "quickstart.yaml"), option, value], env, tmp_path, check=False)
+        assert proc.returncode != 0 and value in proc.stderr and choice in proc.stderr
+
+
+def test_truncated_image_mid_run_is_one_line(trained, tmp_path):
+    _, env = trained
+    data = tmp_path / "syn"
+    from pix2pix_lit.data.synthetic import generate
+
+    generate(data, {"train": 8, "val": 4, "test": 4}, 36)
+    victim = data / "train" / "00003.png"
+    victim.write_bytes(victim.read_bytes()[:200])
+    proc = run(["fit", *tiny(tmp_path / "r", data, "--trainer.max_epochs", "1", "--model.fid", "false",
+                              "--model.kid", "false", "--data.num_workers", "1")], env, tmp_path, check=False)
+    assert proc.returncode == 2
+    line = _one_error_line(proc)
+    assert "00003.png cannot be decoded" in line and "Traceback" not in line
+    assert not list((tmp_path / "r").rglob("*.ckpt"))
