@@ -94,6 +94,9 @@ class Pix2PixCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         root = cfg.trainer.default_root_dir or os.getcwd()
+        sweep, run_id = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
+        if self.subcommand == "fit" and sweep and run_id:  # a W&B sweep trial: one run folder each
+            root = cfg.trainer.default_root_dir = os.path.join(root, f"sweep-{sweep}", run_id)
         for key in ("checkpoint", "periodic_checkpoint", "best_checkpoint"):
             if cfg[key].dirpath is None:
                 cfg[key].dirpath = os.path.join(root, "checkpoints")
