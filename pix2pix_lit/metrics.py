@@ -256,6 +256,13 @@ class ImageQualityMetrics(nn.Module):
         if self.fid is not None:
             out["fid"] = self.fid.compute()
         if self.kid is not None:
+            # KID's list states sync element by element (dist_reduce_fx=None): processes that saw a
+            # different number of batches would issue different numbers of collectives and hang.
+            # One tensor per process makes the sync line up.
+            for name in ("real_features", "fake_features"):
+                feats = getattr(self.kid, name)
+                if len(feats) > 1:
+                    setattr(self.kid, name, [dim_zero_cat(feats)])
             with self.kid.sync_context():  # sample counts over all processes
                 n = min(dim_zero_cat(self.kid.real_features).shape[0], dim_zero_cat(self.kid.fake_features).shape[0])
             subset = min(self.kid_subset_size, n)

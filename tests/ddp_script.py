@@ -1,0 +1,41 @@
+"""Run by test_distributed.py: k training steps + a validation with 2 CPU processes (gloo DDP).
+
+Each rank saves its G/D weights; rank 0 saves the validation metrics. Lightning's DDP launcher
+re-runs this script for rank 1, so it is a script and not a test function.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+from pix2pix_lit import Pix2Pix, SyntheticPairedDataModule
+
+MODEL = dict(netG="unet", num_downs=5, ngf=8, ndf=8, kid_subset_size=5, n_epochs=1, n_epochs_decay=1)
+
+
+def datamodule(root: str) -> SyntheticPairedDataModule:
+    return SyntheticPairedDataModule(root, num_train=8, num_val=5, num_test=2, image_size=36, load_size=36,
+                                     crop_size=32, batch_size=2, num_workers=0)
+
+
+def main(out: Path, strategy: str) -> None:
+    pl.seed_everything(0)
+    model = Pix2Pix(**MODEL)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=2, strategy=strategy, max_steps=3, check_val_every_n_epoch=100, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )
+    dm = datamodule(str(out / "data"))
+    trainer.fit(model, dm)
+    rank = trainer.global_rank
+    torch.save({"G": model.G.state_dict(), "D": model.D.state_dict(), "step": trainer.global_step}, out / f"rank{rank}.pt")
+    metrics = trainer.validate(model, dm, verbose=False)[0]
+    if rank == 0:
+        (out / "ddp_metrics.json").write_text(json.dumps(metrics))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2])
