@@ -1,0 +1,266 @@
+"""Benchmarks: training-step and inference images/s, peak memory, achieved FLOP/s, data wait, quality.
+
+    python experiments/bench.py                      # everything, appends to experiments/RESULTS.md
+    python experiments/bench.py --part train         # or: infer | peak | quality
+    python experiments/bench.py --steps 30 --no-record
+
+The training step is the real one (Pix2Pix.training_step through a Lightning Trainer: D update,
+then G update, precision plugin included): `unet_256` + basic D, batch 1, 256x256, on the maps
+data when it is beside the checkout (else the built-in data at the same size). Each configuration
+runs in its own process so its peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+MAPS = REPO.parent / "shared" / "datasets" / "maps"
+RESULTS = REPO / "experiments" / "RESULTS.md"
+CONFIGS = [("32", False), ("32", True), ("bf16-mixed", False), ("bf16-mixed", True)]
+
+
+def datamodule(batch_size: int = 1, num_workers: int = 2):
+    from pix2pix_lit import PairedDataModule, SyntheticPairedDataModule
+
+    if MAPS.is_dir():
+        return PairedDataModule(str(MAPS), direction="BtoA", batch_size=batch_size, num_workers=num_workers), "maps"
+    return SyntheticPairedDataModule(
+        str(REPO / "data" / "synthetic-286"), num_train=64, num_val=16, num_test=4, image_size=286, load_size=286,
+        crop_size=256, batch_size=batch_size, num_workers=num_workers,
+    ), "built-in"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def step_flops() -> int:
+    """FLOPs of one training step (G forward, D on 3 pairs, backward of both losses), counted on fp32."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pix2pix_lit import Pix2Pix
+
+    m = Pix2Pix(fid=False, kid=False, channels_last=False)
+    src, tgt = torch.randn(1, 3, 256, 256), torch.randn(1, 3, 256, 256)
+    with FlopCounterMode(display=False) as counter:
+        fake = m.G(src)
+        d_real = m.D(torch.cat([src, tgt], 1))
+        d_fake = m.D(torch.cat([src, fake.detach()], 1))
+        (d_real.mean() + d_fake.mean()).backward()
+        g = m.D(torch.cat([src, fake], 1)).mean() + (fake - tgt).abs().mean()
+        g.backward()
+    return counter.get_total_flops()
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 4096, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def run_train(precision: str, channels_last: bool, steps: int, warmup: int) -> dict:
+    import lightning.pytorch as pl
+
+    from pix2pix_lit import Pix2Pix
+
+    class StepTimer(pl.Callback):
+        def __init__(self):
+            self.compute, self.wait, self.n, self.last_end, self.start = 0.0, 0.0, 0, None, 0.0
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            now = time.perf_counter()
+            if self.last_end is not None and batch_idx >= warmup:
+                self.wait += now - self.last_end
+            self.start = now
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            if batch_idx >= warmup:
+                self.compute += now - self.start
+                self.n += 1
+            self.last_end = now
+
+    pl.seed_everything(0, verbose=False)
+    dm, data = datamodule()
+    timer = StepTimer()
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, precision=precision, max_steps=warmup + steps, limit_val_batches=0,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[timer],
+    )
+    model = Pix2Pix(fid=False, kid=False, channels_last=channels_last)
+    trainer.fit(model, dm)
+    return {
+        "part": "train", "precision": precision, "channels_last": channels_last, "data": data, "steps": timer.n,
+        "img_per_s": timer.n / timer.compute, "compute_s": timer.compute, "data_wait_s": timer.wait,
+        "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads(),
+    }
+
+
+def run_infer(precision: str, channels_last: bool, steps: int, warmup: int) -> dict:
+    from pix2pix_lit import Pix2Pix
+
+    m = Pix2Pix(fid=False, kid=False, channels_last=channels_last).eval()
+    if channels_last:
+        m.G.to(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, 256, 256)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    enabled = precision == "bf16-mixed"
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+        for _ in range(warmup):
+            m.G(x)
+        t = time.perf_counter()
+        for _ in range(steps):
+            m.G(x)
+        dt = time.perf_counter() - t
+    return {"part": "infer", "precision": precision, "channels_last": channels_last, "steps": steps,
+            "img_per_s": steps / dt, "peak_rss_mb": peak_rss_mb()}
+
+
+def run_quality(precision: str, steps: int, n_val: int) -> dict:
+    """Train `steps` batches from the same seed, then L1/SSIM/PSNR on the first `n_val` val pairs."""
+    import lightning.pytorch as pl
+
+    from pix2pix_lit import Pix2Pix
+    from pix2pix_lit.metrics import ImageQualityMetrics
+
+    pl.seed_everything(0, verbose=False)
+    dm, data = datamodule()
+    model = Pix2Pix(fid=False, kid=False, channels_last=True)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, precision=precision, max_steps=steps, limit_val_batches=0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    t = time.perf_counter()
+    trainer.fit(model, dm)
+    train_s = time.perf_counter() - t
+    losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+    dm.setup("validate")
+    metrics, l1, n = ImageQualityMetrics(fid=False, kid=False), 0.0, 0
+    for batch in dm.val_dataloader():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            fake = model.generate(batch["source"])
+        metrics.update(fake, batch["target"])
+        l1 += (fake.float() - batch["target"]).abs().mean().item()
+        n += 1
+        if n >= n_val:
+            break
+    out = {k: float(v) for k, v in metrics.compute().items()}
+    return {"part": "quality", "precision": precision, "data": data, "steps": steps, "val_pairs": n,
+            "val_l1": l1 / n, "val_ssim": out["ssim"], "val_psnr": out["psnr"], "train_s": train_s,
+            "all_losses_finite": all(v == v and abs(v) != float("inf") for v in losses.values()), **losses}
+
+
+def run_peak() -> dict:
+    flops = step_flops()
+    return {"part": "peak", "train_step_gflop": flops / 1e9, "bf16_matmul_tflops": matmul_peak(torch.bfloat16) / 1e12,
+            "fp32_matmul_tflops": matmul_peak(torch.float32) / 1e12}
+
+
+def child(args: argparse.Namespace) -> None:
+    if args.part == "train":
+        res = run_train(args.precision, args.channels_last, args.steps, args.warmup)
+    elif args.part == "infer":
+        res = run_infer(args.precision, args.channels_last, args.steps, args.warmup)
+    elif args.part == "quality":
+        res = run_quality(args.precision, args.quality_steps, args.val_pairs)
+    else:
+        res = run_peak()
+    print("RESULT " + json.dumps(res))
+
+
+def spawn(args: argparse.Namespace, **kw) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--quality-steps", str(args.quality_steps), "--val-pairs", str(args.val_pairs)]
+    for k, v in kw.items():
+        if isinstance(v, bool):
+            cmd += [f"--{k.replace('_', '-')}"] if v else []
+        else:
+            cmd += [f"--{k.replace('_', '-')}", str(v)]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    if out.returncode or not lines:
+        raise SystemExit(f"benchmark child failed: {' '.join(cmd)}\n{out.stderr[-3000:]}")
+    res = json.loads(lines[-1][len("RESULT "):])
+    print(json.dumps(res))
+    return res
+
+
+def table(rows: list[dict], cols: list[str]) -> str:
+    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--part", default="all", choices=["all", "train", "infer", "peak", "quality"])
+    p.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--quality-steps", type=int, default=300)
+    p.add_argument("--val-pairs", type=int, default=100)
+    p.add_argument("--no-record", action="store_true", help="do not append to experiments/RESULTS.md")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--precision", default="32")
+    p.add_argument("--channels-last", action="store_true")
+    args = p.parse_args()
+    if args.child:
+        return child(args)
+
+    parts = ["peak", "train", "infer", "quality"] if args.part == "all" else [args.part]
+    sections = []
+    peak = None
+    if "peak" in parts or "train" in parts:
+        peak = spawn(args, part="peak")
+        sections.append("Machine peak and step cost:\n\n" + table([peak], list(peak)))
+    if "train" in parts:
+        rows = [spawn(args, part="train", precision=pr, channels_last=cl) for pr, cl in CONFIGS]
+        base = rows[0]["img_per_s"]
+        for r in rows:
+            r["speedup_vs_fp32"] = r["img_per_s"] / base
+            r["achieved_tflops"] = r["img_per_s"] * peak["train_step_gflop"] / 1e3
+            r["pct_of_bf16_peak"] = 100 * r["achieved_tflops"] / peak["bf16_matmul_tflops"]
+        sections.append("Training step (G+D, batch 1, 256x256, unet_256 + basic D):\n\n" + table(rows, [
+            "precision", "channels_last", "img_per_s", "speedup_vs_fp32", "achieved_tflops", "pct_of_bf16_peak",
+            "compute_s", "data_wait_s", "peak_rss_mb", "data"]))
+    if "infer" in parts:
+        rows = [spawn(args, part="infer", precision=pr, channels_last=cl) for pr, cl in CONFIGS]
+        sections.append("Inference (G only, batch 1, 256x256):\n\n" + table(rows, [
+            "precision", "channels_last", "img_per_s", "peak_rss_mb"]))
+    if "quality" in parts:
+        rows = [spawn(args, part="quality", precision=pr) for pr in ("32", "bf16-mixed")]
+        sections.append(f"Quality after the same steps (val pairs of {rows[0]['data']}):\n\n" + table(rows, [
+            "precision", "steps", "val_pairs", "val_l1", "val_ssim", "val_psnr", "all_losses_finite",
+            "train/loss_G_L1", "train/loss_D", "train_s"]))
+    report = "\n\n".join(sections)
+    print("\n" + report)
+    if not args.no_record:
+        cmd = "python experiments/bench.py " + " ".join(a for a in sys.argv[1:])
+        header = (f"\n## {time.strftime('%Y-%m-%d %H:%M')} — `{cmd.strip()}`\n\n"
+                  f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}\n\n")
+        with open(RESULTS, "a") as f:
+            f.write(header + report + "\n")
+
+
+if __name__ == "__main__":
+    main()
