@@ -1,0 +1,13 @@
+"""Paired image data: datasets, joint transforms, the DataModule and the built-in synthetic set."""
+
+from pix2pix_lit.data.datamodule import PairedDataModule, SyntheticPairedDataModule
+from pix2pix_lit.data.datasets import AlignedDataset, FolderPairDataset, SeededSampler, SingleImageDataset
+
+__all__ = [
+    "AlignedDataset",
+    "FolderPairDataset",
+    "PairedDataModule",
+    "SeededSampler",
+    "SingleImageDataset",
+    "SyntheticPairedDataModule",
+]

@@ -1,0 +1,273 @@
+"""PairedDataModule: train/val/test splits of paired images, and single images for predict."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal, Optional
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from pix2pix_lit.data.datasets import AlignedDataset, FolderPairDataset, SeededSampler, SingleImageDataset, match_pairs
+from pix2pix_lit.data.io import check_channels_option, list_images
+from pix2pix_lit.data.synthetic import generate
+from pix2pix_lit.data.transforms import JointTransform
+from pix2pix_lit.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+class PairedDataModule(pl.LightningDataModule):
+    """Paired images on disk, in one of two layouts.
+
+    Args:
+        root: dataset folder.
+        layout: ``aligned``: side-by-side A|B files in ``root/{train,val,test}`` (the official format);
+            ``folders``: A and B images in separate folders (``a_dir``/``b_dir``, ``{split}`` is
+            replaced by the split name) matched by name, ``a_suffix``/``b_suffix`` stripped.
+        direction: ``AtoB`` or ``BtoA`` (the source is B, the target A).
+        input_nc, output_nc: channels of source and target (1 = grayscale, e.g. sketches; 3; 4).
+        preprocess, load_size, crop_size, no_flip: the official preprocessing (val/test take the
+            centre crop and never flip).
+        batch_size, num_workers, persistent_workers, pin_memory: DataLoader settings.
+        serial_batches: keep file order in training instead of shuffling (official option).
+        max_dataset_size: use at most this many samples per split.
+        val_fraction: part of train held out for validation (seeded by ``seed``) when there is no val split.
+        seed: drives the split and the per-sample augmentation (see ``SeededSampler``).
+        predict_dir: folder of single images (any size) for ``predict``; default: the test split's sources.
+    """
+
+    def __init__(
+        self,
+        root: str = "data",
+        layout: Literal["aligned", "folders"] = "aligned",
+        direction: Literal["AtoB", "BtoA"] = "AtoB",
+        input_nc: int = 3,
+        output_nc: int = 3,
+        preprocess: Literal["resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none"] = "resize_and_crop",
+        load_size: int = 286,
+        crop_size: int = 256,
+        no_flip: bool = False,
+        batch_size: int = 1,
+        num_workers: int = 4,
+        persistent_workers: bool = True,
+        pin_memory: bool = False,
+        serial_batches: bool = False,
+        max_dataset_size: Optional[int] = None,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        a_dir: str = "{split}/A",
+        b_dir: str = "{split}/B",
+        a_suffix: str = "",
+        b_suffix: str = "",
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str = "test",
+        predict_dir: Optional[str] = None,
+    ) -> None:
+        options = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        super().__init__()
+        if layout not in ("aligned", "folders"):
+            raise ConfigError(f"data.layout={layout!r} is not known; choose one of: aligned, folders")
+        if direction not in ("AtoB", "BtoA"):
+            raise ConfigError(f"data.direction={direction!r} is not known; choose one of: AtoB, BtoA")
+        check_channels_option("data.input_nc", input_nc)
+        check_channels_option("data.output_nc", output_nc)
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size={batch_size} must be >= 1")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers={num_workers} must be >= 0")
+        if not 0.0 < val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction={val_fraction} must be between 0 and 1")
+        if max_dataset_size is not None and max_dataset_size < 1:
+            raise ConfigError(f"data.max_dataset_size={max_dataset_size} must be >= 1 (or null for all)")
+        self.save_hyperparameters(options, logger=False)
+        self.root = Path(root)
+        self.train_transform = JointTransform(preprocess, load_size, crop_size, flip=not no_flip, train=True)
+        self.eval_transform = JointTransform(preprocess, load_size, crop_size, flip=False, train=False)
+        self.train_dataset: Optional[Dataset] = None
+        self.val_dataset: Optional[Dataset] = None
+        self.test_dataset: Optional[Dataset] = None
+        self.predict_dataset: Optional[Dataset] = None
+
+    # -- building datasets -------------------------------------------------------------------------
+    def _split_exists(self, split: str) -> bool:
+        h = self.hparams
+        if h.layout == "aligned":
+            return (self.root / split).is_dir()
+        return (self.root / h.a_dir.format(split=split)).is_dir()
+
+    def _make(self, split: str, train: bool) -> Dataset:
+        h = self.hparams
+        if not self.root.is_dir():
+            raise DataError(f"data folder {self.root} does not exist; set data.root to your dataset")
+        transform = self.train_transform if train else self.eval_transform
+        if h.layout == "aligned":
+            files = list_images(self.root / split)[: h.max_dataset_size]
+            return AlignedDataset(files, transform, h.direction, h.input_nc, h.output_nc)
+        pairs = match_pairs(
+            self.root / h.a_dir.format(split=split), self.root / h.b_dir.format(split=split), h.a_suffix, h.b_suffix
+        )[: h.max_dataset_size]
+        return FolderPairDataset(pairs, transform, h.direction, h.input_nc, h.output_nc)
+
+    def _carved_split(self) -> tuple[list[int], list[int], int]:
+        """Seeded (train, val) indices of the train split, for data with no val folder."""
+        n = len(self._make(self.hparams.train_split, train=False))
+        if n < 2:
+            raise DataError(f"{self.root}: the train split has {n} sample(s); a val split needs at least 2 in all")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.hparams.seed)).tolist()
+        n_val = max(1, round(n * self.hparams.val_fraction))
+        return sorted(perm[n_val:]), sorted(perm[:n_val]), n
+
+    def _val_dataset(self) -> Dataset:
+        h = self.hparams
+        if self._split_exists(h.val_split):
+            return self._make(h.val_split, train=False)
+        _, val_idx, _ = self._carved_split()
+        log.info("no %s split in %s: holding out %d train samples for validation", h.val_split, self.root, len(val_idx))
+        return Subset(self._make(h.train_split, train=False), val_idx)
+
+    def setup(self, stage: str) -> None:
+        h = self.hparams
+        if stage == "fit":
+            train = self._make(h.train_split, train=True)
+            if not self._split_exists(h.val_split):
+                train_idx, _, _ = self._carved_split()
+                train = Subset(train, train_idx)
+            self.train_dataset = train
+            self.val_dataset = self._val_dataset()
+        elif stage == "validate":
+            self.val_dataset = self._val_dataset()
+        elif stage == "test":
+            if self._split_exists(h.test_split):
+                self.test_dataset = self._make(h.test_split, train=False)
+            else:
+                log.warning("no %s split in %s: testing on the validation split", h.test_split, self.root)
+                self.test_dataset = self._val_dataset()
+        elif stage == "predict":
+            self.predict_dataset = self._predict_dataset()
+
+    def _predict_dataset(self) -> Dataset:
+        h = self.hparams
+        if h.predict_dir is not None:
+            folder = Path(h.predict_dir)
+            return SingleImageDataset(list_images(folder), folder, h.input_nc)
+        split = h.test_split if self._split_exists(h.test_split) else h.val_split
+        paired = self._make(split, train=False)
+        log.info("data.predict_dir is not set: predicting the %s split's sources", split)
+        return _SourcesOnly(paired)
+
+    # -- loaders -------------------------------------------------------------------------------------
+    def _loader(self, dataset: Dataset, batch_size: int, sampler) -> DataLoader:
+        h = self.hparams
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=h.num_workers,
+            persistent_workers=h.persistent_workers and h.num_workers > 0,
+            pin_memory=h.pin_memory,
+            # its own generator: creating an iterator then leaves the global RNG (dropout's) alone,
+            # which exact resume relies on; augmentation is seeded by SeededSampler, not by workers
+            generator=torch.Generator().manual_seed(h.seed),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        world, rank = _dist_info()
+        sampler = SeededSampler(
+            self.train_dataset, num_replicas=world, rank=rank, shuffle=not self.hparams.serial_batches,
+            seed=self.hparams.seed, drop_last=False,
+        )
+        return self._loader(self.train_dataset, self.hparams.batch_size, sampler)
+
+    def _eval_loader(self, dataset: Dataset, batch_size: int) -> DataLoader:
+        world, rank = _dist_info()
+        # every sample exactly once over all processes, so metrics equal a single-process run
+        sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
+        return self._loader(dataset, batch_size, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.val_dataset, self.hparams.batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_dataset, self.hparams.batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        # images may differ in size: one per batch
+        return self._eval_loader(self.predict_dataset, 1)
+
+
+class _SourcesOnly(Dataset):
+    """A paired dataset seen as single images (its sources), for predict without predict_dir."""
+
+    def __init__(self, paired: Dataset) -> None:
+        self.paired = paired
+
+    def __len__(self) -> int:
+        return len(self.paired)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.paired[index]
+        src = item["source"]
+        return {"source": src, "name": f"{item['name']}.png", "size": torch.tensor(src.shape[-2:])}
+
+
+class SyntheticPairedDataModule(PairedDataModule):
+    """The built-in dataset (label layouts -> "photos"), generated into ``root`` on first use.
+
+    Needs no download; ``image_size`` is the side of the stored images (``load_size`` should match).
+    """
+
+    def __init__(
+        self,
+        root: str = "data/synthetic",
+        num_train: int = 400,
+        num_val: int = 48,
+        num_test: int = 48,
+        image_size: int = 72,
+        dataset_seed: int = 0,
+        direction: Literal["AtoB", "BtoA"] = "AtoB",
+        input_nc: int = 3,
+        output_nc: int = 3,
+        preprocess: Literal["resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none"] = "resize_and_crop",
+        load_size: int = 72,
+        crop_size: int = 64,
+        no_flip: bool = False,
+        batch_size: int = 4,
+        num_workers: int = 2,
+        persistent_workers: bool = True,
+        pin_memory: bool = False,
+        serial_batches: bool = False,
+        max_dataset_size: Optional[int] = None,
+        seed: int = 0,
+        predict_dir: Optional[str] = None,
+    ) -> None:
+        if min(num_train, num_val, num_test) < 1 or image_size < 8:
+            raise ConfigError("data.num_train/num_val/num_test must be >= 1 and data.image_size >= 8")
+        super().__init__(
+            root=root, layout="aligned", direction=direction, input_nc=input_nc, output_nc=output_nc,
+            preprocess=preprocess, load_size=load_size, crop_size=crop_size, no_flip=no_flip,
+            batch_size=batch_size, num_workers=num_workers, persistent_workers=persistent_workers,
+            pin_memory=pin_memory, serial_batches=serial_batches, max_dataset_size=max_dataset_size, seed=seed,
+            predict_dir=predict_dir,
+        )
+        self.sizes = {"train": num_train, "val": num_val, "test": num_test}
+        self.image_size, self.dataset_seed = image_size, dataset_seed
+
+    def prepare_data(self) -> None:
+        generate(self.root, self.sizes, self.image_size, self.dataset_seed)
+
+    def setup(self, stage: str) -> None:
+        # also when used outside a Trainer (prepare_data is idempotent)
+        self.prepare_data()
+        super().setup(stage)

@@ -1,0 +1,198 @@
+"""Datasets: side-by-side A|B files, separate A/B folders matched by name, single images for predict.
+
+Each item is ``{"source": (Cin,H,W), "target": (Cout,H,W), "name": str}`` in [-1, 1]; the
+direction (AtoB/BtoA) is resolved here, once. An item may be indexed by ``i`` or by ``(i, seed)``:
+the seed (from :class:`SeededSampler`) drives the random crop/flip, so augmentation is a pure
+function of (seed, epoch, sample) whatever the number of workers, and resumes exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any, Iterator, Union
+
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+from pix2pix_lit.data.io import check_mode, convert_channels, list_images, load_image, peek_image, to_tensor
+from pix2pix_lit.data.transforms import JointTransform
+from pix2pix_lit.errors import DataError
+
+log = logging.getLogger(__name__)
+
+Index = Union[int, tuple[int, int]]
+
+
+def _split_index(index: Index) -> tuple[int, random.Random]:
+    if isinstance(index, tuple):
+        i, seed = index
+        return int(i), random.Random(seed)
+    return int(index), random.Random(int(index))
+
+
+class _PairedBase(Dataset):
+    def __init__(
+        self, transform: JointTransform, direction: str, input_nc: int, output_nc: int
+    ) -> None:
+        self.transform = transform
+        self.swap = direction == "BtoA"
+        self.input_nc, self.output_nc = input_nc, output_nc
+
+    def _nc_A_B(self) -> tuple[tuple[int, str], tuple[int, str]]:
+        """(channels, option name) that A and B are read with, after the direction is applied."""
+        src, tgt = (self.input_nc, "data.input_nc"), (self.output_nc, "data.output_nc")
+        return (tgt, src) if self.swap else (src, tgt)
+
+    def _make_item(self, a, b, name: str, path_a: Path, path_b: Path, rng: random.Random) -> dict[str, Any]:
+        (nc_a, opt_a), (nc_b, opt_b) = self._nc_A_B()
+        a = convert_channels(a, nc_a, path_a, opt_a)
+        b = convert_channels(b, nc_b, path_b, opt_b)
+        a, b = self.transform([a, b], rng)
+        ta, tb = to_tensor(a), to_tensor(b)
+        source, target = (tb, ta) if self.swap else (ta, tb)
+        return {"source": source, "target": target, "name": name}
+
+
+class AlignedDataset(_PairedBase):
+    """The official format: each file holds A (left half) and B (right half) side by side."""
+
+    def __init__(
+        self, files: list[Path], transform: JointTransform, direction: str = "AtoB", input_nc: int = 3,
+        output_nc: int = 3, check: bool = True,
+    ) -> None:
+        super().__init__(transform, direction, input_nc, output_nc)
+        self.files = list(files)
+        if check:
+            self._check()
+
+    def _check(self) -> None:
+        (nc_a, opt_a), (nc_b, opt_b) = self._nc_A_B()
+        for path in self.files:
+            with peek_image(path) as img:
+                w, _ = img.size
+                if w % 2:
+                    raise DataError(
+                        f"{path} is {w} pixels wide, an odd width: side-by-side A|B files need an even width "
+                        "(two halves of equal size); re-export it or use data.layout: folders"
+                    )
+                check_mode(path, img.mode, img.getbands(), nc_a, opt_a)
+                check_mode(path, img.mode, img.getbands(), nc_b, opt_b)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: Index) -> dict[str, Any]:
+        i, rng = _split_index(index)
+        path = self.files[i]
+        with load_image(path) as img:
+            w, h = img.size
+            if w % 2:
+                raise DataError(f"{path} is {w} pixels wide, an odd width: A|B files need an even width")
+            a = img.crop((0, 0, w // 2, h))
+            b = img.crop((w // 2, 0, w, h))
+            a.load()
+            b.load()
+        return self._make_item(a, b, path.stem, path, path, rng)
+
+
+def _key(path: Path, folder: Path, suffix: str) -> str | None:
+    rel = path.relative_to(folder).as_posix()
+    if suffix:
+        return rel[: -len(suffix)] if rel.endswith(suffix) else None
+    return rel.rsplit(".", 1)[0]
+
+
+def match_pairs(dir_a: Path, dir_b: Path, a_suffix: str = "", b_suffix: str = "") -> list[tuple[str, Path, Path]]:
+    """Pair the images of two folders by name: the relative path minus ``*_suffix`` (or minus the extension).
+
+    Cityscapes, for instance: ``a_suffix="_gtFine_color.png"``, ``b_suffix="_leftImg8bit.png"``.
+    Unmatched files are reported in the log; no match at all is a DataError.
+    """
+    files_a = {k: p for p in list_images(dir_a) if (k := _key(p, dir_a, a_suffix)) is not None}
+    files_b = {k: p for p in list_images(dir_b) if (k := _key(p, dir_b, b_suffix)) is not None}
+    keys = sorted(files_a.keys() & files_b.keys())
+    only_a, only_b = sorted(files_a.keys() - files_b.keys()), sorted(files_b.keys() - files_a.keys())
+    for side, names, folder in (("A", only_a, dir_b), ("B", only_b, dir_a)):
+        if names:
+            log.warning(
+                "%d %s image(s) have no partner in %s and are left out (e.g. %s)",
+                len(names), side, folder, ", ".join(names[:5]),
+            )
+    if not keys:
+        raise DataError(
+            f"no image in {dir_a} has a partner of the same name in {dir_b}; check data.a_suffix/data.b_suffix "
+            f"(A names like {next(iter(sorted(files_a)), '?')!r}, B names like {next(iter(sorted(files_b)), '?')!r})"
+        )
+    return [(k, files_a[k], files_b[k]) for k in keys]
+
+
+class FolderPairDataset(_PairedBase):
+    """A and B images in separate folders, paired by :func:`match_pairs`; a pair must have one size."""
+
+    def __init__(
+        self, pairs: list[tuple[str, Path, Path]], transform: JointTransform, direction: str = "AtoB",
+        input_nc: int = 3, output_nc: int = 3, check: bool = True,
+    ) -> None:
+        super().__init__(transform, direction, input_nc, output_nc)
+        self.pairs = list(pairs)
+        if check:
+            self._check()
+
+    def _check(self) -> None:
+        (nc_a, opt_a), (nc_b, opt_b) = self._nc_A_B()
+        for _, pa, pb in self.pairs:
+            with peek_image(pa) as a, peek_image(pb) as b:
+                if a.size != b.size:
+                    raise DataError(
+                        f"{pa} is {a.size[0]}x{a.size[1]} but its partner {pb} is {b.size[0]}x{b.size[1]}; "
+                        "the two images of a pair must have the same size"
+                    )
+                check_mode(pa, a.mode, a.getbands(), nc_a, opt_a)
+                check_mode(pb, b.mode, b.getbands(), nc_b, opt_b)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: Index) -> dict[str, Any]:
+        i, rng = _split_index(index)
+        name, pa, pb = self.pairs[i]
+        with load_image(pa) as a, load_image(pb) as b:
+            if a.size != b.size:
+                raise DataError(f"{pa} and {pb} differ in size; the two images of a pair must have the same size")
+            return self._make_item(a.copy(), b.copy(), name, pa, pb, rng)
+
+
+class SingleImageDataset(Dataset):
+    """Images of any size for ``predict``: ``{"source", "name", "size"}``, no resizing or cropping."""
+
+    def __init__(self, files: list[Path], root: Path, input_nc: int = 3) -> None:
+        self.files, self.root, self.input_nc = list(files), Path(root), input_nc
+        for path in self.files:
+            with peek_image(path) as img:
+                check_mode(path, img.mode, img.getbands(), input_nc, "data.input_nc")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.files[index]
+        with load_image(path) as img:
+            img = convert_channels(img, self.input_nc, path, "data.input_nc")
+            t = to_tensor(img)
+        return {"source": t, "name": path.relative_to(self.root).as_posix(), "size": torch.tensor(t.shape[-2:])}
+
+
+class SeededSampler(DistributedSampler):
+    """A DistributedSampler (also for one process) that yields ``(index, seed)`` pairs.
+
+    The order depends only on (seed, epoch) (Lightning calls ``set_epoch``), and each sample's
+    augmentation seed only on (seed, epoch, index): training data is reproducible and resumes exactly,
+    independent of the global RNG, the number of workers and persistent workers.
+    """
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        base = (self.seed * 1_000_003 + self.epoch) * 1_000_003
+        for idx in super().__iter__():
+            yield idx, (base + idx) % (2**63)

@@ -1,0 +1,104 @@
+"""Reading images from disk with errors that name the file and the fix."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as TF
+
+from pix2pix_lit.errors import ConfigError, DataError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
+CHANNELS = (1, 3, 4)
+_SINGLE_CHANNEL_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(IMG_EXTENSIONS)
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Sorted image files under ``folder``; a DataError if the folder is missing or holds none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"data folder {folder} does not exist; check data.root (and the split/folder names)")
+    pattern = "**/*" if recursive else "*"
+    files = sorted(p for p in folder.glob(pattern) if p.is_file() and is_image_file(p))
+    if not files:
+        raise DataError(f"data folder {folder} holds no images ({', '.join(IMG_EXTENSIONS)}); put the images there")
+    return files
+
+
+def check_channels_option(option: str, nc: int) -> int:
+    if nc not in CHANNELS:
+        raise ConfigError(f"{option}={nc}: images can be read with 1 (grayscale), 3 (RGB) or 4 (RGBA) channels")
+    return nc
+
+
+def peek_image(path: Path) -> Image.Image:
+    """Open ``path`` lazily (header only) to check it is an image; the caller closes it."""
+    try:
+        return Image.open(path)
+    except UnidentifiedImageError:
+        raise DataError(f"{path} is not an image file that can be read; remove it or convert it to PNG/JPEG") from None
+    except OSError as e:
+        raise DataError(f"{path} cannot be opened ({e}); check the file's permissions or remove it") from None
+
+
+def check_mode(path: Path, mode: str, bands: tuple[str, ...], nc: int, option: str) -> None:
+    """Reject channel conversions that would invent information (gray->RGB, no alpha -> RGBA)."""
+    if nc == 3 and mode in _SINGLE_CHANNEL_MODES:
+        raise DataError(f"{path} has 1 channel but {option}=3; set {option}: 1 for grayscale images")
+    if nc == 4 and "A" not in bands and mode != "P":
+        raise DataError(f"{path} has no alpha channel but {option}=4; set {option}: 3")
+
+
+def convert_channels(img: Image.Image, nc: int, path: Path, option: str) -> Image.Image:
+    """Convert to ``nc`` channels: 1 -> grayscale (e.g. sketches), 3 -> RGB, 4 -> RGBA."""
+    check_mode(path, img.mode, img.getbands(), nc, option)
+    return img.convert({1: "L", 3: "RGB", 4: "RGBA"}[nc])
+
+
+def load_image(path: Path) -> Image.Image:
+    """Fully decode ``path``; truncated or corrupt files give a DataError naming the file."""
+    img = peek_image(path)
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        img.close()
+        raise DataError(f"{path} cannot be decoded ({e}); the file is truncated or corrupt: re-export or remove it") from None
+    return img
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL image -> float tensor (C, H, W) in [-1, 1]."""
+    t = TF.pil_to_tensor(img).float().div_(127.5).sub_(1.0)
+    return t
+
+
+def to_pil(t: torch.Tensor) -> Image.Image:
+    """Tensor (C, H, W) in [-1, 1] -> 8-bit PIL image (1, 3 or 4 channels)."""
+    u8 = to_uint8(t)
+    return TF.to_pil_image(u8)
+
+
+def to_uint8(t: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> uint8 [0, 255], rounded as when saving to PNG."""
+    return ((t.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def save_image_atomic(img: Image.Image, path: Path) -> None:
+    """Write ``img`` to ``path`` via a temporary file and a rename, so no half-written image is left."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    kwargs = {"quality": 95} if fmt == "JPEG" else {}
+    try:
+        img.save(tmp, format=fmt, **kwargs)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

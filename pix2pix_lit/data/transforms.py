@@ -1,0 +1,77 @@
+"""Joint transforms: the official pix2pix preprocessing, with one set of random parameters per pair."""
+
+from __future__ import annotations
+
+import random
+
+from PIL import Image
+
+from pix2pix_lit.errors import ConfigError, check_choice
+
+PREPROCESS = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+_BICUBIC = Image.Resampling.BICUBIC
+
+
+class JointTransform:
+    """Apply the same resize / crop / flip to every image of a pair.
+
+    ``train=True`` draws the crop position and flip from ``rng`` like the official ``get_params``;
+    ``train=False`` (val/test) takes the centre crop and never flips, so metrics are repeatable.
+    """
+
+    def __init__(
+        self, preprocess: str = "resize_and_crop", load_size: int = 286, crop_size: int = 256, flip: bool = True,
+        train: bool = True,
+    ) -> None:
+        check_choice("data.preprocess", preprocess, PREPROCESS)
+        if load_size < 1 or crop_size < 1:
+            raise ConfigError(f"data.load_size={load_size} and data.crop_size={crop_size} must be positive")
+        if preprocess in ("resize_and_crop", "scale_width_and_crop") and crop_size > load_size:
+            raise ConfigError(
+                f"data.crop_size={crop_size} is larger than data.load_size={load_size}; "
+                f"set crop_size <= load_size (e.g. load_size {crop_size + crop_size // 8}, crop_size {crop_size})"
+            )
+        self.preprocess, self.load_size, self.crop_size = preprocess, load_size, crop_size
+        self.flip, self.train = flip, train
+
+    def _resized_size(self, w: int, h: int) -> tuple[int, int]:
+        if self.preprocess == "resize_and_crop":
+            return self.load_size, self.load_size
+        if "scale_width" in self.preprocess:
+            if w == self.load_size and h >= self.crop_size:
+                return w, h
+            return self.load_size, int(max(self.load_size * h / w, self.crop_size))
+        return w, h
+
+    def params(self, size: tuple[int, int], rng: random.Random) -> tuple[int, int, bool]:
+        """Crop position (x, y) and flip for an image of ``size`` = (w, h)."""
+        new_w, new_h = self._resized_size(*size)
+        max_x, max_y = max(0, new_w - self.crop_size), max(0, new_h - self.crop_size)
+        if not self.train:
+            return max_x // 2, max_y // 2, False
+        x, y = rng.randint(0, max_x), rng.randint(0, max_y)
+        flip = self.flip and rng.random() > 0.5
+        return x, y, flip
+
+    def apply(self, img: Image.Image, x: int, y: int, flip: bool) -> Image.Image:
+        w, h = img.size
+        new_w, new_h = self._resized_size(w, h)
+        if (new_w, new_h) != (w, h):
+            img = img.resize((new_w, new_h), _BICUBIC)
+        if "crop" in self.preprocess and (new_w > self.crop_size or new_h > self.crop_size):
+            img = img.crop((x, y, x + self.crop_size, y + self.crop_size))
+        if self.preprocess == "none":
+            img = _make_multiple(img, 4)
+        if flip:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return img
+
+    def __call__(self, images: list[Image.Image], rng: random.Random) -> list[Image.Image]:
+        x, y, flip = self.params(images[0].size, rng)
+        return [self.apply(img, x, y, flip) for img in images]
+
+
+def _make_multiple(img: Image.Image, base: int) -> Image.Image:
+    ow, oh = img.size
+    w, h = max(base, int(round(ow / base) * base)), max(base, int(round(oh / base) * base))
+    return img if (w, h) == (ow, oh) else img.resize((w, h), _BICUBIC)
