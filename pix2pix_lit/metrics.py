@@ -17,13 +17,13 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-from torchmetrics.utilities.data import dim_zero_cat
 from torchmetrics.image import (
     FrechetInceptionDistance,
     KernelInceptionDistance,
     PeakSignalNoiseRatio,
     StructuralSimilarityIndexMeasure,
 )
+from torchmetrics.utilities.data import dim_zero_cat
 
 from pix2pix_lit.data.io import to_uint8
 from pix2pix_lit.errors import ConfigError, InceptionWeightsError

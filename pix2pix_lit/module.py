@@ -9,10 +9,10 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Literal, Optional
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import numpy as np
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, ReduceLROnPlateau, StepLR
 
 from pix2pix_lit.errors import ConfigError, NonFiniteLossError, check_choice

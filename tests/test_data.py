@@ -6,11 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import noise_image, write_aligned, write_folders
 from pix2pix_lit.data import AlignedDataset, PairedDataModule, SeededSampler, SyntheticPairedDataModule
 from pix2pix_lit.data.io import list_images
 from pix2pix_lit.data.transforms import JointTransform
 from pix2pix_lit.errors import ConfigError, DataError
+
+from conftest import noise_image, write_aligned, write_folders
 
 
 @pytest.mark.parametrize("preprocess", ["crop", "resize_and_crop", "scale_width_and_crop", "none"])

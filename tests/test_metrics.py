@@ -11,7 +11,12 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from pix2pix_lit.data.synthetic import make_pair
 from pix2pix_lit.errors import InceptionWeightsError
 from pix2pix_lit.metrics import (
-    CONVERTED_FILENAME, HUB_FILENAME, ImageQualityMetrics, _fid_helper_file, find_inception_weights, load_inception,
+    CONVERTED_FILENAME,
+    HUB_FILENAME,
+    ImageQualityMetrics,
+    _fid_helper_file,
+    find_inception_weights,
+    load_inception,
 )
 
 SHARED_KEYMAP = Path(__file__).resolve().parents[2] / "shared" / "reference" / "fid-inception-key-map.txt"

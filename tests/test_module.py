@@ -6,11 +6,12 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 
-from conftest import TINY_MODEL, noise_image, quiet_trainer
 from pix2pix_lit import Pix2Pix, SyntheticPairedDataModule
 from pix2pix_lit.callbacks import PredictionWriter
 from pix2pix_lit.data import PairedDataModule
 from pix2pix_lit.errors import ConfigError, NonFiniteLossError
+
+from conftest import TINY_MODEL, noise_image, quiet_trainer
 
 
 def synthetic(tmp_path, **kw):

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from conftest import MAPS, TINY_MODEL, quiet_trainer
 from pix2pix_lit import PairedDataModule, Pix2Pix, SyntheticPairedDataModule
+
+from conftest import MAPS, TINY_MODEL, quiet_trainer
 
 
 def _changed(before: dict, net: torch.nn.Module) -> bool:
