@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import yaml
 
-DEFAULT_METRICS = ("val/fid", "val/kid_mean", "val/ssim", "val/psnr", "train/loss_G_L1")
+DEFAULT_METRICS = ("val/fid", "val/kid_mean", "val/ssim", "val/psnr", "val/l1", "train/loss_G_L1")
 LOWER_IS_BETTER = ("fid", "kid", "loss")
 IGNORED_CONFIG = ("trainer.logger", "trainer.callbacks", "config", "ckpt_path", "return_predictions")
 

@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+from torchmetrics import MeanAbsoluteError
 from torchmetrics.image import (
     FrechetInceptionDistance,
     KernelInceptionDistance,
@@ -190,6 +191,7 @@ class ImageQualityMetrics(nn.Module):
         super().__init__()
         self.ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
         self.psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))
+        self.l1 = MeanAbsoluteError()  # on [-1, 1] images: the pix2pix L1 term without lambda
         self.fid = FrechetInceptionDistance(feature=_PrecomputedFeatures(), reset_real_features=False) if fid else None
         self.kid = (
             KernelInceptionDistance(
@@ -234,10 +236,12 @@ class ImageQualityMetrics(nn.Module):
             self._update(fake, real)
 
     def _update(self, fake: torch.Tensor, real: torch.Tensor) -> None:
-        fake, real = fake.detach().float().clamp(-1, 1), real.detach().float().clamp(-1, 1)
+        fake = fake.detach().float().clamp(-1, 1).contiguous()
+        real = real.detach().float().clamp(-1, 1).contiguous()
         fake01, real01 = (fake + 1) / 2, (real + 1) / 2
         self.ssim.update(fake01, real01)
         self.psnr.update(fake01, real01)
+        self.l1.update(fake, real)
         if self.needs_inception:
             f_fake = self.features(fake)
             f_real = None if self.real_cached else self.features(real)
@@ -250,7 +254,7 @@ class ImageQualityMetrics(nn.Module):
 
     @torch.no_grad()
     def compute(self) -> dict[str, torch.Tensor]:
-        out = {"ssim": self.ssim.compute(), "psnr": self.psnr.compute()}
+        out = {"ssim": self.ssim.compute(), "psnr": self.psnr.compute(), "l1": self.l1.compute()}
         if self.needs_inception and int(self.ssim.total) < 2 and not torch.distributed.is_initialized():
             raise ConfigError("FID/KID need at least 2 evaluation images; add images or set model.fid=false model.kid=false")
         if self.fid is not None:
@@ -278,7 +282,7 @@ class ImageQualityMetrics(nn.Module):
         return out
 
     def reset(self) -> None:
-        for m in (self.ssim, self.psnr, self.fid, self.kid):
+        for m in (self.ssim, self.psnr, self.l1, self.fid, self.kid):
             if m is not None:
                 m.reset()
 

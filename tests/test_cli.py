@@ -70,7 +70,11 @@ def test_fit_writes_a_wandb_run_with_metrics_grids_and_config(trained):
     assert ckpt["global_step"] == 4  # 8 images / batch 4 x 2 epochs: one step per batch
     assert not any("Mixed" in k or "inception" in k.lower() for k in ckpt["state_dict"])  # Inception is not saved
     grid = Image.open(sorted((root / "images").glob("val_epoch*.png"))[0])
-    assert grid.size == (3 * 34 + 2, 8 * 34 + 2) or grid.size[0] == 3 * 34 + 2
+    assert grid.size == (3 * 34 + 2, 4 * 34 + 2)  # 4 val samples as rows of source | output | target, 32 px
+    assert len(list((root / "images").glob("val_start_step0000000.png"))) == 1  # before any training
+    l1 = [h["samples/val_l1"] for h in data["history"] if "samples/val_l1" in h]
+    assert len(l1) == 3 and all(0 < v < 2 for v in l1)
+    assert "val/l1" in keys
 
 
 def test_resume_continues_step_count(trained):

@@ -33,7 +33,9 @@ def pair_grid(source: torch.Tensor, fake: torch.Tensor, target: torch.Tensor) ->
 class ImageGridCallback(pl.Callback):
     """Every ``every_n_epochs`` validations, render fixed val (and train) samples as grids.
 
-    Grids go to ``<output_dir>/{val,train}_epoch{E}_step{S}.png`` (default: ``<run folder>/images``)
+    Grids go to ``<output_dir>/{val,train}_epoch{E}_step{S}.png`` (default: ``<run folder>/images``),
+    plus ``*_start_step*.png`` before the first training step, each with its L1 logged as
+    ``samples/val_l1``/``samples/train_l1``
     and to W&B (``images/val``, ``images/train``) or TensorBoard when those loggers are used.
     The samples are the same at every epoch: evenly spaced val items and the first train items,
     the latter with a fixed augmentation.
@@ -47,6 +49,7 @@ class ImageGridCallback(pl.Callback):
         self.num_val, self.num_train = num_val_samples, num_train_samples
         self._batches: dict[str, dict[str, torch.Tensor]] = {}
         self.written: list[Path] = []
+        self.l1_history: list[tuple[str, int, float]] = []
 
     @staticmethod
     def _take(dataset, indices: list[int]) -> dict[str, torch.Tensor]:
@@ -66,18 +69,31 @@ class ImageGridCallback(pl.Callback):
             idx = [int(i * len(dataset) / n) for i in range(n)] if split == "val" else list(range(n))
             self._batches[split] = self._take(dataset, idx)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the starting point, to compare the later grids (and their L1) with
+        if self._batches and self.every_n_epochs >= 1:
+            self.render(trainer, pl_module, tag="start")
+
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not self._batches or self.every_n_epochs < 1:
             return
         if trainer.current_epoch % self.every_n_epochs:
             return
+        self.render(trainer, pl_module, tag=f"epoch{trainer.current_epoch:04d}")
+
+    def render(self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str) -> None:
+        """Write the grids and log ``samples/{split}_l1``: the mean |output - target| of the shown samples."""
         out_dir = Path(self.output_dir or Path(trainer.default_root_dir) / "images")
         for split, batch in self._batches.items():
             fake = pl_module.generate(batch["source"].to(pl_module.device))
             grid = pair_grid(batch["source"], fake, batch["target"])
             if not trainer.is_global_zero:
                 continue
-            path = out_dir / f"{split}_epoch{trainer.current_epoch:04d}_step{trainer.global_step:07d}.png"
+            l1 = (fake.float().cpu() - batch["target"].float()).abs().mean().item()
+            self.l1_history.append((split, trainer.global_step, l1))
+            for logger in trainer.loggers:
+                logger.log_metrics({f"samples/{split}_l1": l1}, step=trainer.global_step)
+            path = out_dir / f"{split}_{tag}_step{trainer.global_step:07d}.png"
             img = to_pil(grid)
             save_image_atomic(img, path)
             self.written.append(path)
