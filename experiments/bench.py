@@ -8,6 +8,10 @@ The training step is the real one (Pix2Pix.training_step through a Lightning Tra
 then G update, precision plugin included): `unet_256` + basic D, batch 1, 256x256, on the maps
 data when it is beside the checkout (else the built-in data at the same size). Each configuration
 runs in its own process so its peak RSS is its own.
+
+On a CPU with no bf16 kernels (``pix2pix_lit.precision.cpu_bf16_support() == "none"``, AVX2-only
+CPUs) bf16 runs in PyTorch's single-threaded reference convolution: the bf16 rows then time
+``--slow-steps`` steps only, and the bf16 quality run (hours there) is skipped and said so.
 """
 
 from __future__ import annotations
@@ -41,6 +45,32 @@ def datamodule(batch_size: int = 1, num_workers: int = 2):
     ), "built-in"
 
 
+def cpu_report() -> str:
+    """CPU model, the SIMD/matrix features that decide bf16 speed, and what PyTorch makes of them."""
+    from pix2pix_lit.precision import cpu_bf16_support
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    have = ", ".join(f for f in wanted if f in flags) or "none of " + "/".join(wanted)
+    return (f"{model}, {os.cpu_count()} cores ({have}); torch {torch.__version__}, kernels "
+            f"{torch.backends.cpu.get_cpu_capability()}, bf16 support: {cpu_bf16_support()}")
+
+
+def slow_bf16(precision: str) -> bool:
+    from pix2pix_lit.precision import cpu_bf16_support
+
+    return "16" in precision and cpu_bf16_support() == "none"
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -64,6 +94,8 @@ def step_flops() -> int:
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 4096, reps: int = 10) -> float:
+    if dtype == torch.bfloat16 and slow_bf16("bf16"):
+        n, reps = 1024, 2  # the reference gemm: minutes at 4096
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(2):
         a @ b
@@ -188,7 +220,10 @@ def child(args: argparse.Namespace) -> None:
 
 
 def spawn(args: argparse.Namespace, **kw) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--steps", str(args.steps), "--warmup", str(args.warmup),
+    steps, warmup = args.steps, args.warmup
+    if slow_bf16(str(kw.get("precision", ""))):
+        steps, warmup = args.slow_steps, 1
+    cmd = [sys.executable, __file__, "--child", "--steps", str(steps), "--warmup", str(warmup),
            "--quality-steps", str(args.quality_steps), "--val-pairs", str(args.val_pairs)]
     for k, v in kw.items():
         if isinstance(v, bool):
@@ -201,7 +236,9 @@ def spawn(args: argparse.Namespace, **kw) -> dict:
     if out.returncode or not lines:
         raise SystemExit(f"benchmark child failed: {' '.join(cmd)}\n{out.stderr[-3000:]}")
     res = json.loads(lines[-1][len("RESULT "):])
-    print(json.dumps(res))
+    if slow_bf16(str(kw.get("precision", ""))):
+        res["note"] = "no bf16 kernels: reference conv"
+    print(json.dumps(res), flush=True)
     return res
 
 
@@ -219,6 +256,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--quality-steps", type=int, default=300)
     p.add_argument("--val-pairs", type=int, default=100)
+    p.add_argument("--slow-steps", type=int, default=2, help="timed steps for bf16 on a CPU with no bf16 kernels")
     p.add_argument("--no-record", action="store_true", help="do not append to experiments/RESULTS.md")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--precision", default="32")
@@ -242,22 +280,26 @@ def main() -> None:
             r["pct_of_bf16_peak"] = 100 * r["achieved_tflops"] / peak["bf16_matmul_tflops"]
         sections.append("Training step (G+D, batch 1, 256x256, unet_256 + basic D):\n\n" + table(rows, [
             "precision", "channels_last", "img_per_s", "speedup_vs_fp32", "achieved_tflops", "pct_of_bf16_peak",
-            "compute_s", "data_wait_s", "peak_rss_mb", "data"]))
+            "compute_s", "data_wait_s", "steps", "peak_rss_mb", "data", "note"]))
     if "infer" in parts:
         rows = [spawn(args, part="infer", precision=pr, channels_last=cl) for pr, cl in CONFIGS]
         sections.append("Inference (G only, batch 1, 256x256):\n\n" + table(rows, [
-            "precision", "channels_last", "img_per_s", "peak_rss_mb"]))
+            "precision", "channels_last", "img_per_s", "steps", "peak_rss_mb", "note"]))
     if "quality" in parts:
-        rows = [spawn(args, part="quality", precision=pr) for pr in ("32", "bf16-mixed")]
+        rows = []
+        for pr in ("32", "bf16-mixed"):
+            if slow_bf16(pr):  # ~1 minute a step there: hours for the quality run
+                rows.append({"precision": pr, "steps": 0, "note": "skipped: this CPU has no bf16 kernels"})
+            else:
+                rows.append(spawn(args, part="quality", precision=pr))
         sections.append(f"Quality after the same steps (val pairs of {rows[0]['data']}):\n\n" + table(rows, [
             "precision", "steps", "val_pairs", "val_l1", "val_ssim", "val_psnr", "all_losses_finite",
-            "train/loss_G_L1", "train/loss_D", "train_s"]))
-    report = "\n\n".join(sections)
+            "train/loss_G_L1", "train/loss_D", "train_s", "note"]))
+    report = "CPU: " + cpu_report() + "\n\n" + "\n\n".join(sections)
     print("\n" + report)
     if not args.no_record:
         cmd = "python experiments/bench.py " + " ".join(a for a in sys.argv[1:])
-        header = (f"\n## {time.strftime('%Y-%m-%d %H:%M')} — `{cmd.strip()}`\n\n"
-                  f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}\n\n")
+        header = f"\n## {time.strftime('%Y-%m-%d %H:%M')} — `{cmd.strip()}`\n\n"
         with open(RESULTS, "a") as f:
             f.write(header + report + "\n")
 

@@ -44,6 +44,9 @@ class WandbLogger(_WandbLogger):
                     f"{os.path.join(save_dir or '.', 'wandb')}; upload later with `wandb sync <run folder>`"
                 )
         super().__init__(*args, offline=offline, save_dir=save_dir or ".", **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            # Lightning passes anonymous=None, which current wandb versions warn about on every run
+            self._wandb_init.pop("anonymous", None)
 
 
 class CSVLogger(_CSVLogger):

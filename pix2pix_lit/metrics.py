@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
@@ -193,14 +194,14 @@ class ImageQualityMetrics(nn.Module):
         self.psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))
         self.l1 = MeanAbsoluteError()  # on [-1, 1] images: the pix2pix L1 term without lambda
         self.fid = FrechetInceptionDistance(feature=_PrecomputedFeatures(), reset_real_features=False) if fid else None
-        self.kid = (
-            KernelInceptionDistance(
-                feature=_PrecomputedFeatures(), reset_real_features=False, subset_size=kid_subset_size,
-                subsets=kid_subsets,
-            )
-            if kid
-            else None
-        )
+        self.kid = None
+        if kid:
+            with warnings.catch_warnings():  # "will save all extracted features": 2048 floats an image, as FID needs
+                warnings.filterwarnings("ignore", message=".*will save all extracted features")
+                self.kid = KernelInceptionDistance(
+                    feature=_PrecomputedFeatures(), reset_real_features=False, subset_size=kid_subset_size,
+                    subsets=kid_subsets,
+                )
         self.kid_subset_size = kid_subset_size
         self.real_cached = False
         self._extractor: list[nn.Module] = []  # a list, so the network is not a submodule (not in state_dict)

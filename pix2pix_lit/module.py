@@ -13,12 +13,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, ReduceLROnPlateau, StepLR
 
 from pix2pix_lit.errors import ConfigError, NonFiniteLossError, check_choice
 from pix2pix_lit.losses import GANLoss, feature_matching_loss, gradient_penalty
 from pix2pix_lit.metrics import ImageQualityMetrics, load_inception
 from pix2pix_lit.nets import DISCRIMINATORS, GENERATORS, define_D, define_G
+from pix2pix_lit.precision import cpu_bf16_support
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,8 @@ class Pix2Pix(pl.LightningModule):
             statistics at test time, Sec. 3.3 of the paper; running statistics are left untouched).
         predict_fit: how ``predict`` fits any image size to the generator: ``pad`` (reflect-pad to a
             multiple of the generator's stride, then crop back) or ``resize`` (to ``predict_size``, then back).
-        channels_last: NHWC memory format (faster with bf16/fp16 on CPUs with AMX and on tensor cores).
+        channels_last: NHWC memory format. ``null`` (default): on with 16-bit/bf16 precision and on GPUs, where
+            it is faster; off for fp32 on the CPU, where it measured slower (``experiments/RESULTS.md``).
         compile: ``torch.compile`` the networks.
         fid, kid, inception_weights, kid_subset_size: FID/KID settings (see ``pix2pix_lit.metrics``).
         max_nonfinite_steps: stop after this many consecutive batches with NaN/Inf losses (they are skipped).
@@ -121,7 +124,7 @@ class Pix2Pix(pl.LightningModule):
         inference_mode: Literal["eval", "paper"] = "eval",
         predict_fit: Literal["pad", "resize"] = "pad",
         predict_size: int = 256,
-        channels_last: bool = True,
+        channels_last: Optional[bool] = None,
         compile: bool = False,
         fid: bool = True,
         kid: bool = True,
@@ -151,6 +154,7 @@ class Pix2Pix(pl.LightningModule):
         self.nonfinite_total = 0
         self._nonfinite_run = 0
         self._rng_to_restore: Optional[dict[str, Any]] = None
+        self.use_channels_last: bool = bool(channels_last)  # resolved against the Trainer in setup()
 
     # -- setup ---------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -159,16 +163,25 @@ class Pix2Pix(pl.LightningModule):
             extractor = load_inception(self.hparams.inception_weights)
             self.val_metrics.set_extractor(extractor)
             self.test_metrics.set_extractor(extractor)
-        if self.hparams.channels_last:
-            self.G.to(memory_format=torch.channels_last)
-            self.D.to(memory_format=torch.channels_last)
+        self.use_channels_last = self._resolve_channels_last()
+        fmt = torch.channels_last if self.use_channels_last else torch.contiguous_format
+        self.G.to(memory_format=fmt)
+        self.D.to(memory_format=fmt)
         if self.hparams.compile and not getattr(self, "_compiled", False):
             self.G.compile()
             self.D.compile()
             self._compiled = True
 
+    def _resolve_channels_last(self) -> bool:
+        if self.hparams.channels_last is not None:
+            return bool(self.hparams.channels_last)
+        if self._trainer is None:
+            return False
+        on_cpu = self.trainer.strategy.root_device.type == "cpu"
+        return not on_cpu or "16" in str(self.trainer.precision)
+
     def _prep(self, x: torch.Tensor) -> torch.Tensor:
-        if self.hparams.channels_last and x.dim() == 4:
+        if self.use_channels_last and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -309,6 +322,12 @@ class Pix2Pix(pl.LightningModule):
                     "trainer.max_epochs=%d but the linear LR policy spans n_epochs + n_epochs_decay = %d epochs",
                     t.max_epochs, h.n_epochs + h.n_epochs_decay,
                 )
+        if self.device.type == "cpu" and "16" in str(t.precision) and cpu_bf16_support() == "none":
+            # the CLI switches to 32-true by itself (precision_fallback); a Trainer built in Python does not
+            rank_zero_warn(
+                f"precision={t.precision} on a CPU with no bf16 kernels (no AVX-512/AMX): convolutions run in slow "
+                "reference code, about 20x slower than precision=32 here"
+            )
 
     # -- inference -----------------------------------------------------------------------------------
     @contextmanager

@@ -6,8 +6,11 @@ import pytest
 import torch
 
 from pix2pix_lit import PairedDataModule, Pix2Pix, SyntheticPairedDataModule
+from pix2pix_lit.precision import cpu_bf16_support, cpu_precision_fallback
 
-from conftest import MAPS, TINY_MODEL, quiet_trainer
+from conftest import MAPS, REPO, TINY_MODEL, quiet_trainer
+
+NO_BF16_KERNELS = cpu_bf16_support() == "none"
 
 
 def _changed(before: dict, net: torch.nn.Module) -> bool:
@@ -44,6 +47,8 @@ def test_mixed_precision_steps_update_both_networks(tmp_path, precision):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not MAPS.is_dir(), reason="needs ../shared/datasets/maps")
+@pytest.mark.skipif(NO_BF16_KERNELS, reason="this CPU has no bf16 kernels: 300 bf16 steps at 256x256 take hours here "
+                    "(~58 s each, see experiments/RESULTS.md)")
 def test_bf16_300_steps_on_real_maps_stay_finite():
     dm = PairedDataModule(str(MAPS), direction="BtoA", batch_size=1, num_workers=2)
     model = Pix2Pix(fid=False, kid=False)  # the official unet_256 + basic D at 256x256
@@ -54,3 +59,59 @@ def test_bf16_300_steps_on_real_maps_stay_finite():
         assert math.isfinite(float(trainer.callback_metrics[k]))
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert float(trainer.callback_metrics["train/loss_G_L1"]) < 60  # 100 x L1 well below the untrained ~50-70
+
+
+@pytest.mark.parametrize("accelerator,precision,support,expected", [
+    ("cpu", "bf16-mixed", "none", "32-true"),
+    ("cpu", "16-mixed", "none", "32-true"),  # Lightning runs 16-mixed as bf16-mixed on CPUs
+    ("cpu", "bf16-true", "none", "32-true"),
+    ("cpu", "32", "none", None),
+    ("cpu", "bf16-mixed", "emulated", None),
+    ("cpu", "bf16-mixed", "native", None),
+    ("gpu", "bf16-mixed", "none", None),
+    ("cuda", "16-mixed", "none", None),
+])
+def test_cpu_precision_fallback_rule(accelerator, precision, support, expected):
+    assert cpu_precision_fallback(accelerator, precision, support) == expected
+
+
+def test_cpu_bf16_support_agrees_with_onednn():
+    support = cpu_bf16_support()
+    assert support in ("native", "emulated", "none")
+    assert (support == "none") == (not torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _cli_trainer(monkeypatch, support, *extra):
+    from pix2pix_lit import cli, precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: support)
+    monkeypatch.setattr("sys.argv", ["pix2pix-lit"])  # pytest's own arguments are not the CLI's
+    parsed = cli.Pix2PixCLI(
+        Pix2Pix, SyntheticPairedDataModule, subclass_mode_data=True, run=False, save_config_callback=None,
+        auto_configure_optimizers=False,
+        args=["-c", str(REPO / "configs" / "quickstart.yaml"), "--trainer.logger", "false", "--model.fid", "false",
+              "--model.kid", "false", *extra],
+    )
+    return parsed.trainer
+
+
+def test_cli_falls_back_to_fp32_on_cpus_without_bf16_kernels(monkeypatch, caplog):
+    with caplog.at_level("WARNING"):
+        trainer = _cli_trainer(monkeypatch, "none")
+    assert trainer.precision == "32-true"
+    assert "trainer.precision=bf16-mixed: this CPU has no bf16 kernels" in caplog.text
+    assert "--precision_fallback false" in caplog.text
+    assert _cli_trainer(monkeypatch, "none", "--precision_fallback", "false").precision == "bf16-mixed"
+    assert _cli_trainer(monkeypatch, "native").precision == "bf16-mixed"
+
+
+@pytest.mark.parametrize("precision,expected", [("32", False), ("bf16-mixed", True)])
+def test_channels_last_follows_precision_unless_set(tmp_path, precision, expected):
+    dm = SyntheticPairedDataModule(str(tmp_path / "syn"), num_train=4, num_val=2, num_test=2, image_size=36,
+                                   load_size=36, crop_size=32, batch_size=4, num_workers=0)
+    conv = lambda m: next(x for x in m.G.modules() if isinstance(x, torch.nn.Conv2d))  # noqa: E731
+    for setting, want in ((None, expected), (True, True), (False, False)):
+        model = Pix2Pix(**{**TINY_MODEL, "channels_last": setting})
+        quiet_trainer(max_steps=1, limit_val_batches=0, precision=precision).fit(model, dm)
+        assert model.use_channels_last is want, setting
+        assert conv(model).weight.is_contiguous(memory_format=torch.channels_last) is want, setting

@@ -1,0 +1,57 @@
+"""Which reduced precisions this CPU runs fast, and the CLI's fallback for CPUs that have none.
+
+PyTorch runs bf16 convolutions on the CPU through oneDNN only where oneDNN has bf16 kernels
+(x86 CPUs with AVX-512; natively fast with AVX512-BF16 or AMX). Elsewhere (AVX2-only CPUs such as
+AMD Zen 2/3 or most laptops before 2023) it falls back to a single-threaded reference
+convolution: measured on an AMD EPYC (Zen 3) here, a pix2pix training step at 256x256 took 58 s in
+bf16-mixed against 3.1 s in fp32 (``experiments/RESULTS.md``). Lightning cannot know this, so the
+CLI checks it before building the Trainer.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal, Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+BF16Support = Literal["native", "emulated", "none"]
+
+# precisions that put convolutions in bf16 on a CPU (Lightning turns 16-mixed into bf16-mixed there)
+_CPU_BF16_PRECISIONS = ("bf16-mixed", "bf16", "bf16-true", "16-mixed", "16", 16, "16-true")
+
+
+def cpu_bf16_support() -> BF16Support:
+    """``native`` (AVX512-BF16 or AMX: bf16 is faster than fp32), ``emulated`` (oneDNN emulates bf16 with
+    AVX-512: works, rarely faster) or ``none`` (no oneDNN bf16 kernels: reference kernels, far slower)."""
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return "none"
+    cpu = torch.cpu
+    native = getattr(cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+    return "native" if native else "emulated"
+
+
+def runs_on_cpu(accelerator: Any) -> bool:
+    """Whether a Trainer ``accelerator`` setting ends up on the CPU."""
+    name = accelerator if isinstance(accelerator, str) else type(accelerator).__name__.lower().replace("accelerator", "")
+    name = (name or "auto").lower()
+    if name == "cpu":
+        return True
+    if name == "auto":
+        mps = getattr(torch.backends, "mps", None)
+        return not torch.cuda.is_available() and not (mps is not None and mps.is_available())
+    return False
+
+
+def cpu_precision_fallback(accelerator: Any, precision: Any, support: Optional[BF16Support] = None) -> Optional[str]:
+    """The precision to use instead of ``precision`` on this machine, or None to keep it.
+
+    bf16 (and 16-mixed, which Lightning runs as bf16 on CPUs) on a CPU with no bf16 kernels becomes
+    ``32-true``: the same training, an order of magnitude faster there.
+    """
+    if precision not in _CPU_BF16_PRECISIONS or not runs_on_cpu(accelerator):
+        return None
+    support = support or cpu_bf16_support()
+    return "32-true" if support == "none" else None
