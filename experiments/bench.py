@@ -146,6 +146,50 @@ def run_train(precision: str, channels_last: bool, steps: int, warmup: int) -> d
     }
 
 
+def run_plain(steps: int, warmup: int) -> dict:
+    """The official code's step (``Pix2PixModel.optimize_parameters``) as a plain PyTorch loop, fp32, NCHW.
+
+    The same networks, losses and data as ``run_train``, without Lightning: what the official
+    implementation does per batch, to measure our framework's overhead against it.
+    """
+    from pix2pix_lit.nets import define_D, define_G
+
+    torch.manual_seed(0)
+    dm, data = datamodule()
+    dm.setup("fit")
+    G, D = define_G(3, 3, 64, "unet_256"), define_D(6, 64, "basic")
+    opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    bce, l1 = torch.nn.BCEWithLogitsLoss(), torch.nn.L1Loss()
+    compute, wait, n, last = 0.0, 0.0, 0, time.perf_counter()
+    for i, batch in enumerate(dm.train_dataloader()):
+        start = time.perf_counter()
+        real_a, real_b = batch["source"], batch["target"]
+        fake_b = G(real_a)
+        D.requires_grad_(True)
+        opt_d.zero_grad()
+        pred_fake = D(torch.cat([real_a, fake_b], 1).detach())
+        pred_real = D(torch.cat([real_a, real_b], 1))
+        loss_d = 0.5 * (bce(pred_fake, torch.zeros_like(pred_fake)) + bce(pred_real, torch.ones_like(pred_real)))
+        loss_d.backward()
+        opt_d.step()
+        D.requires_grad_(False)
+        opt_g.zero_grad()
+        pred_fake = D(torch.cat([real_a, fake_b], 1))
+        loss_g = bce(pred_fake, torch.ones_like(pred_fake)) + 100.0 * l1(fake_b, real_b)
+        loss_g.backward()
+        opt_g.step()
+        end = time.perf_counter()
+        if i >= warmup:
+            compute, wait, n = compute + end - start, wait + start - last, n + 1
+        last = end
+        if i + 1 >= warmup + steps:
+            break
+    return {"part": "train", "precision": "32", "channels_last": False, "data": data, "steps": n,
+            "img_per_s": n / compute, "compute_s": compute, "data_wait_s": wait, "peak_rss_mb": peak_rss_mb(),
+            "threads": torch.get_num_threads(), "note": "plain PyTorch loop (the official step)"}
+
+
 def run_infer(precision: str, channels_last: bool, steps: int, warmup: int) -> dict:
     from pix2pix_lit import Pix2Pix
 
@@ -210,6 +254,8 @@ def run_peak() -> dict:
 def child(args: argparse.Namespace) -> None:
     if args.part == "train":
         res = run_train(args.precision, args.channels_last, args.steps, args.warmup)
+    elif args.part == "plain":
+        res = run_plain(args.steps, args.warmup)
     elif args.part == "infer":
         res = run_infer(args.precision, args.channels_last, args.steps, args.warmup)
     elif args.part == "quality":
@@ -251,7 +297,8 @@ def table(rows: list[dict], cols: list[str]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", default="all", choices=["all", "train", "infer", "peak", "quality"])
+    p.add_argument("--part", default="all", choices=["all", "train", "infer", "peak", "quality", "plain"],
+                   help="train also times the official step as a plain PyTorch loop (plain: only that)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--quality-steps", type=int, default=300)
@@ -273,14 +320,20 @@ def main() -> None:
         sections.append("Machine peak and step cost:\n\n" + table([peak], list(peak)))
     if "train" in parts:
         rows = [spawn(args, part="train", precision=pr, channels_last=cl) for pr, cl in CONFIGS]
+        rows.append(spawn(args, part="plain"))
         base = rows[0]["img_per_s"]
         for r in rows:
             r["speedup_vs_fp32"] = r["img_per_s"] / base
             r["achieved_tflops"] = r["img_per_s"] * peak["train_step_gflop"] / 1e3
             r["pct_of_bf16_peak"] = 100 * r["achieved_tflops"] / peak["bf16_matmul_tflops"]
+            r["pct_of_fp32_peak"] = 100 * r["achieved_tflops"] / peak["fp32_matmul_tflops"]
         sections.append("Training step (G+D, batch 1, 256x256, unet_256 + basic D):\n\n" + table(rows, [
             "precision", "channels_last", "img_per_s", "speedup_vs_fp32", "achieved_tflops", "pct_of_bf16_peak",
-            "compute_s", "data_wait_s", "steps", "peak_rss_mb", "data", "note"]))
+            "pct_of_fp32_peak", "compute_s", "data_wait_s", "steps", "peak_rss_mb", "data", "note"]))
+    if parts == ["plain"]:
+        sections.append("Training step, the official step as a plain PyTorch loop (G+D, batch 1, 256x256):\n\n" + table(
+            [spawn(args, part="plain")], ["precision", "channels_last", "img_per_s", "compute_s", "data_wait_s", "steps",
+                                          "peak_rss_mb", "data", "note"]))
     if "infer" in parts:
         rows = [spawn(args, part="infer", precision=pr, channels_last=cl) for pr, cl in CONFIGS]
         sections.append("Inference (G only, batch 1, 256x256):\n\n" + table(rows, [

@@ -137,7 +137,7 @@ class Pix2PixCLI(LightningCLI):
         if rank_zero_only.rank == 0:
             log.warning(
                 "trainer.precision=%s: this CPU has no bf16 kernels (PyTorch sees %s, no AVX-512/AMX), where bf16 "
-                "convolutions run in slow reference code (about 20x slower than fp32); using precision %s instead "
+                "convolutions run in slow reference code (about 30x slower than fp32); using precision %s instead "
                 "(--precision_fallback false keeps %s)", asked, torch.backends.cpu.get_cpu_capability(), new, asked,
             )
 

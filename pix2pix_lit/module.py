@@ -326,7 +326,7 @@ class Pix2Pix(pl.LightningModule):
             # the CLI switches to 32-true by itself (precision_fallback); a Trainer built in Python does not
             rank_zero_warn(
                 f"precision={t.precision} on a CPU with no bf16 kernels (no AVX-512/AMX): convolutions run in slow "
-                "reference code, about 20x slower than precision=32 here"
+                "reference code, about 30x slower than precision=32 here"
             )
 
     # -- inference -----------------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 PyTorch runs bf16 convolutions on the CPU through oneDNN only where oneDNN has bf16 kernels
 (x86 CPUs with AVX-512; natively fast with AVX512-BF16 or AMX). Elsewhere (AVX2-only CPUs such as
 AMD Zen 2/3 or most laptops before 2023) it falls back to a single-threaded reference
-convolution: measured on an AMD EPYC (Zen 3) here, a pix2pix training step at 256x256 took 58 s in
-bf16-mixed against 3.1 s in fp32 (``experiments/RESULTS.md``). Lightning cannot know this, so the
+convolution: measured on an AMD EPYC (Zen 3) here, the pix2pix training step at 256x256 ran at
+0.017 images/s in bf16-mixed against 0.62 in fp32, 36x slower (``experiments/RESULTS.md``). Lightning cannot know this, so the
 CLI checks it before building the Trainer.
 """
 
