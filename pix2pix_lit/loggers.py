@@ -48,6 +48,13 @@ class WandbLogger(_WandbLogger):
             # Lightning passes anonymous=None, which current wandb versions warn about on every run
             self._wandb_init.pop("anonymous", None)
 
+    @property
+    def experiment(self):
+        # the run folder exists before wandb starts, so it finds the git repository (and commit) around it
+        if getattr(self, "_experiment", None) is None and self._save_dir:
+            os.makedirs(self._save_dir, exist_ok=True)
+        return super().experiment
+
 
 class CSVLogger(_CSVLogger):
     """Lightning's CSVLogger writing ``<save_dir>/csv/version_N/metrics.csv`` (one version per fit, resumes too)."""

@@ -18,7 +18,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, ReduceLROnPlat
 
 from pix2pix_lit.errors import ConfigError, NonFiniteLossError, check_choice
 from pix2pix_lit.losses import GANLoss, feature_matching_loss, gradient_penalty
-from pix2pix_lit.metrics import ImageQualityMetrics, load_inception
+from pix2pix_lit.metrics import ImageQualityMetrics, find_inception_weights, load_inception
 from pix2pix_lit.nets import DISCRIMINATORS, GENERATORS, define_D, define_G
 from pix2pix_lit.precision import cpu_bf16_support
 
@@ -157,6 +157,14 @@ class Pix2Pix(pl.LightningModule):
         self.use_channels_last: bool = bool(channels_last)  # resolved against the Trainer in setup()
 
     # -- setup ---------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        # Lightning calls this before it starts the loggers: missing FID weights stop the run before a
+        # W&B run or any other file is written (setup() then loads them)
+        stage = self.trainer.state.fn.value if self._trainer is not None and self.trainer.state.fn else None
+        metrics = {"fit": self.val_metrics, "validate": self.val_metrics, "test": self.test_metrics}.get(stage)
+        if metrics is not None and metrics.needs_inception:
+            find_inception_weights(self.hparams.inception_weights)
+
     def setup(self, stage: str) -> None:
         needs = {"fit": self.val_metrics, "validate": self.val_metrics, "test": self.test_metrics}.get(stage)
         if needs is not None and needs.needs_inception:

@@ -125,7 +125,15 @@ def test_cli_bad_input_one_line_no_output(trained, tmp_path):
                    "--trainer.default_root_dir", str(tmp_path / "r")], env, tmp_path, check=False)
     assert missing.returncode == 2
     assert "nope does not exist; set data.root" in _one_error_line(missing)
-    assert not list((tmp_path / "r").rglob("*.ckpt"))
+    assert not (tmp_path / "r").exists()  # no checkpoint, config, CSV or W&B run of a run that never started
+    odd = tmp_path / "odd" / "train"
+    odd.mkdir(parents=True)
+    Image.new("RGB", (65, 32)).save(odd / "a.png")
+    proc = run(["fit", "-c", str(REPO / "configs" / "maps.yaml"), "--data.root", str(odd.parent),
+                "--trainer.default_root_dir", str(tmp_path / "r")], env, tmp_path, check=False)
+    assert proc.returncode == 2 and "a.png is 65 pixels wide, an odd width" in _one_error_line(proc)
+    assert proc.stderr.strip().splitlines()[-1].startswith("pix2pix-lit: error:")
+    assert not (tmp_path / "r").exists()
     crop = run(["fit", "-c", str(REPO / "configs" / "maps.yaml"), "--data.crop_size", "300",
                 "--trainer.default_root_dir", str(tmp_path / "r")], env, tmp_path, check=False)
     assert crop.returncode == 2 and "crop_size=300 is larger than data.load_size=286" in _one_error_line(crop)

@@ -173,3 +173,19 @@ def test_predict_keeps_names_and_sizes(tmp_path, fit):
     if direct is not None:
         out = torch.from_numpy(np.asarray(Image.open(tmp_path / "out" / "sub/c.png"))).permute(2, 0, 1).float()
         assert (out - ((direct + 1) * 127.5).round()).abs().max() <= 1
+
+
+def test_missing_fid_weights_stop_before_the_loggers_write(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    from pix2pix_lit.errors import InceptionWeightsError
+
+    model = Pix2Pix(**{**TINY_MODEL, "fid": True, "inception_weights": str(tmp_path / "none.pth")})
+    trainer = quiet_trainer(max_steps=1, logger=CSVLogger(str(tmp_path / "run")))
+    with pytest.raises(InceptionWeightsError, match="none.pth .* do not exist"):
+        trainer.fit(model, synthetic(tmp_path))
+    assert not (tmp_path / "run").exists()
+    # the same logger writes its folder once the run can start
+    quiet_trainer(max_steps=1, logger=CSVLogger(str(tmp_path / "run")), limit_val_batches=0).fit(
+        Pix2Pix(**TINY_MODEL), synthetic(tmp_path))
+    assert (tmp_path / "run").is_dir()

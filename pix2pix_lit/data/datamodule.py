@@ -137,25 +137,41 @@ class PairedDataModule(pl.LightningDataModule):
         log.info("no %s split in %s: holding out %d train samples for validation", h.val_split, self.root, len(val_idx))
         return Subset(self._make(h.train_split, train=False), val_idx)
 
-    def setup(self, stage: str) -> None:
+    def _build(self, stage: str) -> dict[str, Dataset]:
+        """The datasets a stage needs, each file checked (a DataError names the first bad one)."""
         h = self.hparams
         if stage == "fit":
             train = self._make(h.train_split, train=True)
             if not self._split_exists(h.val_split):
                 train_idx, _, _ = self._carved_split()
                 train = Subset(train, train_idx)
-            self.train_dataset = train
-            self.val_dataset = self._val_dataset()
-        elif stage == "validate":
-            self.val_dataset = self._val_dataset()
-        elif stage == "test":
+            return {"train_dataset": train, "val_dataset": self._val_dataset()}
+        if stage == "validate":
+            return {"val_dataset": self._val_dataset()}
+        if stage == "test":
             if self._split_exists(h.test_split):
-                self.test_dataset = self._make(h.test_split, train=False)
-            else:
-                log.warning("no %s split in %s: testing on the validation split", h.test_split, self.root)
-                self.test_dataset = self._val_dataset()
-        elif stage == "predict":
-            self.predict_dataset = self._predict_dataset()
+                return {"test_dataset": self._make(h.test_split, train=False)}
+            log.warning("no %s split in %s: testing on the validation split", h.test_split, self.root)
+            return {"test_dataset": self._val_dataset()}
+        if stage == "predict":
+            return {"predict_dataset": self._predict_dataset()}
+        return {}
+
+    def prepare_data(self) -> None:
+        # Lightning calls this before it starts the loggers (a W&B run) and callbacks: bad data stops the
+        # run here, before anything is written. The checked datasets are kept for setup() (on the processes
+        # that did not run this, setup() builds and checks them itself).
+        trainer = getattr(self, "trainer", None)
+        stage = trainer.state.fn.value if trainer is not None and trainer.state.fn is not None else None
+        if stage is not None:
+            self._prepared = (stage, self._build(stage))
+
+    def setup(self, stage: str) -> None:
+        prepared = getattr(self, "_prepared", None)
+        datasets = prepared[1] if prepared is not None and prepared[0] == stage else self._build(stage)
+        self._prepared = None
+        for name, dataset in datasets.items():
+            setattr(self, name, dataset)
 
     def _predict_dataset(self) -> Dataset:
         h = self.hparams
@@ -266,8 +282,9 @@ class SyntheticPairedDataModule(PairedDataModule):
 
     def prepare_data(self) -> None:
         generate(self.root, self.sizes, self.image_size, self.dataset_seed)
+        super().prepare_data()
 
     def setup(self, stage: str) -> None:
-        # also when used outside a Trainer (prepare_data is idempotent)
-        self.prepare_data()
+        # also when used outside a Trainer, and on processes where Lightning did not call prepare_data
+        generate(self.root, self.sizes, self.image_size, self.dataset_seed)
         super().setup(stage)
