@@ -66,9 +66,9 @@ def cpu_report() -> str:
 
 
 def slow_bf16(precision: str) -> bool:
-    from pix2pix_lit.precision import cpu_bf16_support
+    from pix2pix_lit.precision import cpu_precision_fallback
 
-    return "16" in precision and cpu_bf16_support() == "none"
+    return cpu_precision_fallback("cpu", precision) is not None
 
 
 def peak_rss_mb() -> float:

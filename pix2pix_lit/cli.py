@@ -124,7 +124,6 @@ class Pix2PixCLI(LightningCLI):
                     # keep csv/ for the training history that `compare` reads
                     lg.init_args.name = f"csv-{self.subcommand}"
 
-
     @staticmethod
     def _fall_back_precision(cfg) -> None:
         if not cfg.get("precision_fallback", True):

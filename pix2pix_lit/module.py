@@ -20,7 +20,7 @@ from pix2pix_lit.errors import ConfigError, NonFiniteLossError, check_choice
 from pix2pix_lit.losses import GANLoss, feature_matching_loss, gradient_penalty
 from pix2pix_lit.metrics import ImageQualityMetrics, find_inception_weights, load_inception
 from pix2pix_lit.nets import DISCRIMINATORS, GENERATORS, define_D, define_G
-from pix2pix_lit.precision import cpu_bf16_support
+from pix2pix_lit.precision import cpu_precision_fallback, is_16bit
 
 log = logging.getLogger(__name__)
 
@@ -157,16 +157,19 @@ class Pix2Pix(pl.LightningModule):
         self.use_channels_last: bool = bool(channels_last)  # resolved against the Trainer in setup()
 
     # -- setup ---------------------------------------------------------------------------------------
+    def _metrics_for(self, stage: Optional[str]) -> Optional[ImageQualityMetrics]:
+        return {"fit": self.val_metrics, "validate": self.val_metrics, "test": self.test_metrics}.get(stage or "")
+
     def prepare_data(self) -> None:
         # Lightning calls this before it starts the loggers: missing FID weights stop the run before a
         # W&B run or any other file is written (setup() then loads them)
         stage = self.trainer.state.fn.value if self._trainer is not None and self.trainer.state.fn else None
-        metrics = {"fit": self.val_metrics, "validate": self.val_metrics, "test": self.test_metrics}.get(stage)
+        metrics = self._metrics_for(stage)
         if metrics is not None and metrics.needs_inception:
             find_inception_weights(self.hparams.inception_weights)
 
     def setup(self, stage: str) -> None:
-        needs = {"fit": self.val_metrics, "validate": self.val_metrics, "test": self.test_metrics}.get(stage)
+        needs = self._metrics_for(stage)
         if needs is not None and needs.needs_inception:
             extractor = load_inception(self.hparams.inception_weights)
             self.val_metrics.set_extractor(extractor)
@@ -186,7 +189,7 @@ class Pix2Pix(pl.LightningModule):
         if self._trainer is None:
             return False
         on_cpu = self.trainer.strategy.root_device.type == "cpu"
-        return not on_cpu or "16" in str(self.trainer.precision)
+        return not on_cpu or is_16bit(self.trainer.precision)
 
     def _prep(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_channels_last and x.dim() == 4:
@@ -330,7 +333,7 @@ class Pix2Pix(pl.LightningModule):
                     "trainer.max_epochs=%d but the linear LR policy spans n_epochs + n_epochs_decay = %d epochs",
                     t.max_epochs, h.n_epochs + h.n_epochs_decay,
                 )
-        if self.device.type == "cpu" and "16" in str(t.precision) and cpu_bf16_support() == "none":
+        if self.device.type == "cpu" and cpu_precision_fallback("cpu", t.precision) is not None:
             # the CLI switches to 32-true by itself (precision_fallback); a Trainer built in Python does not
             rank_zero_warn(
                 f"precision={t.precision} on a CPU with no bf16 kernels (no AVX-512/AMX): convolutions run in slow "

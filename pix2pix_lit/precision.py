@@ -19,8 +19,13 @@ log = logging.getLogger(__name__)
 
 BF16Support = Literal["native", "emulated", "none"]
 
-# precisions that put convolutions in bf16 on a CPU (Lightning turns 16-mixed into bf16-mixed there)
-_CPU_BF16_PRECISIONS = ("bf16-mixed", "bf16", "bf16-true", "16-mixed", "16", 16, "16-true")
+# 16-bit precisions; on a CPU they put convolutions in bf16 (Lightning turns 16-mixed into bf16-mixed there)
+_16BIT_PRECISIONS = ("bf16-mixed", "bf16", "bf16-true", "16-mixed", "16", 16, "16-true")
+
+
+def is_16bit(precision: Any) -> bool:
+    """Whether a Trainer ``precision`` setting computes in fp16/bf16."""
+    return precision in _16BIT_PRECISIONS
 
 
 def cpu_bf16_support() -> BF16Support:
@@ -51,7 +56,7 @@ def cpu_precision_fallback(accelerator: Any, precision: Any, support: Optional[B
     bf16 (and 16-mixed, which Lightning runs as bf16 on CPUs) on a CPU with no bf16 kernels becomes
     ``32-true``: the same training, an order of magnitude faster there.
     """
-    if precision not in _CPU_BF16_PRECISIONS or not runs_on_cpu(accelerator):
+    if not is_16bit(precision) or not runs_on_cpu(accelerator):
         return None
     support = support or cpu_bf16_support()
     return "32-true" if support == "none" else None

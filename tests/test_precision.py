@@ -78,12 +78,6 @@ def test_cpu_precision_fallback_rule(accelerator, precision, support, expected):
     assert cpu_precision_fallback(accelerator, precision, support) == expected
 
 
-def test_cpu_bf16_support_agrees_with_onednn():
-    support = cpu_bf16_support()
-    assert support in ("native", "emulated", "none")
-    assert (support == "none") == (not torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
 def _cli_trainer(monkeypatch, support, *extra):
     from pix2pix_lit import cli, precision
 
