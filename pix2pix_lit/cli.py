@@ -8,25 +8,105 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import warnings
 from argparse import ArgumentError
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from pix2pix_lit.callbacks import ImageGridCallback, PredictionWriter, TestReport
 from pix2pix_lit.data import PairedDataModule
-from pix2pix_lit.errors import Pix2PixLitError
-from pix2pix_lit.module import Pix2Pix
+from pix2pix_lit.errors import CheckpointError, Pix2PixLitError
+from pix2pix_lit.module import RUNTIME_OPTIONS, Pix2Pix
 from pix2pix_lit.precision import cpu_precision_fallback
 
 log = logging.getLogger("pix2pix_lit")
 
 _RUN_DIR_LOGGERS = ("WandbLogger", "CSVLogger", "TensorBoardLogger")
+_LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches")
+# ckpt_path values that Lightning resolves itself (to a file it finds later)
+_SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """Read a Lightning checkpoint (tensors memory-mapped), or raise a CheckpointError naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(
+            f"checkpoint {p} does not exist; pass the path of a .ckpt file (e.g. runs/NAME/checkpoints/last.ckpt)"
+        )
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for damaged files
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint {p} cannot be read ({reason[:120]}); the file is truncated or not a checkpoint: "
+            "use another one (e.g. last.ckpt or a best-*.ckpt)"
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"checkpoint {p} holds no model weights (state_dict); it is not a pix2pix-lit checkpoint")
+    return ckpt
+
+
+def check_checkpoint_fits(model: torch.nn.Module, ckpt: dict[str, Any], path: str) -> None:
+    """A CheckpointError saying how the checkpoint's networks differ from the configured model's."""
+    ours = model.state_dict()
+    theirs = ckpt["state_dict"]
+    missing, unexpected = sorted(ours.keys() - theirs.keys()), sorted(theirs.keys() - ours.keys())
+    shapes = [(k, tuple(theirs[k].shape), tuple(ours[k].shape)) for k in sorted(ours.keys() & theirs.keys())
+              if theirs[k].shape != ours[k].shape]
+    if not (missing or unexpected or shapes):
+        return
+    if shapes:
+        k, a, b = shapes[0]
+        detail = f"{len(shapes)} tensor(s) differ in shape, e.g. {k}: {a} in the checkpoint, {b} here"
+    else:
+        detail = f"{len(missing)} tensor(s) missing (e.g. {missing[:1]}), {len(unexpected)} unknown (e.g. {unexpected[:1]})"
+    raise CheckpointError(
+        f"checkpoint {path} was made for another architecture than this config ({detail}); use the config the "
+        "checkpoint was trained with (data.input_nc/output_nc, model.netG/netD/ngf/ndf/norm...)"
+    )
+
+
+def whole_number_limits(argv: list[str]) -> dict[str, int]:
+    """``trainer.limit_*_batches`` given as whole numbers (``1``, not ``1.0``) in the config files or on the
+    command line, in the order they apply.
+
+    jsonargparse turns ``1`` into ``1.0``, which Lightning reads as 100%; a whole number means batches.
+    """
+    out: dict[str, int] = {}
+
+    def note(key: str, value: Any) -> None:
+        if isinstance(value, bool):
+            return
+        if isinstance(value, int) or (isinstance(value, str) and re.fullmatch(r"\d+", value.strip())):
+            out[key] = int(value)
+        else:
+            out.pop(key, None)
+
+    for i, arg in enumerate(argv):
+        name, _, value = arg.partition("=")
+        if name in ("-c", "--config"):
+            path = value or (argv[i + 1] if i + 1 < len(argv) else "")
+            try:
+                trainer = (yaml.safe_load(Path(path).read_text()) or {}).get("trainer") or {}
+            except (OSError, yaml.YAMLError, AttributeError):
+                trainer = {}
+            for key in _LIMITS:
+                if key in trainer:
+                    note(key, trainer[key])
+        elif name.startswith("--trainer.limit_") and name[len("--trainer."):] in _LIMITS:
+            if not value and i + 1 < len(argv):
+                value = argv[i + 1]
+            note(name[len("--trainer."):], value)
+    return out
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -59,6 +139,39 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
 
 
 class Pix2PixCLI(LightningCLI):
+    """LightningCLI with the checkpoint rule: with ``--ckpt_path``, what defines the trained networks comes
+    from the checkpoint, how it is run (``RUNTIME_OPTIONS``: inference mode, predict fit, metrics ...) from the
+    command line and config. A missing, damaged or mismatched checkpoint is a one-line error, before any
+    run folder is written."""
+
+    def __init__(self, *args, argv: Optional[list[str]] = None, **kwargs) -> None:
+        self._limits = whole_number_limits(list(argv or []))
+        self._ckpt: Optional[dict[str, Any]] = None
+        super().__init__(*args, **kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        if not self.config.get("subcommand"):
+            return
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+        if not ckpt_path or ckpt_path in _SPECIAL_CKPT_PATHS:
+            return
+        self._ckpt = load_checkpoint(ckpt_path)
+        hparams = dict(self._ckpt.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        for key in (*RUNTIME_OPTIONS, "input_nc", "output_nc"):  # channels are linked from the data
+            hparams.pop(key, None)
+        if hparams:
+            self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        for key, batches in self._limits.items():
+            # jsonargparse hands the Trainer 1.0 (= 100%) for a 1; set the whole number of batches meant
+            setattr(self.trainer, key, batches)
+        if self._ckpt is not None:
+            check_checkpoint_fits(self.model, self._ckpt, self.config[self.subcommand].ckpt_path)
+            self._ckpt = None  # Lightning reads the file again when it restores
+
     def add_arguments_to_parser(self, parser) -> None:
         # channels are a property of the data: the model takes them from there
         parser.link_arguments("data.init_args.input_nc", "model.input_nc")
@@ -170,6 +283,10 @@ def main(args: Optional[list[str]] = None) -> None:
         from pix2pix_lit.compare import main as compare_main
 
         sys.exit(compare_main(argv[1:]))
+    if argv and argv[0] == "eval":
+        from pix2pix_lit.evaluate import main as eval_main
+
+        sys.exit(eval_main(argv[1:]))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # A checkpoint written between batches holds the state after both updates of the last batch, which
     # is what resume needs; Lightning's advice for manual optimization does not apply.
@@ -184,6 +301,7 @@ def main(args: Optional[list[str]] = None) -> None:
             args=args,
             auto_configure_optimizers=False,
             parser_kwargs={"exit_on_error": False},
+            argv=argv,
         )
     except ArgumentError as e:
         cause = _rejected(e)

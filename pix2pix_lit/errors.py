@@ -17,6 +17,10 @@ class DataError(Pix2PixLitError):
     """The data on disk cannot be used (missing folder, unreadable image, size mismatch, ...)."""
 
 
+class CheckpointError(Pix2PixLitError):
+    """A checkpoint is missing, unreadable or made for another architecture."""
+
+
 class InceptionWeightsError(Pix2PixLitError):
     """The FID Inception weights cannot be found offline."""
 

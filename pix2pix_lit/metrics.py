@@ -166,6 +166,14 @@ def load_inception(weights: Optional[str] = None) -> nn.Module:
     return net.eval().requires_grad_(False)
 
 
+def kid_subset_for(n: int, kid_subset_size: int) -> int:
+    """The KID subset size for ``n`` images: ``kid_subset_size`` when there are more images than that,
+    else half of them (at least 2), so that random subsets differ; all of them below 4 images."""
+    if n > kid_subset_size:
+        return kid_subset_size
+    return n // 2 if n >= 4 else n
+
+
 def _autocast_off(device: torch.device):
     return torch.autocast(device.type, enabled=False) if device.type in ("cpu", "cuda") else nullcontext()
 
@@ -179,13 +187,36 @@ class _PrecomputedFeatures(nn.Module):
         return features
 
 
+class OrderFreeKID(KernelInceptionDistance):
+    """KID whose random subsets do not depend on the order the features arrived in.
+
+    The features gathered from several processes come rank by rank, not image by image; sorted into
+    one canonical order before the subsets are drawn, KID equals a 1-process run's.
+    """
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # runs after torchmetrics has gathered every process's features; they are restored afterwards
+        for name in ("real_features", "fake_features"):
+            feats = dim_zero_cat(getattr(self, name))
+            order = torch.argsort(feats[:, 0], stable=True)
+            order = order[torch.argsort(feats[order].sum(1), stable=True)]  # by sum, ties by the first feature
+            setattr(self, name, [feats[order]])
+        return super().compute()
+
+
 class ImageQualityMetrics(nn.Module):
     """FID, KID, SSIM and PSNR over a whole split; states sync across processes (torchmetrics).
 
     ``update`` takes images in [-1, 1]; SSIM/PSNR use them mapped to [0, 1] (``data_range=1``, PSNR
     averaged per image), FID/KID the Inception features of their 8-bit versions (as if saved to PNG).
     Real-image features are kept across :meth:`reset` (``reset_real_features=False``) and computed
-    only while :attr:`real_cached` is False: once per run, not at every validation.
+    only while :attr:`real_cached` is False: once per real set, not at every validation. The set is
+    named by :meth:`use_real_set` (a fingerprint of the files and how they are read); another set
+    makes them computed anew.
+
+    KID is the mean over random subsets of ``kid_subset_size`` images; with fewer images, subsets of
+    half the images (so the subsets differ and ``kid_std`` measures a spread), and with fewer than 4
+    images KID is the whole-set estimate with no ``kid_std``.
     """
 
     def __init__(self, fid: bool = True, kid: bool = True, kid_subset_size: int = 1000, kid_subsets: int = 100):
@@ -198,13 +229,22 @@ class ImageQualityMetrics(nn.Module):
         if kid:
             with warnings.catch_warnings():  # "will save all extracted features": 2048 floats an image, as FID needs
                 warnings.filterwarnings("ignore", message=".*will save all extracted features")
-                self.kid = KernelInceptionDistance(
+                self.kid = OrderFreeKID(
                     feature=_PrecomputedFeatures(), reset_real_features=False, subset_size=kid_subset_size,
                     subsets=kid_subsets,
                 )
         self.kid_subset_size = kid_subset_size
         self.real_cached = False
+        self.real_key: Optional[str] = None
         self._extractor: list[nn.Module] = []  # a list, so the network is not a submodule (not in state_dict)
+
+    def use_real_set(self, key: str) -> None:
+        """Name the real images of the coming pass; cached real features of another set are dropped."""
+        if key != self.real_key:
+            if self.real_cached:
+                log.info("the evaluated real images changed: computing their Inception features anew")
+            self.reset_real()
+            self.real_key = key
 
     @property
     def needs_inception(self) -> bool:
@@ -270,14 +310,17 @@ class ImageQualityMetrics(nn.Module):
                     setattr(self.kid, name, [dim_zero_cat(feats)])
             with self.kid.sync_context():  # sample counts over all processes
                 n = min(dim_zero_cat(self.kid.real_features).shape[0], dim_zero_cat(self.kid.fake_features).shape[0])
-            subset = min(self.kid_subset_size, n)
+            subset = kid_subset_for(n, self.kid_subset_size)
             if subset != self.kid.subset_size:
-                log.info("KID: %d samples, fewer than kid_subset_size=%d: using subsets of %d", n, self.kid_subset_size, subset)
+                log.info("KID: %d samples, not more than kid_subset_size=%d: using subsets of %d", n,
+                         self.kid_subset_size, subset)
                 self.kid.subset_size = subset
             # KID draws random subsets: a fixed seed makes it repeatable and leaves the training RNG alone
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                out["kid_mean"], out["kid_std"] = self.kid.compute()
+                out["kid_mean"], kid_std = self.kid.compute()
+            if subset < n:  # with subsets of all the images every subset is the same: no spread to report
+                out["kid_std"] = kid_std
         if self.needs_inception:
             self.real_cached = True
         return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator, Literal, Optional
 
 import lightning.pytorch as pl
@@ -16,19 +16,39 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, ReduceLROnPlateau, StepLR
 
+from pix2pix_lit.data.datasets import fingerprint
 from pix2pix_lit.errors import ConfigError, NonFiniteLossError, check_choice
 from pix2pix_lit.losses import GANLoss, feature_matching_loss, gradient_penalty
 from pix2pix_lit.metrics import ImageQualityMetrics, find_inception_weights, load_inception
 from pix2pix_lit.nets import DISCRIMINATORS, GENERATORS, define_D, define_G
+from pix2pix_lit.nets.norm import batch_norm_own_statistics
 from pix2pix_lit.precision import cpu_precision_fallback, is_16bit
 
 log = logging.getLogger(__name__)
 
 LR_POLICIES = ("linear", "step", "plateau", "cosine")
+INFERENCE_MODES = ("paper", "eval")
+# metrics where a larger value is better (everything else logged here is lower-is-better)
+HIGHER_IS_BETTER = ("ssim", "psnr")
+
+# Options that say how a trained model is run, not what was trained: with --ckpt_path they come from
+# the command line/config, never from the checkpoint's hyper-parameters (see Pix2PixCLI).
+RUNTIME_OPTIONS = (
+    "inference_mode", "predict_fit", "predict_size", "channels_last", "compile", "fid", "kid", "inception_weights",
+    "kid_subset_size", "max_nonfinite_steps",
+)
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric.rsplit("/", 1)[-1] in HIGHER_IS_BETTER
 
 
 class ImagePool:
-    """The official image buffer: D sees a mix of current and past fakes (``pool_size=0`` disables it)."""
+    """The official image buffer: D sees a mix of current and past fakes (``pool_size=0`` disables it).
+
+    pix2pix pools whole D inputs, the (source, fake) pairs (as the official pix2pix did while it had a
+    pool), so a pooled fake is never shown beside another image's source.
+    """
 
     def __init__(self, pool_size: int) -> None:
         self.pool_size = pool_size
@@ -81,8 +101,11 @@ class Pix2Pix(pl.LightningModule):
         gan_mode: vanilla (BCE on logits) | lsgan | hinge | wgangp (+ lambda_gp * gradient penalty).
         lr_policy: linear (n_epochs constant + n_epochs_decay to 0) | step (x0.1 every lr_decay_iters
             epochs) | plateau (x0.2 when ``plateau_monitor`` stalls 5 epochs) | cosine (over n_epochs).
-        inference_mode: ``eval`` (dropout off, running BN statistics) or ``paper`` (dropout on and batch
-            statistics at test time, Sec. 3.3 of the paper; running statistics are left untouched).
+        inference_mode: how G runs at validation/test/predict. ``paper`` (default): the official ``test.py``
+            without ``--eval`` and Sec. 3.3 of the paper, the protocol of published pix2pix numbers: dropout
+            on, every image normalised with its own statistics (one image at a time, so results do not depend
+            on the eval batch size or the number of processes; running statistics are left untouched).
+            ``eval``: the official ``--eval``: dropout off, batch norm with the running statistics.
         predict_fit: how ``predict`` fits any image size to the generator: ``pad`` (reflect-pad to a
             multiple of the generator's stride, then crop back) or ``resize`` (to ``predict_size``, then back).
         channels_last: NHWC memory format. ``null`` (default): on with 16-bit/bf16 precision and on GPUs, where
@@ -121,7 +144,7 @@ class Pix2Pix(pl.LightningModule):
         n_epochs_decay: int = 100,
         lr_decay_iters: int = 50,
         plateau_monitor: str = "val/fid",
-        inference_mode: Literal["eval", "paper"] = "eval",
+        inference_mode: Literal["paper", "eval"] = "paper",
         predict_fit: Literal["pad", "resize"] = "pad",
         predict_size: int = 256,
         channels_last: Optional[bool] = None,
@@ -136,7 +159,7 @@ class Pix2Pix(pl.LightningModule):
         check_choice("model.netG", netG, GENERATORS)
         check_choice("model.netD", netD, DISCRIMINATORS)
         check_choice("model.lr_policy", lr_policy, LR_POLICIES)
-        check_choice("model.inference_mode", inference_mode, ("eval", "paper"))
+        check_choice("model.inference_mode", inference_mode, INFERENCE_MODES)
         check_choice("model.predict_fit", predict_fit, ("pad", "resize"))
         if lr <= 0 or lambda_L1 < 0 or pool_size < 0 or max_nonfinite_steps < 1:
             raise ConfigError("model.lr must be > 0, model.lambda_L1 and model.pool_size >= 0, max_nonfinite_steps >= 1")
@@ -223,7 +246,8 @@ class Pix2Pix(pl.LightningModule):
         if h.lr_policy == "step":
             return StepLR(opt, step_size=h.lr_decay_iters, gamma=0.1)
         if h.lr_policy == "plateau":
-            return ReduceLROnPlateau(opt, mode="min", factor=0.2, threshold=0.01, patience=5)
+            mode = "max" if higher_is_better(h.plateau_monitor) else "min"
+            return ReduceLROnPlateau(opt, mode=mode, factor=0.2, threshold=0.01, patience=5)
         return CosineAnnealingLR(opt, T_max=h.n_epochs, eta_min=0)
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
@@ -254,15 +278,16 @@ class Pix2Pix(pl.LightningModule):
 
         # D step: real pairs vs detached fake pairs, loss halved (official backward_D)
         self.toggle_optimizer(opt_d)
-        fake_for_d = self.pool.query(fake.detach())
-        pred_fake = self.D(self._d_input(source, fake_for_d))
-        pred_real = self.D(self._d_input(source, target))
+        real_pair = self._d_input(source, target)
+        fake_pair = self._prep(self.pool.query(self._d_input(source, fake.detach())))
+        pred_fake = self.D(fake_pair)
+        pred_real = self.D(real_pair)
         loss_D_fake = self.criterion_gan(pred_fake, False, for_discriminator=True)
         loss_D_real = self.criterion_gan(pred_real, True, for_discriminator=True)
         loss_D = (loss_D_fake + loss_D_real) * 0.5
         logs = {"train/loss_D_real": loss_D_real, "train/loss_D_fake": loss_D_fake}
         if h.gan_mode == "wgangp":
-            gp = gradient_penalty(self.D, self._d_input(source, target), self._d_input(source, fake_for_d))
+            gp = gradient_penalty(self.D, real_pair, fake_pair)
             loss_D = loss_D + h.lambda_gp * gp
             logs["train/loss_D_gp"] = gp
         d_ok = self._all_finite(loss_D)
@@ -280,7 +305,7 @@ class Pix2Pix(pl.LightningModule):
         if h.lambda_feat > 0:
             feats_fake = self.D.features(fake_pair)
             with torch.no_grad():
-                feats_real = self.D.features(self._d_input(source, target))
+                feats_real = self.D.features(real_pair)
             pred = [f[-1] for f in feats_fake] if isinstance(feats_fake[0], list) else feats_fake[-1]
             loss_G_feat = feature_matching_loss(feats_real, feats_fake) * h.lambda_feat
             logs["train/loss_G_feat"] = loss_G_feat
@@ -343,31 +368,32 @@ class Pix2Pix(pl.LightningModule):
     # -- inference -----------------------------------------------------------------------------------
     @contextmanager
     def inference(self) -> Iterator[None]:
-        """G in the chosen inference mode; 'paper' uses dropout and batch statistics but changes no buffer."""
-        if self.hparams.inference_mode == "eval":
-            was_training = self.G.training
-            self.G.eval()
-            try:
-                yield
-            finally:
-                self.G.train(was_training)
-            return
+        """G in the chosen inference mode (see ``inference_mode``); no parameter or buffer changes."""
         was_training = self.G.training
-        saved = {k: v.clone() for k, v in self.G.named_buffers()}
-        self.G.train()
+        if self.hparams.inference_mode == "eval":
+            self.G.eval()
+            context = nullcontext()
+        else:  # paper: dropout on, batch norm with the statistics of the images given
+            self.G.train()
+            context = batch_norm_own_statistics(self.G)
         try:
-            yield
+            with context:
+                yield
         finally:
-            with torch.no_grad():
-                for k, v in self.G.named_buffers():
-                    v.copy_(saved[k])
             self.G.train(was_training)
 
     @torch.no_grad()
     def generate(self, source: torch.Tensor) -> torch.Tensor:
-        """G(source) in the configured inference mode, as float in [-1, 1]."""
+        """G(source) in the configured inference mode, as float in [-1, 1].
+
+        In ``paper`` mode each image goes through G alone: its normalisation statistics are its own, as in
+        the official test (batch size 1), whatever the eval batch size or the number of processes.
+        """
+        source = self._prep(source)
         with self.inference():
-            return self.G(self._prep(source)).float()
+            if self.hparams.inference_mode == "paper" and source.shape[0] > 1:
+                return torch.cat([self.G(x.unsqueeze(0)).float() for x in source])
+            return self.G(source).float()
 
     def _eval_step(self, batch: dict[str, Any], metrics: ImageQualityMetrics) -> None:
         self._check_size(batch["source"])
@@ -384,6 +410,19 @@ class Pix2Pix(pl.LightningModule):
         out = {f"{prefix}/{k}": v.float() for k, v in values.items()}
         self.log_dict(out, sync_dist=False)
         return {k: float(v) for k, v in out.items()}
+
+    def _use_real_set(self, metrics: ImageQualityMetrics, loaders: Any, num_batches: list[int]) -> None:
+        """Key the cached real features to the images this pass evaluates (dataset, limits, batch size)."""
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        if loader is None:
+            return
+        metrics.use_real_set(fingerprint(loader.dataset, list(num_batches), loader.batch_size, self.trainer.world_size))
+
+    def on_validation_epoch_start(self) -> None:
+        self._use_real_set(self.val_metrics, self.trainer.val_dataloaders, self.trainer.num_val_batches)
+
+    def on_test_epoch_start(self) -> None:
+        self._use_real_set(self.test_metrics, self.trainer.test_dataloaders, self.trainer.num_test_batches)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics)
@@ -405,9 +444,10 @@ class Pix2Pix(pl.LightningModule):
         h, w = source.shape[-2:]
         if self.hparams.predict_fit == "resize":
             s = self.hparams.predict_size
-            x = F.interpolate(source.float(), size=(s, s), mode="bicubic", align_corners=False).clamp(-1, 1)
-            fake = self.generate(x)
-            fake = F.interpolate(fake, size=(h, w), mode="bicubic", align_corners=False).clamp(-1, 1)
+            # antialiased bicubic, as PIL resizes the training images (plain bicubic aliases when shrinking)
+            x = F.interpolate(source.float(), size=(s, s), mode="bicubic", align_corners=False, antialias=True)
+            fake = self.generate(x.clamp(-1, 1))
+            fake = F.interpolate(fake, size=(h, w), mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
         else:
             m = self.size_multiple
             ph, pw = math.ceil(h / m) * m - h, math.ceil(w / m) * m - w
@@ -430,7 +470,13 @@ class Pix2Pix(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("pix2pix_lit", {})
         self._rng_to_restore = state.get("rng_states")
-        self.pool.images = list(state.get("image_pool", []))
+        pool = list(state.get("image_pool", []))
+        pair_channels = self.hparams.input_nc + self.hparams.output_nc
+        if pool and pool[0].shape[1] != pair_channels:
+            # written before the pool held (source, fake) pairs: its lone fakes cannot be paired again
+            log.warning("the checkpoint's image pool holds fakes without their sources; starting with an empty pool")
+            pool = []
+        self.pool.images = pool
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
 
     def on_train_start(self) -> None:

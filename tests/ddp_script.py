@@ -13,7 +13,9 @@ import torch
 
 from pix2pix_lit import Pix2Pix, SyntheticPairedDataModule
 
-MODEL = dict(netG="unet", num_downs=5, ngf=8, ndf=8, kid_subset_size=5, n_epochs=1, n_epochs_decay=1)
+# no dropout: validation runs in the default 'paper' inference mode (per-image batch statistics), and its
+# numbers must then equal a 1-process run exactly, whatever the number of processes and eval batch size
+MODEL = dict(netG="unet", num_downs=5, ngf=8, ndf=8, kid_subset_size=5, n_epochs=1, n_epochs_decay=1, no_dropout=True)
 
 
 def datamodule(root: str) -> SyntheticPairedDataModule:

@@ -94,6 +94,10 @@ def test_test_writes_metrics_json_and_predict_writes_images(trained):
     assert rows[0] == "name,ssim,psnr" and len(rows) == 5
     ssim_mean = sum(float(r.split(",")[1]) for r in rows[1:]) / 4
     assert ssim_mean == pytest.approx(report["metrics"]["ssim"], abs=1e-4)
+    protocol = report["protocol"]
+    assert protocol["inference_mode"] == "paper" and "no --eval" in protocol["inference_mode_means"]
+    assert protocol["split"] == "test" and protocol["split_selected_checkpoint"] is False
+    assert protocol["official_test_preprocessing"] and protocol["load_size"] == protocol["crop_size"] == 32
     out = tmp / "pred"
     run(["predict", *tiny(tmp / "run_a", tmp / "syn"), "--ckpt_path", str(ckpt), "--predict_writer.output_dir", str(out)],
         env, tmp)
@@ -146,17 +150,123 @@ def test_cli_unknown_names_list_choices(trained, tmp_path):
         assert proc.returncode != 0 and value in proc.stderr and choice in proc.stderr
 
 
-def test_truncated_image_mid_run_is_one_line(trained, tmp_path):
+def test_truncated_jpeg_stops_before_the_run_starts(trained, tmp_path):
     _, env = trained
     data = tmp_path / "syn"
     from pix2pix_lit.data.synthetic import generate
 
     generate(data, {"train": 8, "val": 4, "test": 4}, 36)
     victim = data / "train" / "00003.png"
-    victim.write_bytes(victim.read_bytes()[:200])
+    Image.open(victim).save(data / "train" / "00003.jpg", quality=95)
+    victim.unlink()
+    jpeg = (data / "train" / "00003.jpg").read_bytes()
+    (data / "train" / "00003.jpg").write_bytes(jpeg[: len(jpeg) // 2])  # the header still reads fine
+    assert Image.open(data / "train" / "00003.jpg").size == (72, 36)
     proc = run(["fit", *tiny(tmp_path / "r", data, "--trainer.max_epochs", "1", "--model.fid", "false",
                               "--model.kid", "false", "--data.num_workers", "1")], env, tmp_path, check=False)
     assert proc.returncode == 2
     line = _one_error_line(proc)
-    assert "00003.png cannot be decoded" in line and "Traceback" not in line
-    assert not list((tmp_path / "r").rglob("*.ckpt"))
+    assert "00003.jpg cannot be decoded" in line and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()  # no W&B run, CSV, config or checkpoint
+
+
+def test_bad_checkpoints_are_one_line_and_write_nothing(trained, tmp_path):
+    tmp, env = trained
+    good = torch.load(tmp / "run_a" / "checkpoints" / "last.ckpt", weights_only=True)
+    truncated = tmp_path / "cut.ckpt"
+    truncated.write_bytes((tmp / "run_a" / "checkpoints" / "last.ckpt").read_bytes()[:5000])
+    other = tmp_path / "other.ckpt"
+    key = "G.model.model.0.weight"
+    good["state_dict"][key] = torch.zeros(16, 3, 4, 4)
+    torch.save(good, other)
+    cases = [
+        (tmp_path / "missing.ckpt", "missing.ckpt does not exist"),
+        (truncated, "cut.ckpt cannot be read"),
+        (other, f"made for another architecture than this config (1 tensor(s) differ in shape, e.g. {key}"),
+    ]
+    for command in ("test", "predict", "fit"):
+        for ckpt, message in cases:
+            proc = run([command, *tiny(tmp_path / "r", tmp / "syn"), "--ckpt_path", str(ckpt)], env, tmp_path, check=False)
+            assert proc.returncode == 2, (command, ckpt, proc.stderr[-2000:])
+            assert message in _one_error_line(proc) and "Traceback" not in proc.stderr
+            assert not (tmp_path / "r").exists()
+
+
+def test_run_options_come_from_the_command_line_with_a_checkpoint(trained, tmp_path):
+    tmp, env = trained
+    ckpt = str(tmp / "run_a" / "checkpoints" / "last.ckpt")
+    outs = {}
+    for mode in ("paper", "eval"):
+        # --model.ngf 16 defines the network: the checkpoint's 8 wins and the weights load
+        run(["predict", *tiny(tmp / "run_a", tmp / "syn"), "--ckpt_path", ckpt, "--model.inference_mode", mode,
+             "--model.ngf", "16", "--predict_writer.output_dir", str(tmp_path / mode)], env, tmp_path)
+        outs[mode] = (tmp_path / mode / "00000.png").read_bytes()
+    assert outs["paper"] != outs["eval"]
+    report = tmp_path / "report"
+    run(["test", *tiny(tmp / "run_a", tmp / "syn"), "--ckpt_path", ckpt, "--model.inference_mode", "eval",
+         "--test_report.output_dir", str(report)], env, tmp_path)
+    assert json.loads((report / "metrics.json").read_text())["protocol"]["inference_mode"] == "eval"
+
+
+def test_whole_number_limits_mean_batches_and_val_split_is_flagged(trained, tmp_path):
+    tmp, env = trained
+    ckpt = str(tmp / "run_a" / "checkpoints" / "last.ckpt")
+    proc = run(["test", *tiny(tmp / "run_a", tmp / "syn"), "--ckpt_path", ckpt, "--data.batch_size", "2",
+                "--trainer.limit_test_batches", "1", "--data.test_split", "val", "--test_report.output_dir",
+                str(tmp_path)], env, tmp_path)
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["num_images"] == 2  # 1 batch of 2, not 100% of the 4 images
+    assert report["protocol"]["split"] == "val" and report["protocol"]["split_selected_checkpoint"] is True
+    assert "testing on the validation split (val)" in proc.stderr + proc.stdout
+    run(["test", *tiny(tmp / "run_a", tmp / "syn"), "--ckpt_path", ckpt, "--data.batch_size", "2",
+         "--trainer.limit_test_batches", "1.0", "--test_report.output_dir", str(tmp_path)], env, tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text())["num_images"] == 4  # 1.0 is 100%
+
+
+def test_eval_command_equals_torch_fidelity(trained, tmp_path):
+    import warnings
+
+    import torch_fidelity
+
+    from pix2pix_lit.metrics import find_inception_weights
+
+    tmp, env = trained
+    real = tmp / "syn" / "val"
+    fake, reals = tmp_path / "fake", tmp_path / "real"
+    fake.mkdir()
+    reals.mkdir()
+    for i, path in enumerate(sorted(real.glob("*.png")) + sorted((tmp / "syn" / "test").glob("*.png"))):
+        img = Image.open(path)
+        w, h = img.size
+        img.crop((0, 0, w // 2, h)).save(fake / f"{i:03d}.png")
+        img.crop((w // 2, 0, w, h)).save(reals / f"{i:03d}.png")
+    out = tmp_path / "m.json"
+    proc = run(["eval", str(fake), str(reals), "--output", str(out), "--kid-subset-size", "4"], env, tmp_path)
+    result = json.loads(out.read_text())
+    assert result["num_images"] == 8 and "fid" in proc.stdout
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = torch_fidelity.calculate_metrics(
+            input1=str(fake), input2=str(reals), fid=True, cuda=False, verbose=False,
+            feature_extractor_weights_path=str(find_inception_weights()),
+        )
+    assert result["metrics"]["fid"] == pytest.approx(ref["frechet_inception_distance"], rel=1e-3)
+    assert set(result["metrics"]) >= {"fid", "kid_mean", "kid_std", "ssim", "psnr", "l1"}
+    missing = run(["eval", str(tmp_path / "nope"), str(reals)], env, tmp_path, check=False)
+    assert missing.returncode == 2 and "nope does not exist" in missing.stderr.strip().splitlines()[-1]
+    isc = run(["eval", str(fake), str(reals), "--isc"], env, tmp_path, check=False)
+    assert isc.returncode == 2 and "Inception Score needs the Inception's classifier layer" in isc.stderr
+    (reals / "007.png").unlink()
+    Image.new("RGB", (20, 20)).save(reals / "007.png")
+    sized = run(["eval", str(fake), str(reals), "--no-fid", "--no-kid"], env, tmp_path, check=False)
+    assert sized.returncode == 2 and "pass --size N" in sized.stderr
+    # the official test.py layout: <name>_fake_B.png and <name>_real_B.png in one folder
+    official = tmp_path / "images"
+    official.mkdir()
+    for i in range(3):
+        Image.open(fake / f"{i:03d}.png").save(official / f"{i}_fake_B.png")
+        Image.open(fake / f"{i:03d}.png").save(official / f"{i}_real_B.png")
+        Image.open(fake / f"{i:03d}.png").save(official / f"{i}_real_A.png")
+    same = run(["eval", str(official), str(official), "--fake-suffix", "_fake_B.png", "--real-suffix", "_real_B.png",
+                "--no-fid", "--no-kid"], env, tmp_path)
+    assert "(3 image pairs)" in same.stdout and re.search(r"ssim\s+1\n", same.stdout)

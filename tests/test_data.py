@@ -163,12 +163,30 @@ def test_not_an_image_and_truncated(tmp_path):
     Image.open(good).save(root / "train" / "cut.jpg", quality=95)
     data = (root / "train" / "cut.jpg").read_bytes()
     (root / "train" / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with Image.open(root / "train" / "cut.jpg") as img:
+        assert img.size == (64, 32)  # the header is fine: the damage shows only when the pixels are decoded
     dm = PairedDataModule(str(root), num_workers=0, preprocess="none")
-    dm.setup("fit")  # the header is fine: the damage shows when the pixels are decoded
-    ds = dm.train_dataset.dataset
-    idx = [p.name for p in ds.files].index("cut.jpg")
     with pytest.raises(DataError, match=r"cut.jpg cannot be decoded .*truncated or corrupt"):
-        ds[idx]
+        dm.setup("fit")  # every file is decoded before a run starts, not when the epoch reaches it
+
+
+def test_decode_check_is_remembered_until_a_file_changes(tmp_path, monkeypatch):
+    from pix2pix_lit.data import io
+
+    files = write_aligned(tmp_path / "imgs", 5, size=16)
+    decoded = []
+    real_decode = io._decode
+    monkeypatch.setattr(io, "_decode", lambda p: decoded.append(p.name) or real_decode(p))
+    io.check_decodable(files, cache_dir=tmp_path / "cache")
+    assert sorted(decoded) == sorted(p.name for p in files)
+    decoded.clear()
+    io.check_decodable(files, cache_dir=tmp_path / "cache")
+    assert decoded == []  # a second run pays nothing
+    data = files[2].read_bytes()
+    files[2].write_bytes(data[: len(data) // 2])  # same name, new size: decoded again, and caught
+    with pytest.raises(DataError, match=r"002.png cannot be decoded"):
+        io.check_decodable(files, cache_dir=tmp_path / "cache")
+    assert decoded == ["002.png"]
 
 
 def test_odd_width_and_size_mismatch(tmp_path):

@@ -71,12 +71,15 @@ def test_fid_equals_torch_fidelity(tmp_path, weights, extractor):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = torch_fidelity.calculate_metrics(
-            input1=str(tmp_path / "a"), input2=str(tmp_path / "b"), fid=True, kid=True, kid_subset_size=48,
+            input1=str(tmp_path / "a"), input2=str(tmp_path / "b"), fid=True, kid=True, kid_subset_size=24,
             cuda=False, verbose=False, feature_extractor_weights_path=str(weights), save_cpu_ram=True,
         )
-    ours = metrics_of(extractor, a, b, kid_subset_size=48)
+    ours = metrics_of(extractor, a, b, kid_subset_size=24)
     assert ours["fid"] == pytest.approx(ref["frechet_inception_distance"], rel=1e-3)
-    assert ours["kid_mean"] == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-2, abs=1e-4)
+    # both average 100 random subsets of 24 of the 48 images (drawn differently): equal within sampling error
+    spread = (ours["kid_std"] ** 2 + ref["kernel_inception_distance_std"] ** 2) ** 0.5 / 100 ** 0.5
+    assert abs(ours["kid_mean"] - ref["kernel_inception_distance_mean"]) < 3 * spread
+    assert ours["kid_std"] == pytest.approx(ref["kernel_inception_distance_std"], rel=0.3)
 
 
 def test_identical_sets_zero_and_noise_much_worse(extractor):
@@ -104,7 +107,8 @@ def test_real_features_once_and_kid_subset_adapts(extractor, caplog):
     m.update(fake, real)
     with caplog.at_level("INFO"):
         first = m.compute()
-    assert "using subsets of 6" in caplog.text
+    assert "using subsets of 3" in caplog.text  # half the images, so that the subsets differ
+    assert first["kid_std"] > 0
     assert sum(calls) == 12
     m.reset()
     m.update(fake, real)

@@ -61,6 +61,30 @@ class PredictionWriter(BasePredictionWriter):
             log.info("wrote %d predicted image(s) to %s", self.count, self._dir(trainer))
 
 
+def evaluation_protocol(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+    """How the test numbers were made: split, preprocessing, inference mode, FID implementation."""
+    h = pl_module.hparams
+    out: dict[str, Any] = {
+        "inference_mode": h.get("inference_mode"),
+        "inference_mode_means": {
+            "paper": "official test.py default (no --eval): dropout on, per-image batch-norm statistics",
+            "eval": "official --eval: dropout off, running batch-norm statistics",
+        }.get(h.get("inference_mode")),
+        "generator": "G",
+    }
+    dm = trainer.datamodule
+    if dm is not None and hasattr(dm, "eval_transform"):
+        t = dm.eval_transform
+        out.update(split=getattr(dm, "test_split_used", None), preprocess=t.preprocess, load_size=t.load_size,
+                   crop_size=t.crop_size, official_test_preprocessing=t.load_size == t.crop_size)
+        val_split = dm.hparams.get("val_split")
+        # the val split chose best-*.ckpt (and whatever was tuned on it): scores there are optimistic
+        out["split_selected_checkpoint"] = out["split"] is not None and out["split"] == val_split
+    if h.get("fid") or h.get("kid"):
+        out["fid_implementation"] = "torch-fidelity InceptionV3 (TF inception-2015-12-05), 2048-d pool, 8-bit images"
+    return out
+
+
 class TestReport(pl.Callback):
     """After ``test``: ``metrics.json`` (FID, KID, SSIM, PSNR over the split) and ``per_image.csv``.
 
@@ -101,6 +125,7 @@ class TestReport(pl.Callback):
             "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
             "num_images": len(rows),
             "metrics": {k.split("/", 1)[-1]: v for k, v in results.items()},
+            "protocol": evaluation_protocol(trainer, pl_module),
         }
         _write_atomic(out / "metrics.json", json.dumps(report, indent=2) + "\n")
         buf = io.StringIO()

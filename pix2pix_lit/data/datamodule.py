@@ -37,8 +37,10 @@ class PairedDataModule(pl.LightningDataModule):
             replaced by the split name) matched by name, ``a_suffix``/``b_suffix`` stripped.
         direction: ``AtoB`` or ``BtoA`` (the source is B, the target A).
         input_nc, output_nc: channels of source and target (1 = grayscale, e.g. sketches; 3; 4).
-        preprocess, load_size, crop_size, no_flip: the official preprocessing (val/test take the
-            centre crop and never flip).
+        preprocess, load_size, crop_size, no_flip: the official preprocessing of training images.
+        eval_load_size: the load size of val/test images. ``null`` (default): the official test protocol,
+            ``load_size = crop_size``: the whole image resized to ``crop_size``, no crop (as published numbers).
+            A larger value (e.g. 286) resizes to it and takes the centre ``crop_size`` crop. Never flipped.
         batch_size, num_workers, persistent_workers, pin_memory: DataLoader settings.
         serial_batches: keep file order in training instead of shuffling (official option).
         max_dataset_size: use at most this many samples per split.
@@ -58,6 +60,7 @@ class PairedDataModule(pl.LightningDataModule):
         load_size: int = 286,
         crop_size: int = 256,
         no_flip: bool = False,
+        eval_load_size: Optional[int] = None,
         batch_size: int = 1,
         num_workers: int = 4,
         persistent_workers: bool = True,
@@ -94,7 +97,9 @@ class PairedDataModule(pl.LightningDataModule):
         self.save_hyperparameters(options, logger=False)
         self.root = Path(root)
         self.train_transform = JointTransform(preprocess, load_size, crop_size, flip=not no_flip, train=True)
-        self.eval_transform = JointTransform(preprocess, load_size, crop_size, flip=False, train=False)
+        # the official test.py: "to avoid cropping, the load_size should be the same as crop_size"
+        self.eval_transform = JointTransform(preprocess, eval_load_size or crop_size, crop_size, flip=False, train=False)
+        self.test_split_used: Optional[str] = None
         self.train_dataset: Optional[Dataset] = None
         self.val_dataset: Optional[Dataset] = None
         self.test_dataset: Optional[Dataset] = None
@@ -149,9 +154,15 @@ class PairedDataModule(pl.LightningDataModule):
         if stage == "validate":
             return {"val_dataset": self._val_dataset()}
         if stage == "test":
-            if self._split_exists(h.test_split):
+            if self._split_exists(h.test_split) and h.test_split != h.val_split:
+                self.test_split_used = h.test_split
                 return {"test_dataset": self._make(h.test_split, train=False)}
-            log.warning("no %s split in %s: testing on the validation split", h.test_split, self.root)
+            self.test_split_used = h.val_split
+            log.warning(
+                "testing on the validation split (%s): the split that chose best-*.ckpt and was watched during "
+                "training, so these numbers are optimistic; name a held-out split with data.test_split%s",
+                h.val_split, "" if self._split_exists(h.test_split) else f" ({self.root / h.test_split} does not exist)",
+            )
             return {"test_dataset": self._val_dataset()}
         if stage == "predict":
             return {"predict_dataset": self._predict_dataset()}
@@ -259,6 +270,7 @@ class SyntheticPairedDataModule(PairedDataModule):
         load_size: int = 72,
         crop_size: int = 64,
         no_flip: bool = False,
+        eval_load_size: Optional[int] = None,
         batch_size: int = 4,
         num_workers: int = 2,
         persistent_workers: bool = True,
@@ -266,6 +278,7 @@ class SyntheticPairedDataModule(PairedDataModule):
         serial_batches: bool = False,
         max_dataset_size: Optional[int] = None,
         seed: int = 0,
+        test_split: str = "test",
         predict_dir: Optional[str] = None,
     ) -> None:
         if min(num_train, num_val, num_test) < 1 or image_size < 8:
@@ -273,9 +286,9 @@ class SyntheticPairedDataModule(PairedDataModule):
         super().__init__(
             root=root, layout="aligned", direction=direction, input_nc=input_nc, output_nc=output_nc,
             preprocess=preprocess, load_size=load_size, crop_size=crop_size, no_flip=no_flip,
-            batch_size=batch_size, num_workers=num_workers, persistent_workers=persistent_workers,
+            eval_load_size=eval_load_size, batch_size=batch_size, num_workers=num_workers, persistent_workers=persistent_workers,
             pin_memory=pin_memory, serial_batches=serial_batches, max_dataset_size=max_dataset_size, seed=seed,
-            predict_dir=predict_dir,
+            test_split=test_split, predict_dir=predict_dir,
         )
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.image_size, self.dataset_seed = image_size, dataset_seed

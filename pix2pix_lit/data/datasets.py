@@ -8,15 +8,24 @@ function of (seed, epoch, sample) whatever the number of workers, and resumes ex
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from pathlib import Path
 from typing import Any, Iterator, Union
 
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler, Subset
 
-from pix2pix_lit.data.io import check_mode, convert_channels, list_images, load_image, peek_image, to_tensor
+from pix2pix_lit.data.io import (
+    check_decodable,
+    check_mode,
+    convert_channels,
+    list_images,
+    load_image,
+    peek_image,
+    to_tensor,
+)
 from pix2pix_lit.data.transforms import JointTransform
 from pix2pix_lit.errors import DataError
 
@@ -39,6 +48,13 @@ class _PairedBase(Dataset):
         self.transform = transform
         self.swap = direction == "BtoA"
         self.input_nc, self.output_nc = input_nc, output_nc
+
+    def describe(self) -> str:
+        """How samples are read: direction, channels and preprocessing (part of :func:`fingerprint`)."""
+        return f"{type(self).__name__} swap={self.swap} nc={self.input_nc},{self.output_nc} {self.transform!r}"
+
+    def sample_files(self) -> list[Path]:
+        raise NotImplementedError
 
     def _nc_A_B(self) -> tuple[tuple[int, str], tuple[int, str]]:
         """(channels, option name) that A and B are read with, after the direction is applied."""
@@ -79,9 +95,13 @@ class AlignedDataset(_PairedBase):
                     )
                 check_mode(path, img.mode, img.getbands(), nc_a, opt_a)
                 check_mode(path, img.mode, img.getbands(), nc_b, opt_b)
+        check_decodable(self.files)
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def sample_files(self) -> list[Path]:
+        return self.files
 
     def __getitem__(self, index: Index) -> dict[str, Any]:
         i, rng = _split_index(index)
@@ -151,9 +171,13 @@ class FolderPairDataset(_PairedBase):
                     )
                 check_mode(pa, a.mode, a.getbands(), nc_a, opt_a)
                 check_mode(pb, b.mode, b.getbands(), nc_b, opt_b)
+        check_decodable(self.sample_files())
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    def sample_files(self) -> list[Path]:
+        return [p for _, pa, pb in self.pairs for p in (pa, pb)]
 
     def __getitem__(self, index: Index) -> dict[str, Any]:
         i, rng = _split_index(index)
@@ -172,6 +196,7 @@ class SingleImageDataset(Dataset):
         for path in self.files:
             with peek_image(path) as img:
                 check_mode(path, img.mode, img.getbands(), input_nc, "data.input_nc")
+        check_decodable(self.files)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -196,3 +221,25 @@ class SeededSampler(DistributedSampler):
         base = (self.seed * 1_000_003 + self.epoch) * 1_000_003
         for idx in super().__iter__():
             yield idx, (base + idx) % (2**63)
+
+
+def fingerprint(dataset: Dataset, *extra: Any) -> str:
+    """A digest of which samples ``dataset`` holds and how they are read: paths, sizes and mtimes of the
+    files, direction, channels, preprocessing (and ``extra``, e.g. how many batches are evaluated).
+
+    Cached real-image features are keyed to it: they are reused only for the very same real set.
+    """
+    h = hashlib.sha1(repr(extra).encode())
+    indices = None
+    while isinstance(dataset, Subset):
+        indices = list(dataset.indices) if indices is None else [dataset.indices[i] for i in indices]
+        dataset = dataset.dataset
+    h.update(repr(indices).encode())
+    if isinstance(dataset, _PairedBase):
+        h.update(dataset.describe().encode())
+        for path in dataset.sample_files():
+            st = path.stat()
+            h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    else:  # an unknown dataset: its type and length are all that can be told
+        h.update(f"{type(dataset).__qualname__}|{len(dataset)}".encode())
+    return h.hexdigest()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -12,6 +16,8 @@ from torchvision.transforms.v2 import functional as TF
 from pix2pix_lit.errors import ConfigError, DataError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
+log = logging.getLogger(__name__)
+
 CHANNELS = (1, 3, 4)
 _SINGLE_CHANNEL_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
@@ -102,3 +108,56 @@ def save_image_atomic(img: Image.Image, path: Path) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _decoded_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pix2pix-lit" / "decoded"
+
+
+def _decode(path: Path) -> Optional[str]:
+    """None if ``path`` decodes completely, else the DataError's message."""
+    try:
+        load_image(path).close()
+    except DataError as e:
+        return str(e)
+    return None
+
+
+def check_decodable(paths: list[Path], cache_dir: Optional[Path] = None) -> None:
+    """Decode every image once before a run starts, so a truncated file (whose header reads fine) stops the
+    run at once with a DataError naming it, not mid-epoch.
+
+    Threads decode in parallel (PIL releases the GIL while decoding). Files that decoded before are
+    remembered by path, size and modification time under ``~/.cache/pix2pix-lit/decoded``, so a second
+    run on the same data pays nothing; a changed file is decoded again.
+    """
+    cache_dir = cache_dir or _decoded_cache_dir()
+    by_folder: dict[Path, list[Path]] = {}
+    for path in paths:
+        by_folder.setdefault(path.parent, []).append(path)
+    for folder, files in by_folder.items():
+        cache = cache_dir / (hashlib.sha1(str(folder.resolve()).encode()).hexdigest() + ".txt")
+        known = set(cache.read_text().splitlines()) if cache.is_file() else set()
+        keys = {}
+        for path in files:
+            st = path.stat()
+            keys[path] = f"{path.name}|{st.st_size}|{st.st_mtime_ns}"
+        todo = [p for p in files if keys[p] not in known]
+        if not todo:
+            continue
+        if len(todo) > 200:
+            log.info("decoding %d images in %s once to check them (remembered for later runs)", len(todo), folder)
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            errors = list(pool.map(_decode, todo))
+        good = known | {keys[p] for p, err in zip(todo, errors) if err is None}
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}")
+            tmp.write_text("\n".join(sorted(good)) + "\n")
+            os.replace(tmp, cache)
+        except OSError:  # a read-only cache only costs the next run the decoding again
+            pass
+        bad = [err for err in errors if err is not None]
+        if bad:
+            raise DataError(bad[0] if len(bad) == 1 else f"{bad[0]} ({len(bad) - 1} more such file(s) in {folder})")

@@ -34,6 +34,10 @@ class JointTransform:
         self.preprocess, self.load_size, self.crop_size = preprocess, load_size, crop_size
         self.flip, self.train = flip, train
 
+    def __repr__(self) -> str:
+        return (f"JointTransform({self.preprocess}, load_size={self.load_size}, crop_size={self.crop_size}, "
+                f"flip={self.flip}, train={self.train})")
+
     def _resized_size(self, w: int, h: int) -> tuple[int, int]:
         if self.preprocess == "resize_and_crop":
             return self.load_size, self.load_size

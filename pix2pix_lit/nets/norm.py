@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn import init
 
 from pix2pix_lit.errors import check_choice
@@ -60,3 +63,27 @@ def init_weights(net: nn.Module, init_type: str = "normal", init_gain: float = 0
 
     net.apply(init_func)
     return net
+
+
+def _own_statistics_forward(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    # batch statistics of this call only: no running buffers read or written, no cross-process sync
+    return F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+
+
+@contextmanager
+def batch_norm_own_statistics(net: nn.Module) -> Iterator[None]:
+    """Inside: every (Sync)BatchNorm of ``net`` normalises with the statistics of the batch it is given.
+
+    Its running statistics are neither used nor updated, and SyncBatchNorm does not talk to other
+    processes: what the official code's train-mode test does, without its side effects.
+    """
+    patched = []
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.forward = functools.partial(_own_statistics_forward, m)
+            patched.append(m)
+    try:
+        yield
+    finally:
+        for m in patched:
+            del m.forward  # back to the class's forward

