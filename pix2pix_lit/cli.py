@@ -23,7 +23,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from pix2pix_lit.callbacks import ImageGridCallback, PredictionWriter, TestReport
 from pix2pix_lit.data import PairedDataModule
-from pix2pix_lit.errors import CheckpointError, Pix2PixLitError
+from pix2pix_lit.errors import CheckpointError, ConfigError, Pix2PixLitError
 from pix2pix_lit.module import RUNTIME_OPTIONS, Pix2Pix
 from pix2pix_lit.precision import cpu_precision_fallback
 
@@ -33,6 +33,7 @@ _RUN_DIR_LOGGERS = ("WandbLogger", "CSVLogger", "TensorBoardLogger")
 _LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches")
 # ckpt_path values that Lightning resolves itself (to a file it finds later)
 _SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+_UNSUPPORTED_STRATEGIES = ("fsdp", "deepspeed")
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
@@ -227,6 +228,12 @@ class Pix2PixCLI(LightningCLI):
             cfg.best_checkpoint.monitor, cfg.best_checkpoint.mode = "val/ssim", "max"
             log.info("model.fid is off: best_checkpoint keeps the best val/ssim")
         self._fall_back_precision(cfg)
+        strategy = cfg.trainer.strategy
+        if isinstance(strategy, str) and strategy.startswith(_UNSUPPORTED_STRATEGIES):
+            raise ConfigError(
+                f"trainer.strategy={strategy} is not supported: the GANs here step two optimizers by hand, which "
+                "pix2pix-lit runs and tests with DDP only; use --trainer.strategy ddp (or leave it auto)"
+            )
         loggers = cfg.trainer.logger
         for lg in loggers if isinstance(loggers, list) else [loggers]:
             if hasattr(lg, "class_path") and lg.class_path.rsplit(".", 1)[-1] in _RUN_DIR_LOGGERS:

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, ReduceLROnPlateau, StepLR
 
 from pix2pix_lit.data.datasets import fingerprint
@@ -192,6 +193,7 @@ class Pix2Pix(pl.LightningModule):
             find_inception_weights(self.hparams.inception_weights)
 
     def setup(self, stage: str) -> None:
+        self._let_ddp_skip_unused_parameters()
         needs = self._metrics_for(stage)
         if needs is not None and needs.needs_inception:
             extractor = load_inception(self.hparams.inception_weights)
@@ -205,6 +207,25 @@ class Pix2Pix(pl.LightningModule):
             self.G.compile()
             self.D.compile()
             self._compiled = True
+
+    def _let_ddp_skip_unused_parameters(self) -> None:
+        """Make every DDP spelling train (``ddp``, ``ddp_spawn``, ``devices: N``, ...).
+
+        Each of the two backward passes per batch reaches one network only (D's loss does not reach G,
+        and D is frozen while G's loss flows through it), so DDP must be told that parameters can go
+        unused in a backward, or it stops at the next step. Lightning runs this hook before the strategy
+        wraps the model; it has no public setting for it once the strategy is built, hence ``_ddp_kwargs``.
+        """
+        if self._trainer is None:
+            return
+        strategy = self.trainer.strategy
+        kwargs = getattr(strategy, "_ddp_kwargs", None)
+        if isinstance(strategy, DDPStrategy) and isinstance(kwargs, dict) and not kwargs.get("find_unused_parameters"):
+            kwargs["find_unused_parameters"] = True
+            rank_zero_info(
+                "DDP: find_unused_parameters=True (each backward of a GAN step updates only D or only G), "
+                "as strategy=ddp_find_unused_parameters_true"
+            )
 
     def _resolve_channels_last(self) -> bool:
         if self.hparams.channels_last is not None:

@@ -23,19 +23,30 @@ def datamodule(root: str) -> SyntheticPairedDataModule:
                                      crop_size=32, batch_size=2, num_workers=0)
 
 
+class SaveEachRank(pl.Callback):
+    """Each process's G/D after training (a callback: with ddp_spawn only the main process returns from fit)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        torch.save({"G": pl_module.G.state_dict(), "D": pl_module.D.state_dict(), "step": trainer.global_step,
+                    "strategy": type(trainer.strategy).__name__, "world_size": trainer.world_size},
+                   self.out / f"rank{trainer.global_rank}.pt")
+
+
 def main(out: Path, strategy: str) -> None:
     pl.seed_everything(0)
     model = Pix2Pix(**MODEL)
     trainer = pl.Trainer(
         accelerator="cpu", devices=2, strategy=strategy, max_steps=3, check_val_every_n_epoch=100, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        callbacks=[SaveEachRank(out)],
     )
     dm = datamodule(str(out / "data"))
     trainer.fit(model, dm)
-    rank = trainer.global_rank
-    torch.save({"G": model.G.state_dict(), "D": model.D.state_dict(), "step": trainer.global_step}, out / f"rank{rank}.pt")
     metrics = trainer.validate(model, dm, verbose=False)[0]
-    if rank == 0:
+    if trainer.global_rank == 0:
         (out / "ddp_metrics.json").write_text(json.dumps(metrics))
 
 

@@ -270,3 +270,17 @@ def test_eval_command_equals_torch_fidelity(trained, tmp_path):
     same = run(["eval", str(official), str(official), "--fake-suffix", "_fake_B.png", "--real-suffix", "_real_B.png",
                 "--no-fid", "--no-kid"], env, tmp_path)
     assert "(3 image pairs)" in same.stdout and re.search(r"ssim\s+1\n", same.stdout)
+
+
+@pytest.mark.slow
+def test_plain_ddp_as_users_type_it(trained, tmp_path):
+    tmp, env = trained
+    proc = run(["fit", *tiny(tmp_path / "ddp", tmp / "syn", "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
+                             "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.limit_train_batches", "2")],
+               env, tmp_path)
+    assert "find_unused_parameters=True" in proc.stderr + proc.stdout
+    ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 1  # 2 batches shared by 2 processes: one step each
+    bad = run(["fit", *tiny(tmp_path / "fsdp", tmp / "syn", "--trainer.strategy", "fsdp")], env, tmp_path, check=False)
+    assert bad.returncode == 2 and "trainer.strategy=fsdp is not supported" in _one_error_line(bad)
+    assert not (tmp_path / "fsdp").exists()

@@ -14,14 +14,17 @@ from conftest import quiet_trainer
 pytestmark = pytest.mark.slow
 
 
-def test_ddp_ranks_agree_and_metrics_equal_single_process(tmp_path):
+# every way users spell multi-process training; "auto" with devices=2 lets Lightning choose
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "auto"])
+def test_ddp_ranks_agree_and_metrics_equal_single_process(tmp_path, strategy):
     env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONPATH=str(Path(__file__).parent))
     script = Path(__file__).with_name("ddp_script.py")
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path), "ddp_find_unused_parameters_true"],
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path), strategy],
                           env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["step"] == r1["step"] == 3
+    assert r0["world_size"] == r1["world_size"] == 2 and r0["strategy"] == "DDPStrategy"
     for net in ("G", "D"):
         for k in r0[net]:
             if "running_" in k or "num_batches_tracked" in k:
