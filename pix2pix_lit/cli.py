@@ -1,4 +1,4 @@
-"""``pix2pix-lit``: LightningCLI with fit / validate / test / predict, plus ``compare``.
+"""``pix2pix-lit``: LightningCLI with fit / validate / test / predict, plus ``compare``, ``eval`` and ``export``.
 
 Everything a run writes goes under ``trainer.default_root_dir`` (the run folder) unless set
 otherwise: ``checkpoints/``, ``images/``, ``predictions/``, ``wandb/``, ``csv/`` and ``config.yaml``.
@@ -290,6 +290,10 @@ def main(args: Optional[list[str]] = None) -> None:
         from pix2pix_lit.compare import main as compare_main
 
         sys.exit(compare_main(argv[1:]))
+    if argv and argv[0] == "export":
+        from pix2pix_lit.export import main as export_main
+
+        sys.exit(export_main(argv[1:]))
     if argv and argv[0] == "eval":
         from pix2pix_lit.evaluate import main as eval_main
 

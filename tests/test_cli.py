@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -270,6 +271,34 @@ def test_eval_command_equals_torch_fidelity(trained, tmp_path):
     same = run(["eval", str(official), str(official), "--fake-suffix", "_fake_B.png", "--real-suffix", "_real_B.png",
                 "--no-fid", "--no-kid"], env, tmp_path)
     assert "(3 image pairs)" in same.stdout and re.search(r"ssim\s+1\n", same.stdout)
+
+
+def test_export_command_from_a_checkpoint(trained, tmp_path):
+    from pix2pix_lit.export import load_exported
+
+    tmp, env = trained
+    ckpt = tmp / "run_a" / "checkpoints" / "last.ckpt"
+    out = tmp_path / "g.onnx"
+    proc = run(["export", "--ckpt_path", str(ckpt), "--format", "onnx", "--output", str(out)], env, tmp_path)
+    assert f"wrote {out}" in proc.stdout
+    run_onnx, contract = load_exported(out)
+    assert contract["direction"] == "AtoB" and contract["input"]["channels"] == 3
+    assert contract["global_step"] == torch.load(ckpt, weights_only=True)["global_step"]
+    assert contract["input"]["size_multiple"] == 32 and contract["inference_mode"] == "eval"
+    # the same image through predict (eval mode) and through the exported file
+    pred = tmp_path / "pred"
+    run(["predict", *tiny(tmp / "run_a", tmp / "syn"), "--ckpt_path", str(ckpt), "--model.inference_mode", "eval",
+         "--predict_writer.output_dir", str(pred)], env, tmp_path)
+    src = Image.open(tmp / "syn" / "test" / "00000.png")
+    w, h = src.size
+    a = torch.from_numpy(np.asarray(src.crop((0, 0, w // 2, h)).resize((32, 32), Image.Resampling.BICUBIC)))
+    x = a.permute(2, 0, 1)[None].float() / 127.5 - 1
+    exported = ((torch.from_numpy(run_onnx(x))[0].clamp(-1, 1) + 1) * 127.5).round()
+    predicted = torch.from_numpy(np.asarray(Image.open(pred / "00000.png"))).permute(2, 0, 1).float()
+    assert (exported - predicted).abs().max() <= 1  # equal up to 8-bit rounding
+    bad = run(["export", "--ckpt_path", str(tmp_path / "none.ckpt"), "--format", "torchscript"], env, tmp_path, check=False)
+    assert bad.returncode == 2 and "none.ckpt does not exist" in bad.stderr.strip().splitlines()[-1]
+    assert not list(tmp_path.glob("*.pt"))
 
 
 @pytest.mark.slow

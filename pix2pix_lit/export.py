@@ -1,0 +1,248 @@
+"""``pix2pix-lit export``: a checkpoint's generator as a TorchScript or ONNX file that runs without this package.
+
+The file takes ``source`` (N, C_in, H, W) float32 in [-1, 1] and returns ``output`` (N, C_out, H, W) in
+[-1, 1]; batch, height and width are dynamic (H and W multiples of the generator's size multiple). Its
+input contract (channels, value range, size multiple, direction, inference mode, a digest of the
+training config) is written into the file: ``pix2pix_lit.json`` among TorchScript's extra files, a
+``pix2pix_lit`` metadata property in ONNX. Before the file is put in place, the command checks that it
+gives the PyTorch generator's outputs (max abs difference <= 1e-4, fp32) at two input sizes; a failed
+check leaves no file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pix2pix_lit.errors import ConfigError, Pix2PixLitError
+
+FORMATS = ("torchscript", "onnx")
+METADATA_KEY = "pix2pix_lit"
+TOLERANCE = 1e-4
+
+
+class ExportError(Pix2PixLitError):
+    """The generator cannot be exported as asked, or the exported file does not match it."""
+
+
+class PerImageBatchNorm(nn.Module):
+    """A BatchNorm that normalises each image with its own statistics, with the BN's scale and shift.
+
+    What the ``paper`` inference mode computes by running one image at a time, as one traceable op
+    (instance norm with the BN's affine parameters) that any batch size gives the same answer with.
+    """
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(bn.weight.detach().clone()) if bn.weight is not None else None
+        self.bias = nn.Parameter(bn.bias.detach().clone()) if bn.bias is not None else None
+        self.eps = bn.eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.instance_norm(x, weight=self.weight, bias=self.bias, use_input_stats=True, eps=self.eps)
+
+
+class ExportableGenerator(nn.Module):
+    """A frozen copy of G in one inference mode, in fp32 and contiguous memory, as ``source -> output``."""
+
+    def __init__(self, G: nn.Module, inference_mode: Literal["eval", "paper"]) -> None:
+        super().__init__()
+        G = copy.deepcopy(G).float().to(memory_format=torch.contiguous_format).eval()
+        if inference_mode == "paper":
+            if any(isinstance(m, nn.Dropout) and m.p > 0 for m in G.modules()):
+                raise ExportError(
+                    "inference_mode=paper keeps dropout on, so the exported generator's outputs would be random "
+                    "(nothing to check or serve reproducibly); export with --inference_mode eval, or train with "
+                    "model.no_dropout true"
+                )
+            for name, module in list(G.named_modules()):
+                for child_name, child in list(module.named_children()):
+                    if isinstance(child, nn.modules.batchnorm._BatchNorm):
+                        setattr(module, child_name, PerImageBatchNorm(child))
+        self.G = G.requires_grad_(False)
+        # the ONNX exporter reads the top module's flag: left in train mode, batch norm is exported with
+        # batch statistics even though G itself is in eval mode
+        self.eval()
+
+    def forward(self, source: torch.Tensor) -> torch.Tensor:
+        return self.G(source)
+
+
+def config_digest(hparams: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(hparams, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check_sizes(size_multiple: int) -> list[tuple[int, int, int]]:
+    """Two (batch, height, width) shapes to check the exported file at: square, then wide with a batch of 2."""
+    side = size_multiple * max(1, math.ceil(64 / size_multiple))
+    return [(1, side, side), (2, side, 2 * side)]
+
+
+def _write_torchscript(net: nn.Module, example: torch.Tensor, path: Path, contract: dict[str, Any]) -> None:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # trace warnings about Python values: none depend on the input here
+        traced = torch.jit.trace(net, example, check_trace=False)
+    torch.jit.save(traced, str(path), _extra_files={f"{METADATA_KEY}.json": json.dumps(contract)})
+
+
+def _write_onnx(net: nn.Module, example: torch.Tensor, path: Path, contract: dict[str, Any]) -> None:
+    import onnx
+
+    dims = {0: "batch", 2: "height", 3: "width"}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # The TorchScript-based exporter (dynamo=False): the dynamo exporter specialises height and width to
+        # the example's size for these generators, and the file must take any multiple of the size multiple.
+        torch.onnx.export(
+            net, (example,), str(path), input_names=["source"], output_names=["output"],
+            dynamic_axes={"source": dims, "output": dims}, opset_version=17, dynamo=False,
+        )
+    model = onnx.load(str(path))
+    prop = model.metadata_props.add()
+    prop.key, prop.value = METADATA_KEY, json.dumps(contract)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def load_exported(path: Path) -> tuple[Any, dict[str, Any]]:
+    """A callable ``numpy/torch NCHW float32 -> numpy`` for an exported file, and its contract."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import numpy as np
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        contract = json.loads(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+
+        def run_onnx(x):
+            x = x.numpy() if isinstance(x, torch.Tensor) else x
+            return session.run(["output"], {"source": np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+        return run_onnx, contract
+    files = {f"{METADATA_KEY}.json": ""}
+    module = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+    contract = json.loads(files[f"{METADATA_KEY}.json"])
+
+    def run_torchscript(x):
+        with torch.no_grad():
+            return module(torch.as_tensor(x, dtype=torch.float32)).numpy()
+
+    return run_torchscript, contract
+
+
+def export_generator(
+    G: nn.Module, path: Path, fmt: str, inference_mode: Literal["eval", "paper"], input_nc: int, output_nc: int,
+    size_multiple: int, extra: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
+    """Export ``G`` to ``path`` (see module doc); returns the contract with the measured differences."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r} is not known; choose one of: {', '.join(FORMATS)}")
+    if inference_mode not in ("eval", "paper"):
+        raise ConfigError(f"--inference_mode {inference_mode!r} is not known; choose one of: eval, paper")
+    net = ExportableGenerator(G, inference_mode)
+    contract = {
+        "format": fmt,
+        "input": {"name": "source", "layout": "NCHW", "dtype": "float32", "channels": input_nc, "value_range": [-1, 1],
+                  "size_multiple": size_multiple},
+        "output": {"name": "output", "layout": "NCHW", "dtype": "float32", "channels": output_nc, "value_range": [-1, 1]},
+        "inference_mode": inference_mode,
+        **(extra or {}),
+    }
+    shapes = check_sizes(size_multiple)
+    gen = torch.Generator().manual_seed(0)
+    inputs = [torch.rand(n, input_nc, h, w, generator=gen) * 2 - 1 for n, h, w in shapes]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        (_write_onnx if fmt == "onnx" else _write_torchscript)(net, inputs[0], tmp, contract)
+        run, _ = load_exported(tmp)
+        diffs = []
+        with torch.no_grad():
+            for x in inputs:
+                ref = net(x).numpy()
+                out = run(x)
+                if out.shape != ref.shape:
+                    raise ExportError(f"the exported generator gives shape {out.shape} for input {tuple(x.shape)}, "
+                                      f"PyTorch {ref.shape}")
+                diffs.append(float(abs(out - ref).max()))
+        if max(diffs) > TOLERANCE:
+            raise ExportError(
+                f"the exported {fmt} generator differs from PyTorch by up to {max(diffs):.2e} (> {TOLERANCE:g}) at "
+                f"input shapes {[tuple(x.shape) for x in inputs]}; nothing was written"
+            )
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return {**contract, "parity": {"shapes": [list(s) for s in shapes], "max_abs_diff": diffs}}
+
+
+def export_checkpoint(
+    ckpt_path: str, fmt: str, output: Optional[str] = None, inference_mode: Literal["eval", "paper"] = "eval",
+) -> tuple[Path, dict[str, Any]]:
+    """Export the generator of a pix2pix-lit checkpoint; returns the file written and its contract."""
+    from pix2pix_lit.cli import load_checkpoint
+    from pix2pix_lit.module import RUNTIME_OPTIONS, Pix2Pix
+
+    ckpt = load_checkpoint(ckpt_path)
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    arch = {k: v for k, v in hparams.items() if k not in RUNTIME_OPTIONS and not k.startswith("_")}
+    try:
+        model = Pix2Pix(**arch, fid=False, kid=False)
+        model.load_state_dict(ckpt["state_dict"])
+    except (TypeError, RuntimeError) as e:
+        reason = str(e).strip().splitlines()[0]
+        raise ExportError(f"checkpoint {ckpt_path} is not a pix2pix generator this version can build ({reason[:160]})") from None
+    data = ckpt.get("datamodule_hyper_parameters") or {}
+    suffix = ".onnx" if fmt == "onnx" else ".torchscript.pt"
+    path = Path(output) if output else Path(ckpt_path).with_name(f"{Path(ckpt_path).stem}.G.{inference_mode}{suffix}")
+    extra = {
+        "netG": hparams.get("netG"), "direction": data.get("direction"), "checkpoint": Path(ckpt_path).name,
+        "global_step": ckpt.get("global_step"), "config_sha256": config_digest(hparams),
+        "data": {k: data.get(k) for k in ("preprocess", "load_size", "crop_size") if k in data},
+    }
+    contract = export_generator(model.G, path, fmt, inference_mode, model.hparams.input_nc, model.hparams.output_nc,
+                                model.size_multiple, extra)
+    return path, contract
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pix2pix-lit export",
+        description="Write a checkpoint's generator as TorchScript or ONNX (input contract in the file), checked "
+        "against PyTorch at two input sizes.",
+    )
+    parser.add_argument("--ckpt_path", required=True, help="a pix2pix-lit checkpoint (last.ckpt, best-*.ckpt, ...)")
+    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--output", default=None, help="default: beside the checkpoint, <stem>.G.<mode>.onnx or "
+                        ".torchscript.pt")
+    parser.add_argument("--inference_mode", default="eval", choices=("eval", "paper"),
+                        help="eval (default: deterministic, running statistics) or paper (per-image statistics; "
+                        "only for generators without dropout)")
+    args = parser.parse_args(argv)
+    try:
+        path, contract = export_checkpoint(args.ckpt_path, args.format, args.output, args.inference_mode)
+    except Pix2PixLitError as e:
+        print(f"pix2pix-lit export: error: {e}", file=sys.stderr)
+        return e.exit_code
+    diffs = ", ".join(f"{'x'.join(map(str, s))}: {d:.1e}" for s, d in
+                      zip(contract["parity"]["shapes"], contract["parity"]["max_abs_diff"]))
+    print(f"wrote {path} ({args.format}, {args.inference_mode} mode, input {contract['input']['channels']} channels, "
+          f"sides multiples of {contract['input']['size_multiple']}); max |exported - PyTorch| {diffs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
