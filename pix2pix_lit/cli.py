@@ -1,4 +1,5 @@
-"""``pix2pix-lit``: LightningCLI with fit / validate / test / predict, plus ``compare``, ``eval`` and ``export``.
+"""``pix2pix-lit``: LightningCLI with fit / validate / test / predict, plus ``compare``, ``eval``, ``export``,
+``serve`` and ``prepare``.
 
 Everything a run writes goes under ``trainer.default_root_dir`` (the run folder) unless set
 otherwise: ``checkpoints/``, ``images/``, ``predictions/``, ``wandb/``, ``csv/`` and ``config.yaml``.
@@ -235,6 +236,10 @@ class Pix2PixCLI(LightningCLI):
                 "pix2pix-lit runs and tests with DDP only; use --trainer.strategy ddp (or leave it auto)"
             )
         loggers = cfg.trainer.logger
+        if loggers in (False, None, []) and isinstance(cfg.trainer.callbacks, list):
+            # the configs' LearningRateMonitor refuses to run without a logger: with logging off it has nothing to do
+            cfg.trainer.callbacks = [c for c in cfg.trainer.callbacks
+                                     if not str(getattr(c, "class_path", "")).endswith("LearningRateMonitor")]
         for lg in loggers if isinstance(loggers, list) else [loggers]:
             if hasattr(lg, "class_path") and lg.class_path.rsplit(".", 1)[-1] in _RUN_DIR_LOGGERS:
                 if lg.init_args.get("save_dir") in (None, "", "."):
@@ -286,18 +291,12 @@ def _rejected(err: BaseException) -> Optional[BaseException]:
 
 def main(args: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
-    if argv and argv[0] == "compare":
-        from pix2pix_lit.compare import main as compare_main
+    tools = {"compare": "pix2pix_lit.compare", "eval": "pix2pix_lit.evaluate", "export": "pix2pix_lit.export",
+             "serve": "pix2pix_lit.serving.app", "prepare": "pix2pix_lit.prepare"}
+    if argv and argv[0] in tools:  # plain argparse commands, no Trainer
+        import importlib
 
-        sys.exit(compare_main(argv[1:]))
-    if argv and argv[0] == "export":
-        from pix2pix_lit.export import main as export_main
-
-        sys.exit(export_main(argv[1:]))
-    if argv and argv[0] == "eval":
-        from pix2pix_lit.evaluate import main as eval_main
-
-        sys.exit(eval_main(argv[1:]))
+        sys.exit(importlib.import_module(tools[argv[0]]).main(argv[1:]))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # A checkpoint written between batches holds the state after both updates of the last batch, which
     # is what resume needs; Lightning's advice for manual optimization does not apply.

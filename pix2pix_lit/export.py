@@ -147,19 +147,18 @@ def export_generator(
     size_multiple: int, extra: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     """Export ``G`` to ``path`` (see module doc); returns the contract with the measured differences."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format {fmt!r} is not known; choose one of: {', '.join(FORMATS)}")
     if inference_mode not in ("eval", "paper"):
         raise ConfigError(f"--inference_mode {inference_mode!r} is not known; choose one of: eval, paper")
-    net = ExportableGenerator(G, inference_mode)
-    contract = {
-        "format": fmt,
-        "input": {"name": "source", "layout": "NCHW", "dtype": "float32", "channels": input_nc, "value_range": [-1, 1],
-                  "size_multiple": size_multiple},
-        "output": {"name": "output", "layout": "NCHW", "dtype": "float32", "channels": output_nc, "value_range": [-1, 1]},
-        "inference_mode": inference_mode,
-        **(extra or {}),
-    }
+    contract = make_contract(input_nc, output_nc, size_multiple, inference_mode, **(extra or {}))
+    return write_checked(ExportableGenerator(G, inference_mode), path, fmt, contract)
+
+
+def write_checked(net: ExportableGenerator, path: Path, fmt: str, contract: dict[str, Any]) -> dict[str, Any]:
+    """Write ``net`` as ``fmt`` to ``path`` once the written file gives its outputs at two input sizes."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r} is not known; choose one of: {', '.join(FORMATS)}")
+    contract = {"format": fmt, **contract}
+    input_nc, size_multiple = contract["input"]["channels"], contract["input"]["size_multiple"]
     shapes = check_sizes(size_multiple)
     gen = torch.Generator().manual_seed(0)
     inputs = [torch.rand(n, input_nc, h, w, generator=gen) * 2 - 1 for n, h, w in shapes]
@@ -189,10 +188,10 @@ def export_generator(
     return {**contract, "parity": {"shapes": [list(s) for s in shapes], "max_abs_diff": diffs}}
 
 
-def export_checkpoint(
-    ckpt_path: str, fmt: str, output: Optional[str] = None, inference_mode: Literal["eval", "paper"] = "eval",
-) -> tuple[Path, dict[str, Any]]:
-    """Export the generator of a pix2pix-lit checkpoint; returns the file written and its contract."""
+def generator_from_checkpoint(
+    ckpt_path: str, inference_mode: Literal["eval", "paper"] = "eval",
+) -> tuple[ExportableGenerator, dict[str, Any]]:
+    """The frozen generator of a pix2pix-lit checkpoint in one inference mode, and its input contract."""
     from pix2pix_lit.cli import load_checkpoint
     from pix2pix_lit.module import RUNTIME_OPTIONS, Pix2Pix
 
@@ -206,16 +205,34 @@ def export_checkpoint(
         reason = str(e).strip().splitlines()[0]
         raise ExportError(f"checkpoint {ckpt_path} is not a pix2pix generator this version can build ({reason[:160]})") from None
     data = ckpt.get("datamodule_hyper_parameters") or {}
+    contract = make_contract(
+        model.hparams.input_nc, model.hparams.output_nc, model.size_multiple, inference_mode,
+        netG=hparams.get("netG"), direction=data.get("direction"), checkpoint=Path(ckpt_path).name,
+        global_step=ckpt.get("global_step"), config_sha256=config_digest(hparams),
+        data={k: data.get(k) for k in ("preprocess", "load_size", "crop_size") if k in data},
+    )
+    return ExportableGenerator(model.G, inference_mode), contract
+
+
+def make_contract(input_nc: int, output_nc: int, size_multiple: int, inference_mode: str, **extra: Any) -> dict[str, Any]:
+    """What a caller of the exported generator must know: tensor layout, channels, range, sizes, provenance."""
+    return {
+        "input": {"name": "source", "layout": "NCHW", "dtype": "float32", "channels": input_nc, "value_range": [-1, 1],
+                  "size_multiple": size_multiple},
+        "output": {"name": "output", "layout": "NCHW", "dtype": "float32", "channels": output_nc, "value_range": [-1, 1]},
+        "inference_mode": inference_mode,
+        **extra,
+    }
+
+
+def export_checkpoint(
+    ckpt_path: str, fmt: str, output: Optional[str] = None, inference_mode: Literal["eval", "paper"] = "eval",
+) -> tuple[Path, dict[str, Any]]:
+    """Export the generator of a pix2pix-lit checkpoint; returns the file written and its contract."""
+    net, contract = generator_from_checkpoint(ckpt_path, inference_mode)
     suffix = ".onnx" if fmt == "onnx" else ".torchscript.pt"
     path = Path(output) if output else Path(ckpt_path).with_name(f"{Path(ckpt_path).stem}.G.{inference_mode}{suffix}")
-    extra = {
-        "netG": hparams.get("netG"), "direction": data.get("direction"), "checkpoint": Path(ckpt_path).name,
-        "global_step": ckpt.get("global_step"), "config_sha256": config_digest(hparams),
-        "data": {k: data.get(k) for k in ("preprocess", "load_size", "crop_size") if k in data},
-    }
-    contract = export_generator(model.G, path, fmt, inference_mode, model.hparams.input_nc, model.hparams.output_nc,
-                                model.size_multiple, extra)
-    return path, contract
+    return path, write_checked(net, path, fmt, contract)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import random
 from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator, Literal, Optional
@@ -18,6 +17,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, ReduceLROnPlateau, StepLR
 
 from pix2pix_lit.data.datasets import fingerprint
+from pix2pix_lit.data.transforms import crop_box, pad_to_multiple
 from pix2pix_lit.errors import ConfigError, NonFiniteLossError, check_choice
 from pix2pix_lit.losses import GANLoss, feature_matching_loss, gradient_penalty
 from pix2pix_lit.metrics import ImageQualityMetrics, find_inception_weights, load_inception
@@ -470,12 +470,8 @@ class Pix2Pix(pl.LightningModule):
             fake = self.generate(x.clamp(-1, 1))
             fake = F.interpolate(fake, size=(h, w), mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
         else:
-            m = self.size_multiple
-            ph, pw = math.ceil(h / m) * m - h, math.ceil(w / m) * m - w
-            pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            x = F.pad(source.float(), pad, mode=mode) if ph or pw else source
-            fake = self.generate(x)[..., pad[2]:pad[2] + h, pad[0]:pad[0] + w]
+            x, box = pad_to_multiple(source, self.size_multiple)
+            fake = crop_box(self.generate(x), box)
         return {"fake": fake, "name": batch["name"]}
 
     # -- checkpoints ---------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The command line as a user runs it: fit / validate / test / predict / compare, W&B run read back, errors."""
 
+import io
 import json
 import re
 import subprocess
@@ -299,6 +300,56 @@ def test_export_command_from_a_checkpoint(trained, tmp_path):
     bad = run(["export", "--ckpt_path", str(tmp_path / "none.ckpt"), "--format", "torchscript"], env, tmp_path, check=False)
     assert bad.returncode == 2 and "none.ckpt does not exist" in bad.stderr.strip().splitlines()[-1]
     assert not list(tmp_path.glob("*.pt"))
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_every_shipped_config_parses_and_builds(config, tmp_path, monkeypatch):
+    from pix2pix_lit.cli import Pix2PixCLI
+    from pix2pix_lit.data import PairedDataModule
+    from pix2pix_lit.module import Pix2Pix
+
+    monkeypatch.chdir(tmp_path)
+    args = ["-c", str(REPO / "configs" / config), "--trainer.logger", "false"]
+    cli = Pix2PixCLI(Pix2Pix, PairedDataModule, subclass_mode_data=True, run=False, args=args, argv=args,
+                     auto_configure_optimizers=False)
+    assert cli.model.hparams.input_nc == cli.datamodule.hparams.input_nc
+    assert not list(tmp_path.iterdir())  # building writes nothing
+
+
+@pytest.mark.slow
+def test_sketch_to_photo_walkthrough(trained, tmp_path):
+    """The README's path: photos -> prepare edges -> prepare combine -> prepare split -> fit -> export -> serve."""
+    import httpx
+    from test_serve import png_bytes, start_server, stop_server
+
+    tmp, env = trained
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in sorted((tmp / "syn" / "train").glob("*.png")) + sorted((tmp / "syn" / "val").glob("*.png")):
+        img = Image.open(path)
+        img.crop((img.size[0] // 2, 0, img.size[0], img.size[1])).save(photos / path.name)
+    run(["prepare", "edges", str(photos), str(tmp_path / "edges")], env, tmp_path)
+    run(["prepare", "combine", str(tmp_path / "edges"), str(photos), str(tmp_path / "combined")], env, tmp_path)
+    run(["prepare", "split", str(tmp_path / "combined"), str(tmp_path / "data"), "--val", "0.25", "--test", "0.25"],
+        env, tmp_path)
+    run(["fit", "-c", str(REPO / "configs" / "sketch2photo.yaml"), "--data.root", str(tmp_path / "data"),
+         "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.max_steps", "4", "--trainer.logger", "false",
+         "--trainer.enable_progress_bar", "false", "--data.load_size", "36", "--data.crop_size", "32",
+         "--data.num_workers", "0", "--model.ngf", "8", "--model.ndf", "8", "--model.fid", "false", "--model.kid", "false"],
+        env, tmp_path)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    run(["export", "--ckpt_path", str(ckpt), "--format", "onnx", "--output", str(tmp_path / "sketch.onnx")], env, tmp_path)
+    for how in (["--model", str(tmp_path / "sketch.onnx")], ["--ckpt_path", str(ckpt)]):
+        proc, url = start_server(how, tmp_path)
+        try:
+            assert httpx.get(f"{url}/health").json()["model"]["input"]["channels"] == 1
+            sketch = Image.open(tmp_path / "edges" / "00000.png")
+            r = httpx.post(f"{url}/v1/translate", content=png_bytes(sketch), headers={"Content-Type": "image/png"},
+                           timeout=60)
+            assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == sketch.size
+            assert Image.open(io.BytesIO(r.content)).mode == "RGB"
+        finally:
+            stop_server(proc)
 
 
 @pytest.mark.slow

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from pix2pix_lit.errors import ConfigError, check_choice
@@ -79,3 +81,20 @@ def _make_multiple(img: Image.Image, base: int) -> Image.Image:
     ow, oh = img.size
     w, h = max(base, int(round(ow / base) * base)), max(base, int(round(oh / base) * base))
     return img if (w, h) == (ow, oh) else img.resize((w, h), _BICUBIC)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """Pad (N, C, H, W) images so both sides divide by ``multiple`` (reflect, or replicate when an image is
+    too small to reflect), centred; returns them and the (top, left, height, width) box to crop back."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if not (ph or pw):
+        return x, (0, 0, h, w)
+    pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x.float(), pad, mode=mode), (pad[2], pad[0], h, w)
+
+
+def crop_box(x: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+    top, left, h, w = box
+    return x[..., top:top + h, left:left + w]

@@ -1,0 +1,185 @@
+"""``pix2pix-lit prepare``: paired training data from your own images.
+
+- ``combine A_DIR B_DIR OUT``: side-by-side A|B files (the official format, as ``combine_A_and_B.py``)
+  from two folders matched by name, in parallel, with a report of the unmatched names;
+- ``edges SRC OUT --method canny|xdog``: one-channel sketch-like images (black lines on white) from
+  photos, with OpenCV's filters, to train edges -> photo models (drawing -> picture);
+- ``split SRC OUT --val 0.1 --test 0.1 --seed 0``: the ``train/val/test`` layout, seeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+from PIL import Image
+
+from pix2pix_lit.data.datasets import match_pairs
+from pix2pix_lit.data.io import check_decodable, list_images, load_image, save_image_atomic
+from pix2pix_lit.errors import ConfigError, DataError, Pix2PixLitError
+
+log = logging.getLogger(__name__)
+
+EDGE_METHODS = ("canny", "xdog")
+
+
+def _parallel(fn: Callable, items: list, workers: Optional[int] = None) -> list:
+    # threads: PIL and OpenCV release the GIL while decoding, filtering and encoding
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        return list(pool.map(fn, items))
+
+
+def _free_output(out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"output folder {out} is not empty; choose a new folder (nothing is overwritten)")
+
+
+# -- combine ---------------------------------------------------------------------------------------
+def combine(dir_a: Path, dir_b: Path, out: Path, workers: Optional[int] = None) -> tuple[int, list[str], list[str]]:
+    """Write ``out/<name>.png`` = A | B for every name in both folders; returns (count, only in A, only in B).
+
+    The two images of a pair must have the same size (a DataError names the first pair that does not).
+    """
+    dir_a, dir_b, out = Path(dir_a), Path(dir_b), Path(out)
+    pairs = match_pairs(dir_a, dir_b)
+    keys_a = {p.relative_to(dir_a).with_suffix("").as_posix() for p in list_images(dir_a)}
+    keys_b = {p.relative_to(dir_b).with_suffix("").as_posix() for p in list_images(dir_b)}
+    _free_output(out)
+    check_decodable([p for _, pa, pb in pairs for p in (pa, pb)])  # a bad file stops it before anything is written
+
+    def one(pair: tuple[str, Path, Path]) -> None:
+        name, pa, pb = pair
+        with load_image(pa) as a, load_image(pb) as b:
+            if a.size != b.size:
+                raise DataError(f"{pa} is {a.size[0]}x{a.size[1]} but {pb} is {b.size[0]}x{b.size[1]}; "
+                                "a pair needs one size (resize one of them first)")
+            mode = "RGBA" if "A" in a.getbands() + b.getbands() else "RGB"
+            side = Image.new(mode, (a.size[0] * 2, a.size[1]))
+            side.paste(a.convert(mode), (0, 0))
+            side.paste(b.convert(mode), (a.size[0], 0))
+        save_image_atomic(side, out / f"{name}.png")
+
+    _parallel(one, pairs, workers)
+    return len(pairs), sorted(keys_a - keys_b), sorted(keys_b - keys_a)
+
+
+# -- edges -----------------------------------------------------------------------------------------
+def edges(img: Image.Image, method: str = "canny", low: int = 100, high: int = 200, sigma: float = 1.0) -> Image.Image:
+    """A one-channel sketch of ``img``: black lines on white.
+
+    ``canny``: OpenCV's Canny edge detector (hysteresis thresholds ``low``/``high``) after a Gaussian
+    blur of ``sigma``. ``xdog``: extended difference of Gaussians (Winnemöller et al. 2012): the two
+    Gaussian blurs are OpenCV's; the soft threshold turns their sharpened difference into strokes.
+    """
+    import cv2
+
+    if method not in EDGE_METHODS:
+        raise ConfigError(f"--method {method!r} is not known; choose one of: {', '.join(EDGE_METHODS)}")
+    gray = np.asarray(img.convert("L"))
+    if method == "canny":
+        blurred = cv2.GaussianBlur(gray, (0, 0), sigma) if sigma > 0 else gray
+        lines = cv2.Canny(blurred, low, high)
+        return Image.fromarray(255 - lines, mode="L")
+    g = gray.astype(np.float32) / 255.0
+    k, p, eps, phi = 1.6, 20.0, 0.1, 20.0  # strokes where the sharpened image dips below eps (on [0, 1])
+    g1 = cv2.GaussianBlur(g, (0, 0), sigma)
+    g2 = cv2.GaussianBlur(g, (0, 0), sigma * k)
+    sharpened = (1 + p) * g1 - p * g2
+    soft = np.where(sharpened >= eps, 1.0, 1.0 + np.tanh(phi * (sharpened - eps)))
+    return Image.fromarray((np.clip(soft, 0, 1) * 255).round().astype(np.uint8), mode="L")
+
+
+def edges_folder(src: Path, out: Path, method: str = "canny", workers: Optional[int] = None, **kw) -> int:
+    """``edges`` of every image under ``src``, as PNGs under ``out`` with the same relative names."""
+    src, out = Path(src), Path(out)
+    if method not in EDGE_METHODS:
+        raise ConfigError(f"--method {method!r} is not known; choose one of: {', '.join(EDGE_METHODS)}")
+    files = list_images(src)
+    _free_output(out)
+    check_decodable(files)
+
+    def one(path: Path) -> None:
+        with load_image(path) as img:
+            sketch = edges(img, method, **kw)
+        save_image_atomic(sketch, (out / path.relative_to(src)).with_suffix(".png"))
+
+    _parallel(one, files, workers)
+    return len(files)
+
+
+# -- split -----------------------------------------------------------------------------------------
+def split(src: Path, out: Path, val: float = 0.1, test: float = 0.1, seed: int = 0) -> dict[str, int]:
+    """Copy the images of ``src`` into ``out/{train,val,test}`` (a seeded shuffle; empty splits are skipped)."""
+    src, out = Path(src), Path(out)
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise ConfigError(f"--val {val} and --test {test} must be fractions in [0, 1) adding up to less than 1")
+    files = list_images(src)
+    _free_output(out)
+    order = list(range(len(files)))
+    random.Random(seed).shuffle(order)
+    n_val, n_test = round(len(files) * val), round(len(files) * test)
+    parts = {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
+    if not parts["train"]:
+        raise ConfigError(f"{src} has {len(files)} image(s): nothing would be left for train; lower --val/--test")
+    for name, idx in parts.items():
+        for i in idx:
+            dst = out / name / files[i].relative_to(src)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(files[i], dst)
+    return {name: len(idx) for name, idx in parts.items()}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="pix2pix-lit prepare", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("combine", help="A|B side-by-side files from two folders matched by name")
+    c.add_argument("a_dir", type=Path)
+    c.add_argument("b_dir", type=Path)
+    c.add_argument("out", type=Path)
+    c.add_argument("--workers", type=int, default=None)
+    e = sub.add_parser("edges", help="one-channel sketches (black lines on white) from photos")
+    e.add_argument("src", type=Path)
+    e.add_argument("out", type=Path)
+    e.add_argument("--method", choices=EDGE_METHODS, default="canny")
+    e.add_argument("--low", type=int, default=100, help="canny: lower hysteresis threshold")
+    e.add_argument("--high", type=int, default=200, help="canny: upper hysteresis threshold")
+    e.add_argument("--sigma", type=float, default=1.0, help="Gaussian blur (canny) / inner Gaussian (xdog)")
+    e.add_argument("--workers", type=int, default=None)
+    s = sub.add_parser("split", help="train/val/test folders, seeded")
+    s.add_argument("src", type=Path)
+    s.add_argument("out", type=Path)
+    s.add_argument("--val", type=float, default=0.1)
+    s.add_argument("--test", type=float, default=0.1)
+    s.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.command == "combine":
+            n, only_a, only_b = combine(args.a_dir, args.b_dir, args.out, args.workers)
+            print(f"wrote {n} A|B file(s) to {args.out}")
+            for side, names in (("A", only_a), ("B", only_b)):
+                if names:
+                    print(f"{len(names)} name(s) only in {side}, left out: {', '.join(names[:10])}"
+                          f"{' ...' if len(names) > 10 else ''}")
+        elif args.command == "edges":
+            n = edges_folder(args.src, args.out, args.method, args.workers, low=args.low, high=args.high, sigma=args.sigma)
+            print(f"wrote {n} {args.method} sketch(es) to {args.out}")
+        else:
+            counts = split(args.src, args.out, args.val, args.test, args.seed)
+            print(f"wrote {', '.join(f'{k} {v}' for k, v in counts.items())} image(s) to {args.out}")
+    except Pix2PixLitError as err:
+        print(f"pix2pix-lit prepare: error: {err}", file=sys.stderr)
+        return err.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Serving a trained generator: the HTTP service (``app``) and its model runner and batcher (``engine``)."""
