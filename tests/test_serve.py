@@ -184,6 +184,23 @@ def test_sigterm_shuts_down_gracefully(model_file):
     assert "Application shutdown complete" in out and "Finished server process" in out
 
 
+def test_edges_preprocessing_feeds_the_model_a_sketch_of_the_photo(model_file):
+    from pix2pix_lit.prepare import edges
+
+    photo = np.full((64, 96, 3), 220, np.uint8)
+    photo[16:48, 24:72] = (40, 90, 160)
+    photo = Image.fromarray(photo)
+    proc, url = start_server(["--model", str(model_file), "--preprocess", "edges"], model_file.parent)
+    try:
+        r = httpx.post(f"{url}/v1/translate", content=png_bytes(photo), headers={"Content-Type": "image/png"}, timeout=60)
+    finally:
+        stop_server(proc)
+    assert r.status_code == 200
+    out = np.asarray(Image.open(io.BytesIO(r.content))).astype(int)
+    assert np.abs(out - expected(model_file, edges(photo, "canny")).astype(int)).max() <= 1
+    assert np.abs(out - expected(model_file, photo).astype(int)).max() > 1  # not the photo itself
+
+
 def test_serve_refuses_a_missing_model_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pix2pix_lit", "serve", "--model", str(tmp_path / "none.onnx")],
                           capture_output=True, text=True, timeout=120)
