@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 from PIL import Image
 
 from pix2pix_lit.data.datasets import match_pairs
-from pix2pix_lit.data.io import check_decodable, load_image, to_tensor
+from pix2pix_lit.data.io import check_decodable, load_image, to_tensor, write_text_atomic
 from pix2pix_lit.errors import ConfigError, InceptionWeightsError, Pix2PixLitError
 from pix2pix_lit.metrics import ImageQualityMetrics, find_inception_weights, load_inception
 
@@ -151,10 +150,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"{key:10s} {value:.6g}")
     print(f"({result['num_images']} image pairs)")
     if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.output.with_name(f".{args.output.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, args.output)
+        write_text_atomic(args.output, json.dumps(result, indent=2) + "\n")
         print(f"written to {args.output}")
     return 0
 

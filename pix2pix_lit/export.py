@@ -192,7 +192,7 @@ def generator_from_checkpoint(
     ckpt_path: str, inference_mode: Literal["eval", "paper"] = "eval",
 ) -> tuple[ExportableGenerator, dict[str, Any]]:
     """The frozen generator of a pix2pix-lit checkpoint in one inference mode, and its input contract."""
-    from pix2pix_lit.cli import load_checkpoint
+    from pix2pix_lit.checkpoints import load_checkpoint
     from pix2pix_lit.module import RUNTIME_OPTIONS, Pix2Pix
 
     ckpt = load_checkpoint(ckpt_path)

@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,16 +15,9 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from pix2pix_lit.data.io import save_image_atomic, to_pil
+from pix2pix_lit.data.io import save_image_atomic, to_pil, write_text_atomic
 
 log = logging.getLogger(__name__)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _gather_objects(obj: Any) -> list[Any]:
@@ -127,11 +119,11 @@ class TestReport(pl.Callback):
             "metrics": {k.split("/", 1)[-1]: v for k, v in results.items()},
             "protocol": evaluation_protocol(trainer, pl_module),
         }
-        _write_atomic(out / "metrics.json", json.dumps(report, indent=2) + "\n")
+        write_text_atomic(out / "metrics.json", json.dumps(report, indent=2) + "\n")
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=["name", "ssim", "psnr"])
         writer.writeheader()
         writer.writerows(sorted(rows, key=lambda r: r["name"]))
-        _write_atomic(out / "per_image.csv", buf.getvalue())
+        write_text_atomic(out / "per_image.csv", buf.getvalue())
         self.written = [out / "metrics.json", out / "per_image.csv"]
         log.info("test metrics written to %s", out / "metrics.json")

@@ -96,6 +96,15 @@ def to_uint8(t: torch.Tensor) -> torch.Tensor:
     return ((t.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def save_image_atomic(img: Image.Image, path: Path) -> None:
     """Write ``img`` to ``path`` via a temporary file and a rename, so no half-written image is left."""
     path.parent.mkdir(parents=True, exist_ok=True)
