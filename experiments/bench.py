@@ -105,7 +105,7 @@ def matmul_peak(dtype: torch.dtype, n: int = 4096, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
-def run_train(precision: str, channels_last: bool, steps: int, warmup: int) -> dict:
+def run_train(precision: str, channels_last: bool, steps: int, warmup: int, ema_decay: float = 0.0) -> dict:
     import lightning.pytorch as pl
 
     from pix2pix_lit import Pix2Pix
@@ -137,10 +137,11 @@ def run_train(precision: str, channels_last: bool, steps: int, warmup: int) -> d
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         callbacks=[timer],
     )
-    model = Pix2Pix(fid=False, kid=False, channels_last=channels_last)
+    model = Pix2Pix(fid=False, kid=False, channels_last=channels_last, ema_decay=ema_decay or None)
     trainer.fit(model, dm)
     return {
-        "part": "train", "precision": precision, "channels_last": channels_last, "data": data, "steps": timer.n,
+        "part": "train", "precision": precision, "channels_last": channels_last, "ema": ema_decay or "", "data": data,
+        "steps": timer.n,
         "img_per_s": timer.n / timer.compute, "compute_s": timer.compute, "data_wait_s": timer.wait,
         "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads(),
     }
@@ -253,7 +254,7 @@ def run_peak() -> dict:
 
 def child(args: argparse.Namespace) -> None:
     if args.part == "train":
-        res = run_train(args.precision, args.channels_last, args.steps, args.warmup)
+        res = run_train(args.precision, args.channels_last, args.steps, args.warmup, args.ema_decay)
     elif args.part == "plain":
         res = run_plain(args.steps, args.warmup)
     elif args.part == "infer":
@@ -308,6 +309,7 @@ def main() -> None:
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--precision", default="32")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--ema-decay", type=float, default=0.0)
     args = p.parse_args()
     if args.child:
         return child(args)
@@ -321,6 +323,12 @@ def main() -> None:
     if "train" in parts:
         rows = [spawn(args, part="train", precision=pr, channels_last=cl) for pr, cl in CONFIGS]
         rows.append(spawn(args, part="plain"))
+        # the EMA generator's cost, on the precision this CPU trains in by default
+        default = "32" if slow_bf16("bf16-mixed") else "bf16-mixed"
+        without = next(r for r in rows if r["precision"] == default and r["channels_last"] == (default != "32"))
+        with_ema = spawn(args, part="train", precision=default, channels_last=default != "32", ema_decay=0.999)
+        with_ema["ema_overhead_pct"] = 100 * (without["img_per_s"] / with_ema["img_per_s"] - 1)
+        rows.append(with_ema)
         base = rows[0]["img_per_s"]
         for r in rows:
             r["speedup_vs_fp32"] = r["img_per_s"] / base
@@ -328,7 +336,8 @@ def main() -> None:
             r["pct_of_bf16_peak"] = 100 * r["achieved_tflops"] / peak["bf16_matmul_tflops"]
             r["pct_of_fp32_peak"] = 100 * r["achieved_tflops"] / peak["fp32_matmul_tflops"]
         sections.append("Training step (G+D, batch 1, 256x256, unet_256 + basic D):\n\n" + table(rows, [
-            "precision", "channels_last", "img_per_s", "speedup_vs_fp32", "achieved_tflops", "pct_of_bf16_peak",
+            "precision", "channels_last", "ema", "ema_overhead_pct", "img_per_s", "speedup_vs_fp32", "achieved_tflops",
+            "pct_of_bf16_peak",
             "pct_of_fp32_peak", "compute_s", "data_wait_s", "steps", "peak_rss_mb", "data", "note"]))
     if parts == ["plain"]:
         sections.append("Training step, the official step as a plain PyTorch loop (G+D, batch 1, 256x256):\n\n" + table(

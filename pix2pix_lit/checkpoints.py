@@ -34,7 +34,9 @@ def check_checkpoint_fits(model: torch.nn.Module, ckpt: dict[str, Any], path: st
     """A CheckpointError saying how the checkpoint's networks differ from the configured model's."""
     ours = model.state_dict()
     theirs = ckpt["state_dict"]
-    missing, unexpected = sorted(ours.keys() - theirs.keys()), sorted(theirs.keys() - ours.keys())
+    # the EMA generator may be absent on either side: the model then starts it from G, or leaves it out
+    missing = sorted(k for k in ours.keys() - theirs.keys() if not k.startswith("G_ema."))
+    unexpected = sorted(k for k in theirs.keys() - ours.keys() if not k.startswith("G_ema."))
     shapes = [(k, tuple(theirs[k].shape), tuple(ours[k].shape)) for k in sorted(ours.keys() & theirs.keys())
               if theirs[k].shape != ours[k].shape]
     if not (missing or unexpected or shapes):

@@ -189,9 +189,12 @@ def write_checked(net: ExportableGenerator, path: Path, fmt: str, contract: dict
 
 
 def generator_from_checkpoint(
-    ckpt_path: str, inference_mode: Literal["eval", "paper"] = "eval",
+    ckpt_path: str, inference_mode: Literal["eval", "paper"] = "eval", use_ema: bool = True,
 ) -> tuple[ExportableGenerator, dict[str, Any]]:
-    """The frozen generator of a pix2pix-lit checkpoint in one inference mode, and its input contract."""
+    """The frozen generator of a pix2pix-lit checkpoint in one inference mode, and its input contract.
+
+    The EMA generator when the checkpoint has one (and ``use_ema``), else G.
+    """
     from pix2pix_lit.checkpoints import load_checkpoint
     from pix2pix_lit.module import RUNTIME_OPTIONS, Pix2Pix
 
@@ -199,7 +202,7 @@ def generator_from_checkpoint(
     hparams = dict(ckpt.get("hyper_parameters") or {})
     arch = {k: v for k, v in hparams.items() if k not in RUNTIME_OPTIONS and not k.startswith("_")}
     try:
-        model = Pix2Pix(**arch, fid=False, kid=False)
+        model = Pix2Pix(**arch, fid=False, kid=False, use_ema_for_eval=use_ema)
         model.load_state_dict(ckpt["state_dict"])
     except (TypeError, RuntimeError) as e:
         reason = str(e).strip().splitlines()[0]
@@ -207,11 +210,12 @@ def generator_from_checkpoint(
     data = ckpt.get("datamodule_hyper_parameters") or {}
     contract = make_contract(
         model.hparams.input_nc, model.hparams.output_nc, model.size_multiple, inference_mode,
-        netG=hparams.get("netG"), direction=data.get("direction"), checkpoint=Path(ckpt_path).name,
+        netG=hparams.get("netG"), generator=model.inference_G_name, direction=data.get("direction"),
+        checkpoint=Path(ckpt_path).name,
         global_step=ckpt.get("global_step"), config_sha256=config_digest(hparams),
         data={k: data.get(k) for k in ("preprocess", "load_size", "crop_size") if k in data},
     )
-    return ExportableGenerator(model.G, inference_mode), contract
+    return ExportableGenerator(model.inference_G, inference_mode), contract
 
 
 def make_contract(input_nc: int, output_nc: int, size_multiple: int, inference_mode: str, **extra: Any) -> dict[str, Any]:
@@ -227,9 +231,10 @@ def make_contract(input_nc: int, output_nc: int, size_multiple: int, inference_m
 
 def export_checkpoint(
     ckpt_path: str, fmt: str, output: Optional[str] = None, inference_mode: Literal["eval", "paper"] = "eval",
+    use_ema: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
     """Export the generator of a pix2pix-lit checkpoint; returns the file written and its contract."""
-    net, contract = generator_from_checkpoint(ckpt_path, inference_mode)
+    net, contract = generator_from_checkpoint(ckpt_path, inference_mode, use_ema)
     suffix = ".onnx" if fmt == "onnx" else ".torchscript.pt"
     path = Path(output) if output else Path(ckpt_path).with_name(f"{Path(ckpt_path).stem}.G.{inference_mode}{suffix}")
     return path, write_checked(net, path, fmt, contract)
@@ -248,15 +253,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--inference_mode", default="eval", choices=("eval", "paper"),
                         help="eval (default: deterministic, running statistics) or paper (per-image statistics; "
                         "only for generators without dropout)")
+    parser.add_argument("--no_ema", action="store_true", help="export G even when the checkpoint has an EMA generator")
     args = parser.parse_args(argv)
     try:
-        path, contract = export_checkpoint(args.ckpt_path, args.format, args.output, args.inference_mode)
+        path, contract = export_checkpoint(args.ckpt_path, args.format, args.output, args.inference_mode, not args.no_ema)
     except Pix2PixLitError as e:
         print(f"pix2pix-lit export: error: {e}", file=sys.stderr)
         return e.exit_code
     diffs = ", ".join(f"{'x'.join(map(str, s))}: {d:.1e}" for s, d in
                       zip(contract["parity"]["shapes"], contract["parity"]["max_abs_diff"]))
-    print(f"wrote {path} ({args.format}, {args.inference_mode} mode, input {contract['input']['channels']} channels, "
+    print(f"wrote {path} ({args.format}, {contract['generator']}, {args.inference_mode} mode, "
+          f"input {contract['input']['channels']} channels, "
           f"sides multiples of {contract['input']['size_multiple']}); max |exported - PyTorch| {diffs}")
     return 0
 

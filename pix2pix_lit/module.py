@@ -18,6 +18,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, ReduceLROnPlat
 
 from pix2pix_lit.data.datasets import fingerprint
 from pix2pix_lit.data.transforms import crop_box, pad_to_multiple
+from pix2pix_lit.ema import make_ema
 from pix2pix_lit.errors import ConfigError, NonFiniteLossError, check_choice
 from pix2pix_lit.losses import GANLoss, feature_matching_loss, gradient_penalty
 from pix2pix_lit.metrics import ImageQualityMetrics, find_inception_weights, load_inception
@@ -36,7 +37,7 @@ HIGHER_IS_BETTER = ("ssim", "psnr")
 # the command line/config, never from the checkpoint's hyper-parameters (see Pix2PixCLI).
 RUNTIME_OPTIONS = (
     "inference_mode", "predict_fit", "predict_size", "channels_last", "compile", "fid", "kid", "inception_weights",
-    "kid_subset_size", "max_nonfinite_steps",
+    "kid_subset_size", "max_nonfinite_steps", "use_ema_for_eval",
 )
 
 
@@ -114,6 +115,10 @@ class Pix2Pix(pl.LightningModule):
         compile: ``torch.compile`` the networks.
         fid, kid, inception_weights, kid_subset_size: FID/KID settings (see ``pix2pix_lit.metrics``).
         max_nonfinite_steps: stop after this many consecutive batches with NaN/Inf losses (they are skipped).
+        ema_decay: keep an exponential moving average of G's weights (``G_ema``), updated after every G step
+            with this decay (e.g. 0.999; ``null``: none, as the official code). ``ema_warmup``: use
+            ``min(decay, (1 + n) / (10 + n))`` after n updates. Saved in checkpoints; fp32 under mixed precision.
+        use_ema_for_eval: validation, test, predict, grids, export and serving use ``G_ema`` when it exists.
     """
 
     def __init__(
@@ -155,6 +160,9 @@ class Pix2Pix(pl.LightningModule):
         inception_weights: Optional[str] = None,
         kid_subset_size: int = 1000,
         max_nonfinite_steps: int = 20,
+        ema_decay: Optional[float] = None,
+        ema_warmup: bool = True,
+        use_ema_for_eval: bool = True,
     ) -> None:
         super().__init__()
         check_choice("model.netG", netG, GENERATORS)
@@ -162,6 +170,8 @@ class Pix2Pix(pl.LightningModule):
         check_choice("model.lr_policy", lr_policy, LR_POLICIES)
         check_choice("model.inference_mode", inference_mode, INFERENCE_MODES)
         check_choice("model.predict_fit", predict_fit, ("pad", "resize"))
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ConfigError(f"model.ema_decay={ema_decay} must be between 0 and 1 (e.g. 0.999), or null for no EMA")
         if lr <= 0 or lambda_L1 < 0 or pool_size < 0 or max_nonfinite_steps < 1:
             raise ConfigError("model.lr must be > 0, model.lambda_L1 and model.pool_size >= 0, max_nonfinite_steps >= 1")
         self.save_hyperparameters(logger=False)
@@ -173,6 +183,8 @@ class Pix2Pix(pl.LightningModule):
             raise ConfigError(f"model.predict_size={predict_size} must be a multiple of {self.size_multiple} for netG={netG}")
         self.criterion_gan = GANLoss(gan_mode)
         self.pool = ImagePool(pool_size)
+        # the EMA generator: a submodule, so checkpoints hold it and DDP starts it equal on every rank
+        self.G_ema = make_ema(self.G, ema_decay, ema_warmup) if ema_decay else None
         self.val_metrics = ImageQualityMetrics(fid, kid, kid_subset_size)
         self.test_metrics = ImageQualityMetrics(fid, kid, kid_subset_size)
         self.nonfinite_total = 0
@@ -201,8 +213,9 @@ class Pix2Pix(pl.LightningModule):
             self.test_metrics.set_extractor(extractor)
         self.use_channels_last = self._resolve_channels_last()
         fmt = torch.channels_last if self.use_channels_last else torch.contiguous_format
-        self.G.to(memory_format=fmt)
-        self.D.to(memory_format=fmt)
+        for net in (self.G, self.D, self.G_ema):
+            if net is not None:
+                net.to(memory_format=fmt)
         if self.hparams.compile and not getattr(self, "_compiled", False):
             self.G.compile()
             self.D.compile()
@@ -341,6 +354,8 @@ class Pix2Pix(pl.LightningModule):
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(loss_G)
             opt_g.step()
+            if self.G_ema is not None:
+                self.G_ema.update_parameters(self.G)
         else:
             # the batch still counts as one trainer step, so max_steps/limits stay in batches
             progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
@@ -387,21 +402,35 @@ class Pix2Pix(pl.LightningModule):
             )
 
     # -- inference -----------------------------------------------------------------------------------
+    @property
+    def inference_G(self) -> nn.Module:
+        """The generator that validation, test, predict and export run: ``G_ema`` if there is one (and
+        ``use_ema_for_eval``), else ``G``."""
+        if self.G_ema is not None and self.hparams.get("use_ema_for_eval", True):
+            return self.G_ema.module
+        return self.G
+
+    @property
+    def inference_G_name(self) -> str:
+        return "G_ema" if self.inference_G is not self.G else "G"
+
     @contextmanager
     def inference(self) -> Iterator[None]:
-        """G in the chosen inference mode (see ``inference_mode``); no parameter or buffer changes."""
-        was_training = self.G.training
+        """The inference generator in the chosen inference mode (see ``inference_mode``); changes no parameter
+        or buffer."""
+        net = self.inference_G
+        was_training = net.training
         if self.hparams.inference_mode == "eval":
-            self.G.eval()
+            net.eval()
             context = nullcontext()
         else:  # paper: dropout on, batch norm with the statistics of the images given
-            self.G.train()
-            context = batch_norm_own_statistics(self.G)
+            net.train()
+            context = batch_norm_own_statistics(net)
         try:
             with context:
                 yield
         finally:
-            self.G.train(was_training)
+            net.train(was_training)
 
     @torch.no_grad()
     def generate(self, source: torch.Tensor) -> torch.Tensor:
@@ -411,10 +440,11 @@ class Pix2Pix(pl.LightningModule):
         the official test (batch size 1), whatever the eval batch size or the number of processes.
         """
         source = self._prep(source)
+        net = self.inference_G
         with self.inference():
             if self.hparams.inference_mode == "paper" and source.shape[0] > 1:
-                return torch.cat([self.G(x.unsqueeze(0)).float() for x in source])
-            return self.G(source).float()
+                return torch.cat([net(x.unsqueeze(0)).float() for x in source])
+            return net(source).float()
 
     def _eval_step(self, batch: dict[str, Any], metrics: ImageQualityMetrics) -> None:
         self._check_size(batch["source"])
@@ -485,6 +515,18 @@ class Pix2Pix(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        weights = checkpoint.get("state_dict", {})
+        if self.G_ema is not None and not any(k.startswith("G_ema.") for k in weights):
+            # a checkpoint from a run without EMA: the average starts from its G
+            log.info("the checkpoint has no EMA generator: G_ema starts from its G")
+            for k, v in list(weights.items()):
+                if k.startswith("G."):
+                    weights["G_ema.module." + k[2:]] = v.clone()
+            weights["G_ema.n_averaged"] = torch.tensor(0, dtype=torch.long)
+        elif self.G_ema is None and any(k.startswith("G_ema.") for k in weights):
+            log.info("the checkpoint's EMA generator is not used (model.ema_decay is null)")
+            for k in [k for k in weights if k.startswith("G_ema.")]:
+                del weights[k]
         state = checkpoint.get("pix2pix_lit", {})
         self._rng_to_restore = state.get("rng_states")
         pool = list(state.get("image_pool", []))

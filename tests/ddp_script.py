@@ -14,8 +14,10 @@ import torch
 from pix2pix_lit import Pix2Pix, SyntheticPairedDataModule
 
 # no dropout: validation runs in the default 'paper' inference mode (per-image batch statistics), and its
-# numbers must then equal a 1-process run exactly, whatever the number of processes and eval batch size
-MODEL = dict(netG="unet", num_downs=5, ngf=8, ndf=8, kid_subset_size=5, n_epochs=1, n_epochs_decay=1, no_dropout=True)
+# numbers must then equal a 1-process run exactly, whatever the number of processes and eval batch size.
+# With an EMA generator, which validation then scores, and which every rank must hold identically.
+MODEL = dict(netG="unet", num_downs=5, ngf=8, ndf=8, kid_subset_size=5, n_epochs=1, n_epochs_decay=1, no_dropout=True,
+             ema_decay=0.9)
 
 
 def datamodule(root: str) -> SyntheticPairedDataModule:
@@ -30,7 +32,8 @@ class SaveEachRank(pl.Callback):
         self.out = out
 
     def on_train_end(self, trainer, pl_module) -> None:
-        torch.save({"G": pl_module.G.state_dict(), "D": pl_module.D.state_dict(), "step": trainer.global_step,
+        torch.save({"G": pl_module.G.state_dict(), "D": pl_module.D.state_dict(), "G_ema": pl_module.G_ema.state_dict(),
+                    "step": trainer.global_step,
                     "strategy": type(trainer.strategy).__name__, "world_size": trainer.world_size},
                    self.out / f"rank{trainer.global_rank}.pt")
 

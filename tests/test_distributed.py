@@ -25,7 +25,7 @@ def test_ddp_ranks_agree_and_metrics_equal_single_process(tmp_path, strategy):
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["step"] == r1["step"] == 3
     assert r0["world_size"] == r1["world_size"] == 2 and r0["strategy"] == "DDPStrategy"
-    for net in ("G", "D"):
+    for net in ("G", "D", "G_ema"):
         for k in r0[net]:
             if "running_" in k or "num_batches_tracked" in k:
                 # BN running stats are each rank's own until DDP broadcasts rank 0's at the next
@@ -39,6 +39,8 @@ def test_ddp_ranks_agree_and_metrics_equal_single_process(tmp_path, strategy):
     # the same weights validated in one process, on the same 5 images (odd: uneven shards)
     fresh.G.load_state_dict(r0["G"])
     fresh.D.load_state_dict(r0["D"])
+    fresh.G_ema.load_state_dict(r0["G_ema"])
+    assert not torch.equal(r0["G_ema"]["module.model.model.0.weight"], r0["G"]["model.model.0.weight"])  # averaged
     single = quiet_trainer().validate(fresh, init.datamodule(str(tmp_path / "data")), verbose=False)[0]
     ddp = json.loads((tmp_path / "ddp_metrics.json").read_text())
     assert ddp["val/ssim"] == pytest.approx(single["val/ssim"], abs=1e-4)

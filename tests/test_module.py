@@ -49,21 +49,24 @@ def test_global_step_counts_batches_and_resume_continues(tmp_path):
     assert limited.global_step == 3 and limited.fit_loop.epoch_loop.batch_progress.total.completed == 3
 
 
-def _train(tmp_path, dm_dir, epochs, ckpt_path=None, workers=0):
+def _train(tmp_path, dm_dir, epochs, ckpt_path=None, workers=0, **extra):
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True, save_top_k=0)
     trainer = quiet_trainer(max_epochs=epochs, enable_checkpointing=True, callbacks=[ckpt], limit_val_batches=0,
                             deterministic=True)
     torch.manual_seed(0)
-    model = Pix2Pix(**{**TINY_MODEL, "num_downs": 6, "lr_policy": "linear", "n_epochs": 1, "n_epochs_decay": 2})
+    model = Pix2Pix(**{**TINY_MODEL, "num_downs": 6, "lr_policy": "linear", "n_epochs": 1, "n_epochs_decay": 2, **extra})
     trainer.fit(model, synthetic64(dm_dir, num_workers=workers), ckpt_path=ckpt_path)
     return model, trainer
 
 
-def test_exact_resume_equals_uninterrupted_run(tmp_path):
-    straight, t1 = _train(tmp_path / "a", tmp_path, 2)
-    _train(tmp_path / "b", tmp_path, 1)
-    resumed, t2 = _train(tmp_path / "b", tmp_path, 2, ckpt_path="last")
+@pytest.mark.parametrize("ema", [None, 0.9], ids=["plain", "ema"])
+def test_exact_resume_equals_uninterrupted_run(tmp_path, ema):
+    straight, t1 = _train(tmp_path / "a", tmp_path, 2, ema_decay=ema)
+    _train(tmp_path / "b", tmp_path, 1, ema_decay=ema)
+    resumed, t2 = _train(tmp_path / "b", tmp_path, 2, ckpt_path="last", ema_decay=ema)
     assert any(isinstance(m, torch.nn.Dropout) for m in straight.G.modules())  # dropout draws from the RNG
+    assert straight.state_dict().keys() == resumed.state_dict().keys()
+    assert any(k.startswith("G_ema.module.") for k in straight.state_dict()) == (ema is not None)
     for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), k
     for oa, ob in zip(t1.optimizers, t2.optimizers):

@@ -97,7 +97,8 @@ class ImageGridCallback(pl.Callback):
             img = to_pil(grid)
             save_image_atomic(img, path)
             self.written.append(path)
-            caption = f"{split}: source | output | target (epoch {trainer.current_epoch}, step {trainer.global_step})"
+            caption = (f"{split}: source | output of {getattr(pl_module, 'inference_G_name', 'G')} | target "
+                       f"(epoch {trainer.current_epoch}, step {trainer.global_step})")
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     logger.log_image(key=f"images/{split}", images=[img], caption=[caption])

@@ -62,7 +62,7 @@ def evaluation_protocol(trainer: pl.Trainer, pl_module: pl.LightningModule) -> d
             "paper": "official test.py default (no --eval): dropout on, per-image batch-norm statistics",
             "eval": "official --eval: dropout off, running batch-norm statistics",
         }.get(h.get("inference_mode")),
-        "generator": "G",
+        "generator": getattr(pl_module, "inference_G_name", "G"),
     }
     dm = trainer.datamodule
     if dm is not None and hasattr(dm, "eval_transform"):
