@@ -138,10 +138,22 @@ def run_train(precision: str, channels_last: bool, steps: int, warmup: int, ema_
         callbacks=[timer],
     )
     model = Pix2Pix(fid=False, kid=False, channels_last=channels_last, ema_decay=ema_decay or None)
+    ema_time = []
+    if model.G_ema is not None:  # time the EMA update inside the real step: steadier than two runs' difference
+        update = model.G_ema.update_parameters
+
+        def timed_update(net):
+            t = time.perf_counter()
+            update(net)
+            ema_time.append(time.perf_counter() - t)
+
+        model.G_ema.update_parameters = timed_update
     trainer.fit(model, dm)
+    ema_s = sum(ema_time[warmup:])
     return {
         "part": "train", "precision": precision, "channels_last": channels_last, "ema": ema_decay or "", "data": data,
-        "steps": timer.n,
+        "ema_update_ms": 1000 * ema_s / max(1, len(ema_time[warmup:])) if ema_time else "",
+        "ema_share_pct": 100 * ema_s / timer.compute if ema_time else "", "steps": timer.n,
         "img_per_s": timer.n / timer.compute, "compute_s": timer.compute, "data_wait_s": timer.wait,
         "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads(),
     }
@@ -327,6 +339,7 @@ def main() -> None:
         default = "32" if slow_bf16("bf16-mixed") else "bf16-mixed"
         without = next(r for r in rows if r["precision"] == default and r["channels_last"] == (default != "32"))
         with_ema = spawn(args, part="train", precision=default, channels_last=default != "32", ema_decay=0.999)
+        # (a second run's img/s differs by run-to-run noise too: ema_share_pct is the update's own time)
         with_ema["ema_overhead_pct"] = 100 * (without["img_per_s"] / with_ema["img_per_s"] - 1)
         rows.append(with_ema)
         base = rows[0]["img_per_s"]
@@ -336,8 +349,8 @@ def main() -> None:
             r["pct_of_bf16_peak"] = 100 * r["achieved_tflops"] / peak["bf16_matmul_tflops"]
             r["pct_of_fp32_peak"] = 100 * r["achieved_tflops"] / peak["fp32_matmul_tflops"]
         sections.append("Training step (G+D, batch 1, 256x256, unet_256 + basic D):\n\n" + table(rows, [
-            "precision", "channels_last", "ema", "ema_overhead_pct", "img_per_s", "speedup_vs_fp32", "achieved_tflops",
-            "pct_of_bf16_peak",
+            "precision", "channels_last", "ema", "ema_update_ms", "ema_share_pct", "ema_overhead_pct", "img_per_s",
+            "speedup_vs_fp32", "achieved_tflops", "pct_of_bf16_peak",
             "pct_of_fp32_peak", "compute_s", "data_wait_s", "steps", "peak_rss_mb", "data", "note"]))
     if parts == ["plain"]:
         sections.append("Training step, the official step as a plain PyTorch loop (G+D, batch 1, 256x256):\n\n" + table(
