@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_serve import start_server, stop_server  # noqa: E402  (the tests' server start/stop)
 
 from pix2pix_lit import Pix2Pix  # noqa: E402
-from pix2pix_lit.export import export_generator  # noqa: E402
+from pix2pix_lit.serving.export import export_generator  # noqa: E402
 
 
 def cpu_name() -> str:

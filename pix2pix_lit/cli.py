@@ -252,7 +252,7 @@ def _rejected(err: BaseException) -> Optional[BaseException]:
 
 def main(args: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
-    tools = {"compare": "pix2pix_lit.compare", "eval": "pix2pix_lit.evaluate", "export": "pix2pix_lit.export",
+    tools = {"compare": "pix2pix_lit.compare", "eval": "pix2pix_lit.evaluate", "export": "pix2pix_lit.serving.export",
              "serve": "pix2pix_lit.serving.app", "prepare": "pix2pix_lit.prepare"}
     if argv and argv[0] in tools:  # plain argparse commands, no Trainer
         import importlib

@@ -276,7 +276,7 @@ def test_eval_command_equals_torch_fidelity(trained, tmp_path):
 
 
 def test_export_command_from_a_checkpoint(trained, tmp_path):
-    from pix2pix_lit.export import load_exported
+    from pix2pix_lit.serving.export import load_exported
 
     tmp, env = trained
     ckpt = tmp / "run_a" / "checkpoints" / "last.ckpt"

@@ -90,7 +90,7 @@ def test_ema_starts_from_g_of_a_checkpoint_without_one(tmp_path):
 
 
 def test_export_takes_the_average_unless_told_not_to(tmp_path):
-    from pix2pix_lit.export import export_checkpoint, load_exported
+    from pix2pix_lit.serving.export import export_checkpoint, load_exported
 
     torch.manual_seed(0)
     model = Pix2Pix(**{**TINY_MODEL, "ema_decay": 0.5})

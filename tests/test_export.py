@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pix2pix_lit import Pix2Pix
-from pix2pix_lit.export import ExportError, export_generator, load_exported
+from pix2pix_lit.serving.export import ExportError, export_generator, load_exported
 
 CASES = [
     ("unet_256", dict(netG="unet_256"), 3, "eval"),
@@ -58,7 +58,7 @@ def test_paper_mode_with_dropout_is_refused_and_writes_nothing(tmp_path):
 
 
 def test_a_failed_parity_check_leaves_no_file(tmp_path, monkeypatch):
-    from pix2pix_lit import export
+    from pix2pix_lit.serving import export
 
     model = model_for(dict(netG="unet", num_downs=6), 3, "eval")
     real_load = export.load_exported

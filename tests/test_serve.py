@@ -20,7 +20,7 @@ from PIL import Image
 from pix2pix_lit import Pix2Pix
 from pix2pix_lit.data.io import to_pil, to_tensor
 from pix2pix_lit.data.transforms import crop_box, pad_to_multiple
-from pix2pix_lit.export import export_generator, load_exported
+from pix2pix_lit.serving.export import export_generator, load_exported
 
 LIMITS = ["--max-bytes", "300000", "--max-pixels", "250000", "--max-batch", "8", "--max-wait-ms", "100"]
 

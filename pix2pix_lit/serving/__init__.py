@@ -1,1 +1,2 @@
-"""Serving a trained generator: the HTTP service (``app``) and its model runner and batcher (``engine``)."""
+"""From checkpoint to product: ``export`` (TorchScript, ONNX) and the HTTP service (``app``, its model runner
+and batcher in ``engine``)."""

@@ -48,7 +48,7 @@ class Generator:
                 raise ConfigError(f"--threads {threads} must be >= 1")
             torch.set_num_threads(threads)
         if ckpt_path is not None:
-            from pix2pix_lit.export import generator_from_checkpoint
+            from pix2pix_lit.serving.export import generator_from_checkpoint
 
             net, contract = generator_from_checkpoint(ckpt_path, inference_mode)
 
