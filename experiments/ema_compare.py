@@ -65,8 +65,12 @@ def main() -> None:
             rows.append((report["protocol"]["generator"], mode, report["num_images"], report["metrics"]))
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
                platform.machine())
-    print(f"`python experiments/ema_compare.py {args.recipe} --steps {args.steps} --ema-decay {args.ema_decay} "
-          f"--seed {args.seed}` ({cpu}, training {train_s / 60:.1f} min)\n")
+    import torch
+
+    steps = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+    command = f"python experiments/ema_compare.py {args.recipe}" + (f" --steps {args.steps}" if args.recipe == "maps" else "")
+    print(f"`{command} --ema-decay {args.ema_decay} --seed {args.seed}` ({cpu}; {steps} steps, training "
+          f"{train_s / 60:.1f} min)\n")
     print("| generator | inference mode | images | FID | KID | SSIM | PSNR | L1 |")
     print("|---|---|---|---|---|---|---|---|")
     for gen, mode, n, m in rows:

@@ -91,6 +91,7 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
     """
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn (a str enum) here
         if stage != "fit":
             self.config_filename = f"config-{stage}.yaml"
         super().setup(trainer, pl_module, stage)

@@ -105,6 +105,8 @@ def test_test_writes_metrics_json_and_predict_writes_images(trained):
         env, tmp)
     assert sorted(p.name for p in out.glob("*.png")) == [f"{i:05d}.png" for i in range(4)]
     assert yaml.safe_load((tmp / "run_a" / "config.yaml").read_text())["ckpt_path"] in (None, "last")
+    # test and predict record their own configs beside the fit's, named by the command
+    assert (tmp / "run_a" / "config-test.yaml").is_file() and (tmp / "run_a" / "config-predict.yaml").is_file()
 
 
 def test_compare_prints_table_and_writes_plot(trained):
