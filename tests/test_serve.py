@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -129,11 +130,15 @@ def test_bad_requests_get_json_errors_and_the_service_stays_up(server):
     bmp = io.BytesIO()
     drawing(20, 20).save(bmp, format="BMP")
     huge_pixels = png_bytes(Image.new("L", (600, 600), 255))  # 360,000 pixels, few bytes
+    bomb = bytearray(huge_pixels)
+    bomb[16:24] = (100_000).to_bytes(4, "big") * 2  # the header now declares 100000 x 100000 pixels
+    bomb[29:33] = zlib.crc32(bytes(bomb[12:29])).to_bytes(4, "big")  # with a valid IHDR checksum
     cases = [
         ("post", dict(content=b"not an image at all", headers={"Content-Type": "image/png"}), 400, "not an image"),
         ("post", dict(content=truncated, headers={"Content-Type": "image/png"}), 400, "truncated or corrupt"),
         ("post", dict(content=os.urandom(400_000), headers={"Content-Type": "image/png"}), 413, "limit of 300000"),
         ("post", dict(content=huge_pixels, headers={"Content-Type": "image/png"}), 413, "more than the limit of 250000"),
+        ("post", dict(content=bytes(bomb), headers={"Content-Type": "image/png"}), 413, "too large"),
         ("get", {}, 405, "GET is not allowed"),
         ("put", dict(content=good, headers={"Content-Type": "image/png"}), 405, "PUT is not allowed"),
         ("post", dict(content=b"hello", headers={"Content-Type": "text/plain"}), 415, "is not an image"),

@@ -6,7 +6,8 @@
   against the model's direction (a pix2pix generator translates one way).
 - ``GET /health``: status, the model's contract and batching counts. ``GET /``: the drawing page.
 - Errors are JSON ``{"error": ..., "status": N}``: 400 not an image / truncated / wrong direction,
-  405 wrong method, 413 too many bytes or pixels, 415 not PNG/JPEG/WebP; the service stays up.
+  405 wrong method, 413 too many bytes or pixels, 415 not PNG/JPEG/WebP, 500 the model failed on the
+  input; the service stays up.
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ def create_app(
             body = await upload.read()
         try:
             img = Image.open(io.BytesIO(body))
+        except Image.DecompressionBombError as e:  # a header declaring billions of pixels
+            return _error(413, f"the image is too large ({e})")
         except (UnidentifiedImageError, OSError):
             return _error(400, "the request body is not an image that can be read (PNG, JPEG or WebP)")
         if img.format not in FORMATS:
@@ -128,7 +131,11 @@ def create_app(
             x, box = await run_in_threadpool(prepare_input, img)
         except (OSError, SyntaxError, ValueError) as e:
             return _error(400, f"the image cannot be decoded ({e}); it is truncated or corrupt")
-        out = await batcher.translate(x)
+        try:
+            out = await batcher.translate(x)
+        except Exception as e:  # the model failed on this input: a JSON 500, and the service keeps serving
+            log.exception("the generator failed")
+            return _error(500, f"the model failed on this image ({type(e).__name__}: {str(e)[:200]})")
         return Response(await run_in_threadpool(encode_png, out, box), media_type="image/png")
 
     def prepare_input(img: Image.Image):
