@@ -117,3 +117,16 @@ def test_the_test_report_names_the_scored_generator(tmp_path):
         out = tmp_path / name
         quiet_trainer(callbacks=[TestReport(output_dir=str(out))]).test(model, data(tmp_path), verbose=False)
         assert json.loads((out / "metrics.json").read_text())["protocol"]["generator"] == name
+
+
+def test_the_average_leaves_training_unchanged(tmp_path):
+    """Why one run can compare G with G_ema 'at the same seed': with or without EMA, G and D train identically."""
+    runs = []
+    for ema in (None, 0.999):
+        torch.manual_seed(0)
+        model = Pix2Pix(**{**TINY_MODEL, "ema_decay": ema})
+        quiet_trainer(max_steps=3, limit_val_batches=0, deterministic=True).fit(model, data(tmp_path))
+        runs.append({k: v for k, v in model.state_dict().items() if not k.startswith("G_ema.")})
+    assert runs[0].keys() == runs[1].keys()
+    for k in runs[0]:
+        assert torch.equal(runs[0][k], runs[1][k]), k
