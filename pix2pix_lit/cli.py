@@ -25,8 +25,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from pix2pix_lit.callbacks import ImageGridCallback, PredictionWriter, TestReport
 from pix2pix_lit.checkpoints import check_checkpoint_fits, load_checkpoint
 from pix2pix_lit.data import PairedDataModule
-from pix2pix_lit.errors import ConfigError, Pix2PixLitError
-from pix2pix_lit.module import RUNTIME_OPTIONS, Pix2Pix
+from pix2pix_lit.errors import CheckpointError, ConfigError, Pix2PixLitError
+from pix2pix_lit.models import DEFAULT_MODEL, ImageTranslationModel, resolve_model_class
+from pix2pix_lit.models.base import RUNTIME_OPTIONS
 from pix2pix_lit.precision import cpu_precision_fallback
 
 log = logging.getLogger("pix2pix_lit")
@@ -36,6 +37,40 @@ _LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "li
 # ckpt_path values that Lightning resolves itself (to a file it finds later)
 _SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 _UNSUPPORTED_STRATEGIES = ("fsdp", "deepspeed")
+# What every run gets unless its config says otherwise (one place, not repeated in each config): W&B (offline
+# without network) and CSV logs in the run folder, and the learning rates logged once per epoch.
+SHARED_DEFAULTS = {
+    "trainer.logger": [
+        {"class_path": "pix2pix_lit.loggers.WandbLogger", "init_args": {"project": "pix2pix-lit"}},
+        {"class_path": "pix2pix_lit.loggers.CSVLogger"},
+    ],
+    "trainer.callbacks": [
+        {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "epoch"}},
+    ],
+}
+
+
+def model_class_path(argv: list[str]) -> str:
+    """The model class the config files and command line name (the last one wins), e.g. for
+    ``-c configs/cyclegan/quickstart.yaml``: ``pix2pix_lit.models.CycleGAN``; else Pix2Pix.
+
+    It becomes the parser's default model, so a config naming CycleGAN gets CycleGAN's defaults, not
+    Pix2Pix's carried over (jsonargparse keeps the previous class's values when the class changes)."""
+    found = DEFAULT_MODEL
+    for i, arg in enumerate(argv):
+        name, _, value = arg.partition("=")
+        if not value and i + 1 < len(argv):
+            value = argv[i + 1]
+        if name in ("-c", "--config"):
+            try:
+                model = (yaml.safe_load(Path(value).read_text()) or {}).get("model") or {}
+            except (OSError, yaml.YAMLError, AttributeError):
+                model = {}
+            if isinstance(model, dict) and model.get("class_path"):
+                found = str(model["class_path"])
+        elif name in ("--model", "--model.class_path") and value and not value.startswith("{"):
+            found = value
+    return found
 
 
 def whole_number_limits(argv: list[str]) -> dict[str, int]:
@@ -110,6 +145,7 @@ class Pix2PixCLI(LightningCLI):
 
     def __init__(self, *args, argv: Optional[list[str]] = None, **kwargs) -> None:
         self._limits = whole_number_limits(list(argv or []))
+        self._model_class_path = model_class_path(list(argv or []))
         self._ckpt: Optional[dict[str, Any]] = None
         super().__init__(*args, **kwargs)
 
@@ -122,10 +158,19 @@ class Pix2PixCLI(LightningCLI):
         self._ckpt = load_checkpoint(ckpt_path)
         hparams = dict(self._ckpt.get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
+        # checkpoints from before the models/ layer name no class: they are pix2pix
+        trained = resolve_model_class(hparams.pop("_class_path", DEFAULT_MODEL))
+        configured = self.config[self.config.subcommand].model.class_path
+        if resolve_model_class(configured) is not trained:
+            raise CheckpointError(
+                f"checkpoint {ckpt_path} holds a {trained.__name__} model but the config runs "
+                f"{configured.rsplit('.', 1)[-1]}; use the config it was trained with (e.g. -c configs/cyclegan/...)"
+            )
         for key in (*RUNTIME_OPTIONS, "input_nc", "output_nc"):  # channels are linked from the data
             hparams.pop(key, None)
         if hparams:
-            self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
+            self.config = self.parser.parse_object(
+                {self.config.subcommand: {"model": {"class_path": configured, "init_args": hparams}}}, self.config)
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
@@ -138,8 +183,9 @@ class Pix2PixCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         # channels are a property of the data: the model takes them from there
-        parser.link_arguments("data.init_args.input_nc", "model.input_nc")
-        parser.link_arguments("data.init_args.output_nc", "model.output_nc")
+        parser.link_arguments("data.init_args.input_nc", "model.init_args.input_nc")
+        parser.link_arguments("data.init_args.output_nc", "model.init_args.output_nc")
+        parser.set_defaults({"model": {"class_path": self._model_class_path, "init_args": {}}, **SHARED_DEFAULTS})
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -186,10 +232,9 @@ class Pix2PixCLI(LightningCLI):
         for key in ("checkpoint", "periodic_checkpoint", "best_checkpoint"):
             if cfg[key].dirpath is None:
                 cfg[key].dirpath = os.path.join(root, "checkpoints")
-        if not cfg.model.fid and cfg.best_checkpoint.monitor == "val/fid":
-            # without FID the best checkpoint is kept by SSIM
-            cfg.best_checkpoint.monitor, cfg.best_checkpoint.mode = "val/ssim", "max"
-            log.info("model.fid is off: best_checkpoint keeps the best val/ssim")
+        model_args = cfg.model.init_args
+        if cfg.best_checkpoint.monitor == "val/fid":
+            self._default_monitor(cfg, model_args)
         self._fall_back_precision(cfg)
         strategy = cfg.trainer.strategy
         if isinstance(strategy, str) and strategy.startswith(_UNSUPPORTED_STRATEGIES):
@@ -207,9 +252,25 @@ class Pix2PixCLI(LightningCLI):
                 if lg.init_args.get("save_dir") in (None, "", "."):
                     # absolute: W&B resolves the git repository (and commit) of the run from it
                     lg.init_args.save_dir = os.path.abspath(root)
+                if lg.class_path.endswith("WandbLogger") and not lg.init_args.get("name"):
+                    lg.init_args.name = os.path.basename(os.path.normpath(os.path.abspath(root)))
                 if lg.class_path.endswith("CSVLogger") and self.subcommand not in (None, "fit"):
                     # keep csv/ for the training history that `compare` reads
                     lg.init_args.name = f"csv-{self.subcommand}"
+
+    def _default_monitor(self, cfg, model_args) -> None:
+        """``val/fid`` (the default) as the model logs it: ``val/fid_B`` for CycleGAN; SSIM when FID is off."""
+        model_class = resolve_model_class(cfg.model.class_path)
+        suffix = next(iter(model_class.metric_domains.values()))
+        if model_args.get("fid", True):
+            cfg.best_checkpoint.monitor = f"val/fid{suffix}"
+        elif model_class.data_kind == "paired":
+            cfg.best_checkpoint.monitor, cfg.best_checkpoint.mode = "val/ssim", "max"
+            log.info("model.fid is off: best_checkpoint keeps the best val/ssim")
+        else:
+            # no monitor, no saving: every_n_epochs 0 also keeps its state key apart from `checkpoint`'s
+            cfg.best_checkpoint.monitor, cfg.best_checkpoint.save_top_k, cfg.best_checkpoint.every_n_epochs = None, 0, 0
+            log.info("model.fid is off: no best checkpoint (unpaired data has no SSIM); last.ckpt is kept")
 
     @staticmethod
     def _fall_back_precision(cfg) -> None:
@@ -251,6 +312,23 @@ def _rejected(err: BaseException) -> Optional[BaseException]:
     return None
 
 
+def build_cli(args: Optional[list[str]], argv: list[str], run: bool = True) -> Pix2PixCLI:
+    """The CLI as ``pix2pix-lit`` runs it: any model (``model.class_path``) and any data module."""
+    return Pix2PixCLI(
+        ImageTranslationModel,
+        PairedDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=LoggerSaveConfigCallback,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+        auto_configure_optimizers=False,
+        parser_kwargs={"exit_on_error": False} if run else {},
+        argv=argv,
+    )
+
+
 def main(args: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     tools = {"compare": "pix2pix_lit.compare", "eval": "pix2pix_lit.evaluate", "export": "pix2pix_lit.serving.export",
@@ -264,17 +342,7 @@ def main(args: Optional[list[str]] = None) -> None:
     # is what resume needs; Lightning's advice for manual optimization does not apply.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     try:
-        Pix2PixCLI(
-            Pix2Pix,
-            PairedDataModule,
-            subclass_mode_data=True,
-            save_config_callback=LoggerSaveConfigCallback,
-            save_config_kwargs={"overwrite": True},
-            args=args,
-            auto_configure_optimizers=False,
-            parser_kwargs={"exit_on_error": False},
-            argv=argv,
-        )
+        build_cli(args, argv, run=True)
     except ArgumentError as e:
         cause = _rejected(e)
         msg = _one_line(cause) if cause else " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())

@@ -71,6 +71,14 @@ def config_differences(runs: list[dict]) -> list[tuple[str, list[Any]]]:
     return diffs
 
 
+def default_metrics(runs: list[dict]) -> tuple[str, ...]:
+    """The default metrics as the runs logged them: ``val/fid`` for pix2pix, ``val/fid_B``/``val/fid_A`` (and
+    the cycle loss) for CycleGAN; all of DEFAULT_METRICS when none was logged."""
+    logged = set().union(*(r["history"] for r in runs))
+    candidates = [name for m in DEFAULT_METRICS for name in (m, f"{m}_B", f"{m}_A")] + ["train/loss_cycle_A"]
+    return tuple(m for m in candidates if m in logged) or DEFAULT_METRICS
+
+
 def _best(metric: str, points: list[tuple[int, float]]) -> tuple[int, float]:
     finite = [(s, v) for s, v in points if math.isfinite(v)]
     pick = min if any(t in metric for t in LOWER_IS_BETTER) else max
@@ -147,7 +155,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         description="Compare runs: config differences, best/last metrics, and a PNG of metric curves.",
     )
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (trainer.default_root_dir of each fit)")
-    parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), help="metrics to report and plot")
+    parser.add_argument("--metrics", nargs="+", default=None,
+                        help="metrics to report and plot (default: FID, KID, SSIM, PSNR, L1 as the runs logged them)")
     parser.add_argument("--output", type=Path, default=Path("compare.png"), help="where to write the plot")
     args = parser.parse_args(argv)
     try:
@@ -155,8 +164,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (CompareError, OSError, yaml.YAMLError, ValueError) as e:
         print(f"pix2pix-lit compare: error: {e}", file=sys.stderr)
         return 2
-    print(report(runs, tuple(args.metrics)))
-    print(f"\ncurves written to {plot(runs, tuple(args.metrics), args.output)}")
+    metrics = tuple(args.metrics) if args.metrics else default_metrics(runs)
+    print(report(runs, metrics))
+    print(f"\ncurves written to {plot(runs, metrics, args.output)}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Image-quality metrics: FID/KID on torch-fidelity's Inception features, SSIM and PSNR (torchmetrics).
+"""Image-quality metrics: FID/KID/MiFID on torch-fidelity's Inception features, SSIM and PSNR (torchmetrics).
 
 The Inception network is a tool, not part of the model: it is kept out of the module's state_dict
 (so out of checkpoints), runs in fp32 whatever the training precision, and its weights are found
@@ -204,6 +204,23 @@ class OrderFreeKID(KernelInceptionDistance):
         return super().compute()
 
 
+def memorization_distance(fake_features: torch.Tensor, real_features: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
+    """MiFID's memorization term as Kaggle computes it: for each generated image the smallest cosine distance
+    ``1 - |cos|`` to any real image, averaged; 1 when that mean is not below ``eps`` (no memorization).
+
+    torchmetrics' MiFID takes the minimum the other way round (for each real image over the generated ones),
+    which is not the Kaggle metric; its FID part is used as is.
+    """
+    f = fake_features.double()
+    r = real_features.double()
+    f = f[f.sum(1) != 0]
+    r = r[r.sum(1) != 0]
+    f = f / f.norm(dim=1, keepdim=True)
+    r = r / r.norm(dim=1, keepdim=True)
+    d = (1.0 - (f @ r.T).abs()).min(dim=1).values.mean()
+    return d if d < eps else torch.ones_like(d)
+
+
 class ImageQualityMetrics(nn.Module):
     """FID, KID, SSIM and PSNR over a whole split; states sync across processes (torchmetrics).
 
@@ -217,10 +234,16 @@ class ImageQualityMetrics(nn.Module):
     KID is the mean over random subsets of ``kid_subset_size`` images; with fewer images, subsets of
     half the images (so the subsets differ and ``kid_std`` measures a spread), and with fewer than 4
     images KID is the whole-set estimate with no ``kid_std``.
+
+    Unpaired models feed the two sets apart: :meth:`update_fake`, :meth:`update_real`, and
+    :meth:`update_pairs` where a generated image has a true counterpart (SSIM/PSNR/L1 are reported only
+    then). ``mifid``: also MiFID (Kaggle's memorization-informed FID: FID / :func:`memorization_distance`).
     """
 
-    def __init__(self, fid: bool = True, kid: bool = True, kid_subset_size: int = 1000, kid_subsets: int = 100):
+    def __init__(self, fid: bool = True, kid: bool = True, kid_subset_size: int = 1000, kid_subsets: int = 100,
+                 mifid: bool = False, mifid_eps: float = 0.1):
         super().__init__()
+        self.mifid, self.mifid_eps = mifid and fid, mifid_eps
         self.ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
         self.psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))
         self.l1 = MeanAbsoluteError()  # on [-1, 1] images: the pix2pix L1 term without lambda
@@ -234,6 +257,8 @@ class ImageQualityMetrics(nn.Module):
                     subsets=kid_subsets,
                 )
         self.kid_subset_size = kid_subset_size
+        self.pairs_seen = False  # SSIM/PSNR/L1 are reported once a pair was seen (unpaired data has none)
+        self.num_fake = 0
         self.real_cached = False
         self.real_key: Optional[str] = None
         self._extractor: list[nn.Module] = []  # a list, so the network is not a submodule (not in state_dict)
@@ -277,29 +302,63 @@ class ImageQualityMetrics(nn.Module):
             self._update(fake, real)
 
     def _update(self, fake: torch.Tensor, real: torch.Tensor) -> None:
-        fake = fake.detach().float().clamp(-1, 1).contiguous()
-        real = real.detach().float().clamp(-1, 1).contiguous()
-        fake01, real01 = (fake + 1) / 2, (real + 1) / 2
-        self.ssim.update(fake01, real01)
-        self.psnr.update(fake01, real01)
-        self.l1.update(fake, real)
-        if self.needs_inception:
-            f_fake = self.features(fake)
-            f_real = None if self.real_cached else self.features(real)
-            for metric in (self.fid, self.kid):
-                if metric is None:
-                    continue
-                metric.update(f_fake, real=False)
-                if f_real is not None:
-                    metric.update(f_real, real=True)
+        self._update_pairs(fake, real)
+        self._update_set(fake, real=False)
+        self._update_set(real, real=True)
+
+    @staticmethod
+    def _clean(x: torch.Tensor) -> torch.Tensor:
+        return x.detach().float().clamp(-1, 1).contiguous()
+
+    def _update_pairs(self, fake: torch.Tensor, target: torch.Tensor) -> None:
+        fake, target = self._clean(fake), self._clean(target)
+        fake01, target01 = (fake + 1) / 2, (target + 1) / 2
+        self.ssim.update(fake01, target01)
+        self.psnr.update(fake01, target01)
+        self.l1.update(fake, target)
+        self.pairs_seen = True
+
+    def _update_set(self, images: torch.Tensor, real: bool) -> None:
+        """Inception features of generated (``real=False``) or real images into FID/KID (reals only until cached)."""
+        if not self.needs_inception or (real and self.real_cached):
+            return
+        feats = self.features(self._clean(images))
+        for metric in (self.fid, self.kid):
+            if metric is not None:
+                metric.update(feats, real=real)
+        if not real:
+            self.num_fake += feats.shape[0]
+
+    @torch.no_grad()
+    def update_pairs(self, fake: torch.Tensor, target: torch.Tensor) -> None:
+        """SSIM/PSNR/L1 of generated images against their true counterparts."""
+        with _autocast_off(fake.device):
+            self._update_pairs(fake, target)
+
+    @torch.no_grad()
+    def update_fake(self, fake: torch.Tensor) -> None:
+        with _autocast_off(fake.device):
+            self._update_set(fake, real=False)
+
+    @torch.no_grad()
+    def update_real(self, real: torch.Tensor) -> None:
+        with _autocast_off(real.device):
+            self._update_set(real, real=True)
 
     @torch.no_grad()
     def compute(self) -> dict[str, torch.Tensor]:
-        out = {"ssim": self.ssim.compute(), "psnr": self.psnr.compute(), "l1": self.l1.compute()}
-        if self.needs_inception and int(self.ssim.total) < 2 and not torch.distributed.is_initialized():
+        out = {}
+        if self.pairs_seen:
+            out.update(ssim=self.ssim.compute(), psnr=self.psnr.compute(), l1=self.l1.compute())
+        if self.needs_inception and self.num_fake < 2 and not torch.distributed.is_initialized():
             raise ConfigError("FID/KID need at least 2 evaluation images; add images or set model.fid=false model.kid=false")
         if self.fid is not None:
             out["fid"] = self.fid.compute()
+            if self.mifid:
+                # the features of every process: torchmetrics gathers the KID/FID states only inside compute
+                fake = self._gathered(self.kid.fake_features if self.kid is not None else None, "fake")
+                real = self._gathered(self.kid.real_features if self.kid is not None else None, "real")
+                out["mifid"] = out["fid"] / (memorization_distance(fake, real, self.mifid_eps) + 1e-15).to(out["fid"])
         if self.kid is not None:
             # KID's list states sync element by element (dist_reduce_fx=None): processes that saw a
             # different number of batches would issue different numbers of collectives and hang.
@@ -325,10 +384,22 @@ class ImageQualityMetrics(nn.Module):
             self.real_cached = True
         return out
 
+    def _gathered(self, feats: Optional[list], which: str) -> torch.Tensor:
+        if feats is None:
+            raise ConfigError("model.mifid needs model.kid (MiFID reads the stored Inception features KID keeps)")
+        local = dim_zero_cat(feats) if isinstance(feats, list) else feats
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            from torchmetrics.utilities.distributed import gather_all_tensors
+
+            local = torch.cat(gather_all_tensors(local))
+        return local
+
     def reset(self) -> None:
         for m in (self.ssim, self.psnr, self.l1, self.fid, self.kid):
             if m is not None:
                 m.reset()
+        self.pairs_seen = False
+        self.num_fake = 0
 
     def reset_real(self) -> None:
         """Forget the cached real-image features (e.g. when the real split changes)."""

@@ -12,6 +12,8 @@ import lightning.pytorch as pl
 import torch
 
 from pix2pix_lit import Pix2Pix, SyntheticPairedDataModule
+from pix2pix_lit.data import SyntheticUnpairedDataModule
+from pix2pix_lit.models import CycleGAN
 
 # no dropout: validation runs in the default 'paper' inference mode (per-image batch statistics), and its
 # numbers must then equal a 1-process run exactly, whatever the number of processes and eval batch size.
@@ -20,33 +22,47 @@ MODEL = dict(netG="unet", num_downs=5, ngf=8, ndf=8, kid_subset_size=5, n_epochs
              ema_decay=0.9)
 
 
-def datamodule(root: str) -> SyntheticPairedDataModule:
-    return SyntheticPairedDataModule(root, num_train=8, num_val=5, num_test=2, image_size=36, load_size=36,
-                                     crop_size=32, batch_size=2, num_workers=0)
+# CycleGAN: instance norm and no dropout, so its metrics too must equal a 1-process run's
+CYCLEGAN = dict(netG="resnet_6blocks", ngf=8, ndf=8, kid_subset_size=5, n_epochs=1, n_epochs_decay=1, pool_size=4,
+                ema_decay=0.9)
+
+
+def make_model(kind: str):
+    return CycleGAN(**CYCLEGAN) if kind == "cyclegan" else Pix2Pix(**MODEL)
+
+
+def networks(kind: str) -> tuple[str, ...]:
+    return ("G_A", "G_B", "D_A", "D_B", "G_A_ema", "G_B_ema") if kind == "cyclegan" else ("G", "D", "G_ema")
+
+
+def datamodule(root: str, kind: str = "pix2pix"):
+    make = SyntheticUnpairedDataModule if kind == "cyclegan" else SyntheticPairedDataModule
+    return make(root, num_train=8, num_val=5, num_test=2, image_size=36, load_size=36, crop_size=32, batch_size=2,
+                num_workers=0)
 
 
 class SaveEachRank(pl.Callback):
     """Each process's G/D after training (a callback: with ddp_spawn only the main process returns from fit)."""
 
-    def __init__(self, out: Path) -> None:
-        self.out = out
+    def __init__(self, out: Path, kind: str) -> None:
+        self.out, self.kind = out, kind
 
     def on_train_end(self, trainer, pl_module) -> None:
-        torch.save({"G": pl_module.G.state_dict(), "D": pl_module.D.state_dict(), "G_ema": pl_module.G_ema.state_dict(),
+        torch.save({**{n: getattr(pl_module, n).state_dict() for n in networks(self.kind)},
                     "step": trainer.global_step,
                     "strategy": type(trainer.strategy).__name__, "world_size": trainer.world_size},
                    self.out / f"rank{trainer.global_rank}.pt")
 
 
-def main(out: Path, strategy: str) -> None:
+def main(out: Path, strategy: str, kind: str) -> None:
     pl.seed_everything(0)
-    model = Pix2Pix(**MODEL)
+    model = make_model(kind)
     trainer = pl.Trainer(
         accelerator="cpu", devices=2, strategy=strategy, max_steps=3, check_val_every_n_epoch=100, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        callbacks=[SaveEachRank(out)],
+        callbacks=[SaveEachRank(out, kind)],
     )
-    dm = datamodule(str(out / "data"))
+    dm = datamodule(str(out / "data"), kind)
     trainer.fit(model, dm)
     metrics = trainer.validate(model, dm, verbose=False)[0]
     if trainer.global_rank == 0:
@@ -54,4 +70,4 @@ def main(out: Path, strategy: str) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2])
+    main(Path(sys.argv[1]), sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "pix2pix")

@@ -61,13 +61,14 @@ def test_fit_writes_a_wandb_run_with_metrics_grids_and_config(trained):
     assert len(fids) == 2 and all(f > 0 for f in fids)
     assert "images/val" in {k.split("/_type")[0] for k in keys if k.endswith("/_type")}
     assert list((run_dir / "files" / "media" / "images").rglob("*.png"))
-    assert data["config"]["model.lambda_L1"] == 100.0 and data["config"]["model.netG"] == "unet"
+    assert data["config"]["model.init_args.lambda_L1"] == 100.0 and data["config"]["model.init_args.netG"] == "unet"
+    assert data["config"]["model.class_path"].endswith("Pix2Pix")
     assert data["config"]["data.init_args.num_train"] == 8
     # local files: checkpoints, grids, the resolved config
     ckpts = {p.name for p in (root / "checkpoints").glob("*.ckpt")}
     assert "last.ckpt" in ckpts and any(n.startswith("best-") for n in ckpts)
     assert len(list((root / "images").glob("val_epoch*.png"))) == 2
-    assert yaml.safe_load((root / "config.yaml").read_text())["model"]["num_downs"] == 5
+    assert yaml.safe_load((root / "config.yaml").read_text())["model"]["init_args"]["num_downs"] == 5
     ckpt = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4  # 8 images / batch 4 x 2 epochs: one step per batch
     assert not any("Mixed" in k or "inception" in k.lower() for k in ckpt["state_dict"])  # Inception is not saved
@@ -113,7 +114,7 @@ def test_compare_prints_table_and_writes_plot(trained):
     tmp, env = trained
     run(["fit", *tiny(tmp / "run_b", tmp / "syn", "--trainer.max_epochs", "1", "--model.lambda_L1", "10")], env, tmp)
     proc = run(["compare", str(tmp / "run_a"), str(tmp / "run_b"), "--output", str(tmp / "cmp.png")], env, tmp)
-    assert re.search(r"model\.lambda_L1\s+100\s+10\n", proc.stdout), proc.stdout
+    assert re.search(r"model\.init_args\.lambda_L1\s+100\s+10\n", proc.stdout), proc.stdout
     assert "best val/fid (step)" in proc.stdout and "run_a" in proc.stdout and "run_b" in proc.stdout
     assert "trainer.max_epochs" in proc.stdout
     assert Image.open(tmp / "cmp.png").size[0] > 400
@@ -305,17 +306,24 @@ def test_export_command_from_a_checkpoint(trained, tmp_path):
     assert not list(tmp_path.glob("*.pt"))
 
 
-@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+CONFIGS = sorted(p.relative_to(REPO / "configs").as_posix() for p in (REPO / "configs").rglob("*.yaml")
+                 if p.parent.name != "trainer")
+
+
+@pytest.mark.parametrize("config", CONFIGS)
 def test_every_shipped_config_parses_and_builds(config, tmp_path, monkeypatch):
-    from pix2pix_lit.cli import Pix2PixCLI
-    from pix2pix_lit.data import PairedDataModule
-    from pix2pix_lit.module import Pix2Pix
+    from pix2pix_lit.cli import build_cli
+    from pix2pix_lit.models import CycleGAN, Pix2Pix
 
     monkeypatch.chdir(tmp_path)
     args = ["-c", str(REPO / "configs" / config), "--trainer.logger", "false"]
-    cli = Pix2PixCLI(Pix2Pix, PairedDataModule, subclass_mode_data=True, run=False, args=args, argv=args,
-                     auto_configure_optimizers=False)
+    cli = build_cli(args, args, run=False)
     assert cli.model.hparams.input_nc == cli.datamodule.hparams.input_nc
+    expected = CycleGAN if config.startswith("cyclegan/") else Pix2Pix
+    assert type(cli.model) is expected
+    if expected is CycleGAN:  # its own defaults, not pix2pix's carried over
+        assert (cli.model.hparams.norm, cli.model.hparams.gan_mode, cli.model.hparams.pool_size) == ("instance", "lsgan", 50)
+        assert cli.model.hparams.no_dropout and cli.datamodule.__class__.__name__.endswith("UnpairedDataModule")
     assert not list(tmp_path.iterdir())  # building writes nothing
 
 

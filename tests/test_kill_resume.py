@@ -14,14 +14,22 @@ from conftest import REPO
 pytestmark = pytest.mark.slow
 
 
-def fit_cmd(tmp, *extra):
+MODELS = {  # each model's config, with small networks
+    "pix2pix": ("quickstart.yaml", ["--model.num_downs", "5", "--model.ngf", "16", "--model.ndf", "16",
+                                    "--data.batch_size", "4"]),
+    "cyclegan": ("cyclegan/quickstart.yaml", ["--model.ngf", "8", "--model.ndf", "8", "--data.batch_size", "4"]),
+}
+
+
+def fit_cmd(tmp, model, *extra):
+    config, model_args = MODELS[model]
     return [
-        sys.executable, "-m", "pix2pix_lit", "fit", "-c", str(REPO / "configs" / "quickstart.yaml"),
+        sys.executable, "-m", "pix2pix_lit", "fit", "-c", str(REPO / "configs" / config), *model_args,
         "--trainer.default_root_dir", str(tmp / "run"), "--trainer.enable_progress_bar", "false",
         "--trainer.logger", "false", "--trainer.callbacks", "[]",
         "--data.root", str(tmp / "syn"), "--data.num_train", "16", "--data.num_val", "2", "--data.num_test", "2",
         "--data.image_size", "36", "--data.load_size", "36", "--data.crop_size", "32", "--data.num_workers", "0",
-        "--model.num_downs", "5", "--model.ngf", "16", "--model.ndf", "16", "--model.fid", "false",
+        "--model.fid", "false",
         "--model.kid", "false", "--trainer.max_epochs", "30", "--periodic_checkpoint.every_n_train_steps", "3",
         "--image_grid.every_n_epochs", "0", *extra,
     ]
@@ -34,9 +42,10 @@ def load_all(ckpt_dir):
     return steps
 
 
-def test_sigkill_then_resume(tmp_path):
+@pytest.mark.parametrize("model", list(MODELS))
+def test_sigkill_then_resume(tmp_path, model):
     env = dict(os.environ, PYTHONWARNINGS="ignore", WANDB_MODE="offline")
-    proc = subprocess.Popen(fit_cmd(tmp_path), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(fit_cmd(tmp_path, model), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpt_dir = tmp_path / "run" / "checkpoints"
     seen, deadline = 0, time.time() + 300
     try:
@@ -56,7 +65,7 @@ def test_sigkill_then_resume(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     killed_at = load_all(ckpt_dir)["last.ckpt"]
     assert killed_at >= 15 and killed_at < 120
-    done = subprocess.run(fit_cmd(tmp_path, "--ckpt_path", "last"), env=env, cwd=tmp_path, capture_output=True,
+    done = subprocess.run(fit_cmd(tmp_path, model, "--ckpt_path", "last"), env=env, cwd=tmp_path, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert load_all(ckpt_dir)["last.ckpt"] == 120  # 30 epochs x 4 batches: the run finished

@@ -83,13 +83,9 @@ def _cli_trainer(monkeypatch, support, *extra):
 
     monkeypatch.setattr(precision, "cpu_bf16_support", lambda: support)
     monkeypatch.setattr("sys.argv", ["pix2pix-lit"])  # pytest's own arguments are not the CLI's
-    parsed = cli.Pix2PixCLI(
-        Pix2Pix, SyntheticPairedDataModule, subclass_mode_data=True, run=False, save_config_callback=None,
-        auto_configure_optimizers=False,
-        args=["-c", str(REPO / "configs" / "quickstart.yaml"), "--trainer.logger", "false", "--model.fid", "false",
-              "--model.kid", "false", *extra],
-    )
-    return parsed.trainer
+    args = ["-c", str(REPO / "configs" / "quickstart.yaml"), "--trainer.logger", "false", "--model.fid", "false",
+            "--model.kid", "false", *extra]
+    return cli.build_cli(args, args, run=False).trainer
 
 
 def test_cli_falls_back_to_fp32_on_cpus_without_bf16_kernels(monkeypatch, caplog):

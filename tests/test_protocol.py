@@ -122,7 +122,7 @@ def test_predict_resize_antialiases_like_pil():
     src = torch.from_numpy(img).float()[None, None].expand(1, 3, 300, 300) / 127.5 - 1
     model = Pix2Pix(**{**TINY_MODEL, "predict_fit": "resize", "predict_size": 64})
     seen = []
-    model.generate = lambda x: seen.append(x) or x
+    model.generate = lambda x, direction="AtoB": seen.append(x) or x
     model.predict_step({"source": src, "name": ["s.png"]}, 0)
     ours = seen[0][0, 0]
     pil = torch.from_numpy(np.asarray(Image.fromarray(img).resize((64, 64), Image.Resampling.BICUBIC))).float() / 127.5 - 1

@@ -1,4 +1,5 @@
-"""Image grids (source | output | target) of fixed samples, to PNG files and to the loggers."""
+"""Image grids of fixed samples (pix2pix: source | output | target; CycleGAN: A | G_A(A) | G_B(G_A(A)) and the
+B side), to PNG files and to the loggers. What the rows hold is the model's ``grid_rows``."""
 
 from __future__ import annotations
 
@@ -22,12 +23,10 @@ def _rgb(x: torch.Tensor) -> torch.Tensor:
     return x[:3]
 
 
-def pair_grid(source: torch.Tensor, fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """One row per sample: source | fake | target, as a (3, H, W) tensor in [-1, 1]."""
-    tiles = []
-    for s, f, t in zip(source, fake, target):
-        tiles += [_rgb(s.float().cpu()), _rgb(f.float().cpu()), _rgb(t.float().cpu())]
-    return make_grid(tiles, nrow=3, padding=2, pad_value=1.0)
+def rows_grid(rows: list[list[torch.Tensor]]) -> torch.Tensor:
+    """One row per list of images (each (C, H, W) in [-1, 1], C of 1, 3 or 4), as one (3, H, W) tensor."""
+    tiles = [_rgb(t.float().cpu()) for row in rows for t in row]
+    return make_grid(tiles, nrow=len(rows[0]), padding=2, pad_value=1.0)
 
 
 class ImageGridCallback(pl.Callback):
@@ -54,7 +53,7 @@ class ImageGridCallback(pl.Callback):
     @staticmethod
     def _take(dataset, indices: list[int]) -> dict[str, torch.Tensor]:
         items = [dataset[i] for i in indices]
-        return {k: torch.stack([it[k] for it in items]) for k in ("source", "target")}
+        return {k: torch.stack([it[k] for it in items]) for k, v in items[0].items() if isinstance(v, torch.Tensor)}
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = trainer.datamodule
@@ -85,11 +84,10 @@ class ImageGridCallback(pl.Callback):
         """Write the grids and log ``samples/{split}_l1``: the mean |output - target| of the shown samples."""
         out_dir = Path(self.output_dir or Path(trainer.default_root_dir) / "images")
         for split, batch in self._batches.items():
-            fake = pl_module.generate(batch["source"].to(pl_module.device))
-            grid = pair_grid(batch["source"], fake, batch["target"])
+            rows, l1, columns = pl_module.grid_rows(batch)
+            grid = rows_grid(rows)
             if not trainer.is_global_zero:
                 continue
-            l1 = (fake.float().cpu() - batch["target"].float()).abs().mean().item()
             self.l1_history.append((split, trainer.global_step, l1))
             for logger in trainer.loggers:
                 logger.log_metrics({f"samples/{split}_l1": l1}, step=trainer.global_step)
@@ -97,8 +95,7 @@ class ImageGridCallback(pl.Callback):
             img = to_pil(grid)
             save_image_atomic(img, path)
             self.written.append(path)
-            caption = (f"{split}: source | output of {getattr(pl_module, 'inference_G_name', 'G')} | target "
-                       f"(epoch {trainer.current_epoch}, step {trainer.global_step})")
+            caption = f"{split}: {columns} (epoch {trainer.current_epoch}, step {trainer.global_step})"
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     logger.log_image(key=f"images/{split}", images=[img], caption=[caption])

@@ -93,12 +93,16 @@ class TestReport(pl.Callback):
 
     @torch.no_grad()
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        direction = outputs.get("direction")  # two-way models: which generator made the image
+        if "target" not in outputs:  # unpaired data: no true counterpart to compare with
+            self.rows += [{"name": name, "direction": direction} for name in outputs["name"]]
+            return
         fake = (outputs["fake"].float().clamp(-1, 1) + 1) / 2
-        target = (batch["target"].float().clamp(-1, 1) + 1) / 2
+        target = (outputs["target"].float().clamp(-1, 1) + 1) / 2
         ssim = structural_similarity_index_measure(fake, target, data_range=1.0, reduction="none")
         psnr = peak_signal_noise_ratio(fake, target, data_range=1.0, dim=(1, 2, 3), reduction="none")
         for name, s, p in zip(outputs["name"], ssim.tolist(), psnr.tolist()):
-            self.rows.append({"name": name, "ssim": s, "psnr": p})
+            self.rows.append({"name": name, "direction": direction, "ssim": s, "psnr": p})
 
     def _dir(self, trainer: pl.Trainer) -> Path:
         if self.output_dir:
@@ -121,9 +125,10 @@ class TestReport(pl.Callback):
         }
         write_text_atomic(out / "metrics.json", json.dumps(report, indent=2) + "\n")
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["name", "ssim", "psnr"])
+        fields = [f for f in ("name", "direction", "ssim", "psnr") if any(r.get(f) is not None for r in rows)]
+        writer = csv.DictWriter(buf, fieldnames=fields or ["name"], extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(sorted(rows, key=lambda r: r["name"]))
+        writer.writerows(sorted(rows, key=lambda r: (r.get("direction") or "", r["name"])))
         write_text_atomic(out / "per_image.csv", buf.getvalue())
         self.written = [out / "metrics.json", out / "per_image.csv"]
         log.info("test metrics written to %s", out / "metrics.json")

@@ -1,7 +1,8 @@
-"""Paired image data: datasets, joint transforms, the DataModule and the built-in synthetic set."""
+"""Paired and unpaired image data: datasets, joint transforms, the DataModule and the built-in synthetic set."""
 
 from pix2pix_lit.data.datamodule import PairedDataModule, SyntheticPairedDataModule
 from pix2pix_lit.data.datasets import AlignedDataset, FolderPairDataset, SeededSampler, SingleImageDataset
+from pix2pix_lit.data.unpaired import SyntheticUnpairedDataModule, UnpairedDataModule
 
 __all__ = [
     "AlignedDataset",
@@ -10,4 +11,6 @@ __all__ = [
     "SeededSampler",
     "SingleImageDataset",
     "SyntheticPairedDataModule",
+    "SyntheticUnpairedDataModule",
+    "UnpairedDataModule",
 ]

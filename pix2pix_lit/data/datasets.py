@@ -12,7 +12,7 @@ import hashlib
 import logging
 import random
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Optional, Union
 
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Subset
@@ -191,8 +191,9 @@ class FolderPairDataset(_PairedBase):
 class SingleImageDataset(Dataset):
     """Images of any size for ``predict``: ``{"source", "name", "size"}``, no resizing or cropping."""
 
-    def __init__(self, files: list[Path], root: Path, input_nc: int = 3) -> None:
+    def __init__(self, files: list[Path], root: Path, input_nc: int = 3, direction: Optional[str] = None) -> None:
         self.files, self.root, self.input_nc = list(files), Path(root), input_nc
+        self.direction = direction  # for two-way models: which generator translates these images
         for path in self.files:
             with peek_image(path) as img:
                 check_mode(path, img.mode, img.getbands(), input_nc, "data.input_nc")
@@ -206,7 +207,10 @@ class SingleImageDataset(Dataset):
         with load_image(path) as img:
             img = convert_channels(img, self.input_nc, path, "data.input_nc")
             t = to_tensor(img)
-        return {"source": t, "name": path.relative_to(self.root).as_posix(), "size": torch.tensor(t.shape[-2:])}
+        item = {"source": t, "name": path.relative_to(self.root).as_posix(), "size": torch.tensor(t.shape[-2:])}
+        if self.direction is not None:
+            item["direction"] = self.direction
+        return item
 
 
 class SeededSampler(DistributedSampler):
@@ -235,7 +239,7 @@ def fingerprint(dataset: Dataset, *extra: Any) -> str:
         indices = list(dataset.indices) if indices is None else [dataset.indices[i] for i in indices]
         dataset = dataset.dataset
     h.update(repr(indices).encode())
-    if isinstance(dataset, _PairedBase):
+    if hasattr(dataset, "describe") and hasattr(dataset, "sample_files"):  # paired datasets, DomainView
         h.update(dataset.describe().encode())
         for path in dataset.sample_files():
             st = path.stat()

@@ -169,10 +169,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--preprocess", choices=PREPROCESS, default="none",
                         help="edges: turn photos into sketch-like input first (Canny, as prepare edges)")
     parser.add_argument("--inference_mode", choices=("eval", "paper"), default="eval", help="for --ckpt_path")
+    parser.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB",
+                        help="for --ckpt_path of a two-way model (CycleGAN): AtoB serves G_A, BtoA G_B")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        generator = Generator.load(args.model, args.ckpt_path, args.threads, args.inference_mode)
+        generator = Generator.load(args.model, args.ckpt_path, args.threads, args.inference_mode, args.direction)
         app = create_app(generator, args.max_batch, args.max_wait_ms, args.max_bytes, args.max_pixels, args.preprocess)
     except Pix2PixLitError as e:
         print(f"pix2pix-lit serve: error: {e}", file=sys.stderr)

@@ -40,7 +40,7 @@ class Generator:
 
     @classmethod
     def load(cls, model: Optional[str] = None, ckpt_path: Optional[str] = None, threads: Optional[int] = None,
-             inference_mode: str = "eval") -> "Generator":
+             inference_mode: str = "eval", direction: str = "AtoB") -> "Generator":
         if (model is None) == (ckpt_path is None):
             raise ConfigError("give either --model FILE (.onnx or TorchScript .pt) or --ckpt_path CKPT")
         if threads is not None:
@@ -50,7 +50,7 @@ class Generator:
         if ckpt_path is not None:
             from pix2pix_lit.serving.export import generator_from_checkpoint
 
-            net, contract = generator_from_checkpoint(ckpt_path, inference_mode)
+            net, contract = generator_from_checkpoint(ckpt_path, inference_mode, direction=direction)
 
             def run_torch(x: torch.Tensor) -> np.ndarray:
                 with torch.inference_mode():

@@ -189,33 +189,43 @@ def write_checked(net: ExportableGenerator, path: Path, fmt: str, contract: dict
 
 
 def generator_from_checkpoint(
-    ckpt_path: str, inference_mode: Literal["eval", "paper"] = "eval", use_ema: bool = True,
+    ckpt_path: str, inference_mode: Literal["eval", "paper"] = "eval", use_ema: bool = True, direction: str = "AtoB",
 ) -> tuple[ExportableGenerator, dict[str, Any]]:
     """The frozen generator of a pix2pix-lit checkpoint in one inference mode, and its input contract.
 
-    The EMA generator when the checkpoint has one (and ``use_ema``), else G.
+    The EMA generator when the checkpoint has one (and ``use_ema``), else the generator. ``direction`` picks
+    the generator of a two-way model (CycleGAN: AtoB = G_A, BtoA = G_B); pix2pix has one.
     """
     from pix2pix_lit.checkpoints import load_checkpoint
-    from pix2pix_lit.module import RUNTIME_OPTIONS, Pix2Pix
+    from pix2pix_lit.models import DEFAULT_MODEL, resolve_model_class
+    from pix2pix_lit.models.base import DIRECTIONS, RUNTIME_OPTIONS
 
+    if direction not in DIRECTIONS:
+        raise ExportError(f"--direction {direction!r} is not known; choose AtoB or BtoA")
     ckpt = load_checkpoint(ckpt_path)
     hparams = dict(ckpt.get("hyper_parameters") or {})
+    model_class = resolve_model_class(hparams.get("_class_path", DEFAULT_MODEL))  # older checkpoints: pix2pix
     arch = {k: v for k, v in hparams.items() if k not in RUNTIME_OPTIONS and not k.startswith("_")}
     try:
-        model = Pix2Pix(**arch, fid=False, kid=False, use_ema_for_eval=use_ema)
+        model = model_class(**arch, fid=False, kid=False, use_ema_for_eval=use_ema)
         model.load_state_dict(ckpt["state_dict"])
     except (TypeError, RuntimeError) as e:
         reason = str(e).strip().splitlines()[0]
-        raise ExportError(f"checkpoint {ckpt_path} is not a pix2pix generator this version can build ({reason[:160]})") from None
+        raise ExportError(f"checkpoint {ckpt_path} is not a generator this version can build ({reason[:160]})") from None
     data = ckpt.get("datamodule_hyper_parameters") or {}
+    two_way = len(model.generator_names) > 1
+    in_nc, out_nc = model.hparams.input_nc, model.hparams.output_nc
+    if two_way and direction == "BtoA":
+        in_nc, out_nc = out_nc, in_nc
     contract = make_contract(
-        model.hparams.input_nc, model.hparams.output_nc, model.size_multiple, inference_mode,
-        netG=hparams.get("netG"), generator=model.inference_G_name, direction=data.get("direction"),
+        in_nc, out_nc, model.size_multiple, inference_mode,
+        model=model_class.__name__, netG=hparams.get("netG"), generator=model.inference_net_name(direction),
+        direction=direction if two_way else data.get("direction"),
         checkpoint=Path(ckpt_path).name,
         global_step=ckpt.get("global_step"), config_sha256=config_digest(hparams),
         data={k: data.get(k) for k in ("preprocess", "load_size", "crop_size") if k in data},
     )
-    return ExportableGenerator(model.inference_G, inference_mode), contract
+    return ExportableGenerator(model.inference_net(direction), inference_mode), contract
 
 
 def make_contract(input_nc: int, output_nc: int, size_multiple: int, inference_mode: str, **extra: Any) -> dict[str, Any]:
@@ -231,12 +241,13 @@ def make_contract(input_nc: int, output_nc: int, size_multiple: int, inference_m
 
 def export_checkpoint(
     ckpt_path: str, fmt: str, output: Optional[str] = None, inference_mode: Literal["eval", "paper"] = "eval",
-    use_ema: bool = True,
+    use_ema: bool = True, direction: str = "AtoB",
 ) -> tuple[Path, dict[str, Any]]:
     """Export the generator of a pix2pix-lit checkpoint; returns the file written and its contract."""
-    net, contract = generator_from_checkpoint(ckpt_path, inference_mode, use_ema)
+    net, contract = generator_from_checkpoint(ckpt_path, inference_mode, use_ema, direction)
     suffix = ".onnx" if fmt == "onnx" else ".torchscript.pt"
-    path = Path(output) if output else Path(ckpt_path).with_name(f"{Path(ckpt_path).stem}.G.{inference_mode}{suffix}")
+    which = contract["generator"].removesuffix("_ema")
+    path = Path(output) if output else Path(ckpt_path).with_name(f"{Path(ckpt_path).stem}.{which}.{inference_mode}{suffix}")
     return path, write_checked(net, path, fmt, contract)
 
 
@@ -248,15 +259,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     parser.add_argument("--ckpt_path", required=True, help="a pix2pix-lit checkpoint (last.ckpt, best-*.ckpt, ...)")
     parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument("--output", default=None, help="default: beside the checkpoint, <stem>.G.<mode>.onnx or "
-                        ".torchscript.pt")
+    parser.add_argument("--output", default=None, help="default: beside the checkpoint, <stem>.<generator>.<mode>.onnx "
+                        "or .torchscript.pt (generator: G, G_A or G_B)")
     parser.add_argument("--inference_mode", default="eval", choices=("eval", "paper"),
                         help="eval (default: deterministic, running statistics) or paper (per-image statistics; "
                         "only for generators without dropout)")
     parser.add_argument("--no_ema", action="store_true", help="export G even when the checkpoint has an EMA generator")
+    parser.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"),
+                        help="for two-way models (CycleGAN): AtoB exports G_A, BtoA G_B")
     args = parser.parse_args(argv)
     try:
-        path, contract = export_checkpoint(args.ckpt_path, args.format, args.output, args.inference_mode, not args.no_ema)
+        path, contract = export_checkpoint(args.ckpt_path, args.format, args.output, args.inference_mode,
+                                           not args.no_ema, args.direction)
     except Pix2PixLitError as e:
         print(f"pix2pix-lit export: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -1,0 +1,27 @@
+"""The algorithms: one file each, on the shared base class (see ``base.py``)."""
+
+from pix2pix_lit.models.base import ImageTranslationModel
+from pix2pix_lit.models.cyclegan import CycleGAN
+from pix2pix_lit.models.pix2pix import Pix2Pix
+
+__all__ = ["DEFAULT_MODEL", "CycleGAN", "ImageTranslationModel", "Pix2Pix", "resolve_model_class"]
+
+# checkpoints from before the models/ layer name no class: they are pix2pix
+DEFAULT_MODEL = "pix2pix_lit.models.Pix2Pix"
+
+
+def resolve_model_class(path: str) -> type:
+    """The model class of a ``class_path`` (a full import path, or a class name in ``pix2pix_lit.models``)."""
+    import importlib
+
+    from pix2pix_lit.errors import ConfigError
+
+    module, _, name = path.rpartition(".")
+    try:
+        model_class = getattr(importlib.import_module(module or "pix2pix_lit.models"), name)
+    except (ImportError, AttributeError, ValueError):
+        model_class = None
+    if not (isinstance(model_class, type) and issubclass(model_class, ImageTranslationModel)):
+        raise ConfigError(f"model class {path!r} is not an image-translation model of pix2pix-lit; use e.g. "
+                          "pix2pix_lit.models.Pix2Pix or pix2pix_lit.models.CycleGAN")
+    return model_class

@@ -1,0 +1,185 @@
+"""pix2pix (Isola et al., CVPR 2017): a conditional GAN for paired data, L = L_cGAN(G, D) + λ·L1(G)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+
+from pix2pix_lit.errors import ConfigError, check_choice
+from pix2pix_lit.losses import GANLoss, feature_matching_loss, gradient_penalty
+from pix2pix_lit.models.base import ImagePool, ImageTranslationModel
+from pix2pix_lit.nets import DISCRIMINATORS, GENERATORS, define_D, define_G
+
+log = logging.getLogger(__name__)
+
+
+class Pix2Pix(ImageTranslationModel):
+    """pix2pix: G translates a source image into the target domain; D judges (source, image) pairs.
+
+    Option names and defaults follow the official PyTorch implementation (``--netG`` -> ``netG``,
+    ``--no_dropout`` -> ``no_dropout``, ...). Extras: ``num_D``/``lambda_feat`` (pix2pixHD multi-scale D
+    and feature matching), ``lambda_gp`` (WGAN-GP). The options every model shares (optimizer, LR policy,
+    inference mode, metrics, EMA, precision helpers) are those of
+    :class:`~pix2pix_lit.models.base.ImageTranslationModel`.
+
+    Steps: ``trainer.global_step`` counts batches (one D and one G update each), so ``max_steps``,
+    ``val_check_interval`` and checkpoint ``every_n_train_steps`` are in batches.
+
+    Args:
+        input_nc, output_nc: channels of source and target (linked from the data in the CLI).
+        netG: unet_256 | unet_128 | unet (with num_downs) | resnet_9blocks | resnet_6blocks | resnet (n_blocks).
+        netD: basic (70x70 PatchGAN) | n_layers (n_layers_D) | pixel | multiscale (num_D PatchGANs).
+        norm: batch | instance | none | syncbatch; init_type/init_gain: weight init.
+        gan_mode: vanilla (BCE on logits) | lsgan | hinge | wgangp (+ lambda_gp * gradient penalty).
+        lambda_L1: weight of L1(G(source), target). lambda_feat: pix2pixHD feature matching on D's layers.
+        pool_size: the official image buffer of (source, fake) pairs shown to D (0: none, the pix2pix default).
+    """
+
+    generator_names = ("G",)
+    data_kind = "paired"
+    metric_domains = {"out": ""}
+
+    def __init__(
+        self,
+        input_nc: int = 3,
+        output_nc: int = 3,
+        netG: Literal["unet_256", "unet_128", "unet", "resnet_9blocks", "resnet_6blocks", "resnet"] = "unet_256",
+        ngf: int = 64,
+        num_downs: Optional[int] = None,
+        n_blocks: Optional[int] = None,
+        no_dropout: bool = False,
+        netD: Literal["basic", "n_layers", "pixel", "multiscale"] = "basic",
+        ndf: int = 64,
+        n_layers_D: int = 3,
+        num_D: int = 3,
+        norm: Literal["batch", "instance", "none", "syncbatch"] = "batch",
+        init_type: Literal["normal", "xavier", "kaiming", "orthogonal"] = "normal",
+        init_gain: float = 0.02,
+        gan_mode: Literal["vanilla", "lsgan", "hinge", "wgangp"] = "vanilla",
+        lambda_L1: float = 100.0,
+        lambda_gp: float = 10.0,
+        lambda_feat: float = 0.0,
+        pool_size: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        check_choice("model.netG", netG, GENERATORS)
+        check_choice("model.netD", netD, DISCRIMINATORS)
+        if lambda_L1 < 0 or pool_size < 0:
+            raise ConfigError("model.lambda_L1 and model.pool_size must be >= 0")
+        super().__init__(**kwargs)
+        self.G = define_G(input_nc, output_nc, ngf, netG, norm, not no_dropout, init_type, init_gain, num_downs, n_blocks)
+        self.D = define_D(input_nc + output_nc, ndf, netD, n_layers_D, norm, init_type, init_gain, num_D)
+        if self.hparams.predict_size % self.size_multiple:
+            raise ConfigError(f"model.predict_size={self.hparams.predict_size} must be a multiple of "
+                              f"{self.size_multiple} for netG={netG}")
+        self.criterion_gan = GANLoss(gan_mode)
+        self.pool = ImagePool(pool_size)  # holds (source, fake) pairs: a pooled fake keeps its own source
+        self.add_ema_generators()
+
+    # -- the paper ---------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        opt_g, opt_d = self.adam(self.G.parameters()), self.adam(self.D.parameters())
+        return [opt_g, opt_d], self.schedulers_for({"G": opt_g, "D": opt_d})
+
+    def pair(self, source: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """What D judges: the source and an image (real target or fake) stacked on channels."""
+        return self.prep(torch.cat([source, image], 1))
+
+    def discriminator_loss(self, source, target, fake) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Real pairs vs (pooled) fake pairs, halved (official ``backward_D``) [+ λ_gp · gradient penalty]."""
+        h = self.hparams
+        real_pair = self.pair(source, target)
+        fake_pair = self.prep(self.pool.query(self.pair(source, fake.detach())))
+        loss_fake = self.criterion_gan(self.D(fake_pair), False, for_discriminator=True)
+        loss_real = self.criterion_gan(self.D(real_pair), True, for_discriminator=True)
+        loss = (loss_fake + loss_real) * 0.5
+        logs = {"loss_D_real": loss_real, "loss_D_fake": loss_fake}
+        if h.gan_mode == "wgangp":
+            gp = gradient_penalty(self.D, real_pair, fake_pair)
+            loss = loss + h.lambda_gp * gp
+            logs["loss_D_gp"] = gp
+        return loss, {**logs, "loss_D": loss}
+
+    def generator_loss(self, source, target, fake) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Fool D on (source, fake) + λ_L1 · L1(fake, target) [+ λ_feat · feature matching on D's layers]."""
+        h = self.hparams
+        fake_pair = self.pair(source, fake)
+        logs = {}
+        if h.lambda_feat > 0:
+            feats_fake = self.D.features(fake_pair)
+            with torch.no_grad():
+                feats_real = self.D.features(self.pair(source, target))
+            pred = [f[-1] for f in feats_fake] if isinstance(feats_fake[0], list) else feats_fake[-1]
+            loss_feat = feature_matching_loss(feats_real, feats_fake) * h.lambda_feat
+            logs["loss_G_feat"] = loss_feat
+        else:
+            pred = self.D(fake_pair)
+            loss_feat = 0.0
+        loss_gan = self.criterion_gan(pred, True, for_discriminator=False)
+        loss_l1 = F.l1_loss(fake.float(), target.float()) * h.lambda_L1
+        loss = loss_gan + loss_l1 + loss_feat
+        return loss, {**logs, "loss_G_GAN": loss_gan, "loss_G_L1": loss_l1, "loss_G": loss}
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        opt_g, opt_d = self.optimizers()
+        source, target = self.prep(batch["source"]), self.prep(batch["target"])
+        self.check_size(source)
+        fake = self.G(source)
+
+        with self.toggled(opt_d):  # D first: real pairs vs detached fakes
+            loss_D, logs_D = self.discriminator_loss(source, target, fake)
+            self.update(opt_d, loss_D, "loss_D")
+
+        with self.toggled(opt_g):  # then G: fool the updated D, stay close to the target
+            loss_G, logs_G = self.generator_loss(source, target, fake)
+            if self.update(opt_g, loss_G, "loss_G"):
+                self.update_ema()
+
+        self.end_batch({**logs_D, **logs_G}, batch_size=source.shape[0], progress="loss_G_L1")
+
+    # -- plumbing the base asks for -----------------------------------------------------------------------
+    def generator_for(self, direction: str = "AtoB") -> str:
+        return "G"  # the data resolves the direction: G always maps source -> target
+
+    def forward(self, source: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:
+        return self.G(self.prep(source))
+
+    @property
+    def inference_G(self):
+        return self.inference_net()
+
+    def evaluate_batch(self, batch, metrics, dataloader_idx):
+        self.check_size(batch["source"])
+        fake = self.generate(batch["source"])
+        if metrics is not None:
+            metrics["out"].update(fake, batch["target"])
+        return {"fake": fake, "name": batch["name"], "target": batch["target"]}
+
+    def grid_rows(self, batch):
+        fake = self.generate(batch["source"].to(self.device)).cpu()
+        rows = [[s, f, t] for s, f, t in zip(batch["source"], fake, batch["target"])]
+        l1 = (fake.float() - batch["target"].float()).abs().mean().item()
+        return rows, l1, f"source | output of {self.inference_G_name} | target"
+
+    @property
+    def val_metrics(self):
+        return self.eval_metrics["val"]["out"]
+
+    @property
+    def test_metrics(self):
+        return self.eval_metrics["test"]["out"]
+
+    def image_pools(self) -> dict[str, ImagePool]:
+        return {"pool": self.pool}
+
+    def restore_pools(self, state: dict[str, Any]) -> None:
+        pool = list(state.get("image_pools", {}).get("pool", state.get("image_pool", [])))  # older: "image_pool"
+        pair_channels = self.hparams.input_nc + self.hparams.output_nc
+        if pool and pool[0].shape[1] != pair_channels:
+            # written before the pool held (source, fake) pairs: its lone fakes cannot be paired again
+            log.warning("the checkpoint's image pool holds fakes without their sources; starting with an empty pool")
+            pool = []
+        self.pool.images = pool
