@@ -34,9 +34,13 @@ def check_checkpoint_fits(model: torch.nn.Module, ckpt: dict[str, Any], path: st
     """A CheckpointError saying how the checkpoint's networks differ from the configured model's."""
     ours = model.state_dict()
     theirs = ckpt["state_dict"]
-    # the EMA generator may be absent on either side: the model then starts it from G, or leaves it out
-    missing = sorted(k for k in ours.keys() - theirs.keys() if not k.startswith("G_ema."))
-    unexpected = sorted(k for k in theirs.keys() - ours.keys() if not k.startswith("G_ema."))
+    # EMA generators (G_ema, G_A_ema, ...) may be absent on either side: the model then starts them from
+    # their generator, or leaves them out
+    def is_ema(key: str) -> bool:
+        return key.split(".", 1)[0].endswith("_ema")
+
+    missing = sorted(k for k in ours.keys() - theirs.keys() if not is_ema(k))
+    unexpected = sorted(k for k in theirs.keys() - ours.keys() if not is_ema(k))
     shapes = [(k, tuple(theirs[k].shape), tuple(ours[k].shape)) for k in sorted(ours.keys() & theirs.keys())
               if theirs[k].shape != ours[k].shape]
     if not (missing or unexpected or shapes):

@@ -250,8 +250,9 @@ def test_command_line_fit_validate_test_predict_export_both_ways(tmp_path, cli_e
     ckpts = {p.name for p in (root / "checkpoints").glob("*.ckpt")}
     assert "last.ckpt" in ckpts and any(n.startswith("best-") for n in ckpts)  # best by val/fid_B
     rows = list(csv.DictReader(open(root / "csv" / "version_0" / "metrics.csv")))
-    fid_B = [float(r["val/fid_B"]) for r in rows if r.get("val/fid_B")]
-    assert len(fid_B) == 2 and all(f > 0 for f in fid_B)
+    fid_B = [(int(r["step"]), float(r["val/fid_B"])) for r in rows if r.get("val/fid_B")]
+    # the config's full sanity check scores the untrained generators (step 0), then each epoch
+    assert len(fid_B) == 3 and fid_B[0][0] == 0 and all(f > 0 for _, f in fid_B)
     assert any(r.get("train/loss_cycle_A") for r in rows) and any(r.get("val/ssim_A") for r in rows)
     grid = Image.open(sorted((root / "images").glob("val_epoch*.png"))[0])
     assert grid.size == (3 * 34 + 2, 8 * 34 + 2)  # 4 A rows and 4 B rows: real | translated | back

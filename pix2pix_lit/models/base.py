@@ -463,8 +463,13 @@ class ImageTranslationModel(pl.LightningModule):
                 metrics[domain].use_real_set(
                     fingerprint(loader.dataset, list(num_batches), loader.batch_size, self.trainer.world_size))
 
+    def _scores_before_training(self) -> bool:
+        """A sanity check over the whole val set (``trainer.num_sanity_val_steps: -1``) scores the untrained
+        generators: the starting point of the val curves, logged at step 0."""
+        return self.trainer.sanity_checking and self.trainer.num_sanity_val_steps == float("inf")
+
     def _eval_epoch_end(self, metrics: nn.ModuleDict, prefix: str) -> dict[str, float]:
-        if self.trainer.sanity_checking:
+        if self.trainer.sanity_checking and not self._scores_before_training():
             for m in metrics.values():
                 m.reset()
             return {}
@@ -473,6 +478,10 @@ class ImageTranslationModel(pl.LightningModule):
             values = m.compute()
             m.reset()
             out.update({f"{prefix}/{k}{self.metric_domains[domain]}": v.float() for k, v in values.items()})
+        if self.trainer.sanity_checking:  # Lightning drops what is logged in the sanity check: to the loggers
+            for logger in self.trainer.loggers if self.trainer.is_global_zero else []:
+                logger.log_metrics({k: float(v) for k, v in out.items()}, step=0)
+            return {k: float(v) for k, v in out.items()}
         self.log_dict(out, sync_dist=False)
         return {k: float(v) for k, v in out.items()}
 
@@ -483,10 +492,9 @@ class ImageTranslationModel(pl.LightningModule):
         self._use_real_sets(self.eval_metrics["test"], self.trainer.test_dataloaders, self.trainer.num_test_batches)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        if not self.trainer.sanity_checking:  # the sanity check only runs the networks
-            self.evaluate_batch(batch, self.eval_metrics["val"], dataloader_idx)
-        else:
-            self.evaluate_batch(batch, None, dataloader_idx)
+        # a partial sanity check only runs the networks
+        scored = not self.trainer.sanity_checking or self._scores_before_training()
+        self.evaluate_batch(batch, self.eval_metrics["val"] if scored else None, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end(self.eval_metrics["val"], "val")
