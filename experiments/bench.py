@@ -258,6 +258,52 @@ def run_quality(precision: str, steps: int, n_val: int) -> dict:
             "all_losses_finite": all(v == v and abs(v) != float("inf") for v in losses.values()), **losses}
 
 
+def val_flops() -> tuple[int, int]:
+    """FLOPs of the generator on one 256x256 image and of the FID Inception on one image (it resizes to 299)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pix2pix_lit import Pix2Pix
+    from pix2pix_lit.metrics import load_inception
+
+    g = Pix2Pix(fid=False, kid=False).G
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        g(torch.randn(1, 3, 256, 256))
+    g_flops = counter.get_total_flops()
+    inception = load_inception()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        inception(torch.zeros(1, 3, 256, 256, dtype=torch.uint8))
+    return g_flops, counter.get_total_flops()
+
+
+def run_val(precision: str, batch_size: int) -> dict:
+    """A full validation of the maps recipe (549 val pairs on the shared data; every metric), twice: the first
+    pass also computes the real images' Inception features, the second reuses them (what every later
+    validation of a run costs)."""
+    import lightning.pytorch as pl
+
+    from pix2pix_lit import Pix2Pix
+
+    pl.seed_everything(0, verbose=False)
+    dm, data = datamodule(batch_size=batch_size)
+    model = Pix2Pix(kid_subset_size=1000)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, precision=precision, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    times = []
+    for _ in range(2):
+        t = time.perf_counter()
+        metrics = trainer.validate(model, dm, verbose=False)[0]
+        times.append(time.perf_counter() - t)
+    n = len(dm.val_dataset)
+    g_flops, inception_flops = val_flops()
+    first_flops = n * (g_flops + 2 * inception_flops)
+    cached_flops = n * (g_flops + inception_flops)
+    return {"part": "val", "precision": precision, "eval_batch_size": batch_size, "data": data, "images": n,
+            "first_val_s": times[0], "cached_val_s": times[1], "first_tflops": first_flops / times[0] / 1e12,
+            "cached_tflops": cached_flops / times[1] / 1e12, "g_gflop_per_image": g_flops / 1e9,
+            "inception_gflop_per_image": inception_flops / 1e9, "val_fid": metrics["val/fid"],
+            "peak_rss_mb": peak_rss_mb()}
+
+
 def run_peak() -> dict:
     flops = step_flops()
     return {"part": "peak", "train_step_gflop": flops / 1e9, "bf16_matmul_tflops": matmul_peak(torch.bfloat16) / 1e12,
@@ -271,6 +317,8 @@ def child(args: argparse.Namespace) -> None:
         res = run_plain(args.steps, args.warmup)
     elif args.part == "infer":
         res = run_infer(args.precision, args.channels_last, args.steps, args.warmup)
+    elif args.part == "val":
+        res = run_val(args.precision, args.eval_batch_size)
     elif args.part == "quality":
         res = run_quality(args.precision, args.quality_steps, args.val_pairs)
     else:
@@ -310,7 +358,7 @@ def table(rows: list[dict], cols: list[str]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", default="all", choices=["all", "train", "infer", "peak", "quality", "plain"],
+    p.add_argument("--part", default="all", choices=["all", "train", "infer", "peak", "quality", "plain", "val"],
                    help="train also times the official step as a plain PyTorch loop (plain: only that)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=5)
@@ -322,14 +370,15 @@ def main() -> None:
     p.add_argument("--precision", default="32")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--ema-decay", type=float, default=0.0)
+    p.add_argument("--eval-batch-size", type=int, default=1)
     args = p.parse_args()
     if args.child:
         return child(args)
 
-    parts = ["peak", "train", "infer", "quality"] if args.part == "all" else [args.part]
+    parts = ["peak", "train", "infer", "val", "quality"] if args.part == "all" else [args.part]
     sections = []
     peak = None
-    if "peak" in parts or "train" in parts:
+    if "peak" in parts or "train" in parts or "val" in parts:
         peak = spawn(args, part="peak")
         sections.append("Machine peak and step cost:\n\n" + table([peak], list(peak)))
     if "train" in parts:
@@ -360,6 +409,17 @@ def main() -> None:
         rows = [spawn(args, part="infer", precision=pr, channels_last=cl) for pr, cl in CONFIGS]
         sections.append("Inference (G only, batch 1, 256x256):\n\n" + table(rows, [
             "precision", "channels_last", "img_per_s", "steps", "peak_rss_mb", "note"]))
+    if "val" in parts:
+        default = "32" if slow_bf16("bf16-mixed") else "bf16-mixed"
+        rows = [spawn(args, part="val", precision=default, eval_batch_size=bs) for bs in (1, 16)]
+        for r in rows:  # the generator runs in bf16 under bf16-mixed, the Inception always in fp32
+            r["pct_of_fp32_peak_cached"] = 100 * r["cached_tflops"] / peak["fp32_matmul_tflops"]
+            r["pct_of_bf16_peak_cached"] = 100 * r["cached_tflops"] / peak["bf16_matmul_tflops"]
+        sections.append("Validation (maps recipe, generator + FID/KID Inception + SSIM/PSNR over the val split; the "
+                        "first pass also computes the real images' features):\n\n" + table(rows, [
+                            "precision", "eval_batch_size", "images", "first_val_s", "cached_val_s", "first_tflops",
+                            "cached_tflops", "pct_of_fp32_peak_cached", "pct_of_bf16_peak_cached",
+                            "g_gflop_per_image", "inception_gflop_per_image", "val_fid", "peak_rss_mb", "data"]))
     if "quality" in parts:
         rows = []
         for pr in ("32", "bf16-mixed"):

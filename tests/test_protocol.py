@@ -175,3 +175,18 @@ def test_kid_subset_rule():
     assert kid_subset_for(1000, 1000) == 500  # all 1000 in every subset would give no spread
     assert kid_subset_for(48, 1000) == 24
     assert kid_subset_for(3, 1000) == 3
+
+
+def test_eval_batch_size_changes_no_score(tmp_path):
+    scores = []
+    for eval_batch_size in (None, 3):
+        dm = SyntheticPairedDataModule(str(tmp_path / "syn"), num_train=4, num_val=5, num_test=2, image_size=36,
+                                       load_size=36, crop_size=32, batch_size=1, eval_batch_size=eval_batch_size,
+                                       num_workers=0)
+        dm.setup("validate")
+        assert dm.val_dataloader().batch_size == (eval_batch_size or 1)
+        torch.manual_seed(0)
+        model = Pix2Pix(**TINY_MODEL)  # dropout on: paper mode draws the masks image after image
+        torch.manual_seed(1)
+        scores.append(quiet_trainer().validate(model, dm, verbose=False)[0])
+    assert scores[0] == pytest.approx(scores[1], rel=1e-5)

@@ -42,6 +42,9 @@ class PairedDataModule(pl.LightningDataModule):
             ``load_size = crop_size``: the whole image resized to ``crop_size``, no crop (as published numbers).
             A larger value (e.g. 286) resizes to it and takes the centre ``crop_size`` crop. Never flipped.
         batch_size, num_workers, persistent_workers, pin_memory: DataLoader settings.
+        eval_batch_size: batch size of the val/test loaders (default: ``batch_size``). Scores do not depend on it
+            (the ``paper`` inference mode runs the generator one image at a time, ``eval`` uses running statistics);
+            larger batches feed the FID Inception faster.
         serial_batches: keep file order in training instead of shuffling (official option).
         max_dataset_size: use at most this many samples per split.
         val_fraction: part of train held out for validation (seeded by ``seed``) when there is no val split.
@@ -62,6 +65,7 @@ class PairedDataModule(pl.LightningDataModule):
         no_flip: bool = False,
         eval_load_size: Optional[int] = None,
         batch_size: int = 1,
+        eval_batch_size: Optional[int] = None,
         num_workers: int = 4,
         persistent_workers: bool = True,
         pin_memory: bool = False,
@@ -86,8 +90,8 @@ class PairedDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.direction={direction!r} is not known; choose one of: AtoB, BtoA")
         check_channels_option("data.input_nc", input_nc)
         check_channels_option("data.output_nc", output_nc)
-        if batch_size < 1:
-            raise ConfigError(f"data.batch_size={batch_size} must be >= 1")
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise ConfigError(f"data.batch_size={batch_size} and data.eval_batch_size={eval_batch_size} must be >= 1")
         if num_workers < 0:
             raise ConfigError(f"data.num_workers={num_workers} must be >= 0")
         if not 0.0 < val_fraction < 1.0:
@@ -223,11 +227,15 @@ class PairedDataModule(pl.LightningDataModule):
         sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
         return self._loader(dataset, batch_size, sampler)
 
+    @property
+    def eval_batch_size(self) -> int:
+        return self.hparams.eval_batch_size or self.hparams.batch_size
+
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.val_dataset, self.hparams.batch_size)
+        return self._eval_loader(self.val_dataset, self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.test_dataset, self.hparams.batch_size)
+        return self._eval_loader(self.test_dataset, self.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
         # images may differ in size: one per batch
@@ -272,6 +280,7 @@ class SyntheticPairedDataModule(PairedDataModule):
         no_flip: bool = False,
         eval_load_size: Optional[int] = None,
         batch_size: int = 4,
+        eval_batch_size: Optional[int] = None,
         num_workers: int = 2,
         persistent_workers: bool = True,
         pin_memory: bool = False,
@@ -286,7 +295,8 @@ class SyntheticPairedDataModule(PairedDataModule):
         super().__init__(
             root=root, layout="aligned", direction=direction, input_nc=input_nc, output_nc=output_nc,
             preprocess=preprocess, load_size=load_size, crop_size=crop_size, no_flip=no_flip,
-            eval_load_size=eval_load_size, batch_size=batch_size, num_workers=num_workers, persistent_workers=persistent_workers,
+            eval_load_size=eval_load_size, batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
+            persistent_workers=persistent_workers,
             pin_memory=pin_memory, serial_batches=serial_batches, max_dataset_size=max_dataset_size, seed=seed,
             test_split=test_split, predict_dir=predict_dir,
         )

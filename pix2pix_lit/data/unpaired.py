@@ -148,6 +148,7 @@ class UnpairedDataModule(PairedDataModule):
         no_flip: bool = False,
         eval_load_size: Optional[int] = None,
         batch_size: int = 1,
+        eval_batch_size: Optional[int] = None,
         num_workers: int = 4,
         persistent_workers: bool = True,
         pin_memory: bool = False,
@@ -165,7 +166,8 @@ class UnpairedDataModule(PairedDataModule):
         super().__init__(
             root=root, layout=layout, direction=direction, input_nc=input_nc, output_nc=output_nc, preprocess=preprocess,
             load_size=load_size, crop_size=crop_size, no_flip=no_flip, eval_load_size=eval_load_size,
-            batch_size=batch_size, num_workers=num_workers, persistent_workers=persistent_workers, pin_memory=pin_memory,
+            batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
+            persistent_workers=persistent_workers, pin_memory=pin_memory,
             serial_batches=serial_batches, max_dataset_size=max_dataset_size, val_fraction=val_fraction, seed=seed,
             a_dir=a_dir, b_dir=b_dir, train_split=train_split, val_split=val_split, test_split=test_split,
             predict_dir=predict_dir,
@@ -268,10 +270,10 @@ class UnpairedDataModule(PairedDataModule):
 
     def val_dataloader(self) -> list[DataLoader]:
         # two loaders: A images (translated by G_A, the reals of FID_A) and B images
-        return [self._eval_loader(DomainView(self.val_dataset, d), self.hparams.batch_size) for d in "AB"]
+        return [self._eval_loader(DomainView(self.val_dataset, d), self.eval_batch_size) for d in "AB"]
 
     def test_dataloader(self) -> list[DataLoader]:
-        return [self._eval_loader(DomainView(self.test_dataset, d), self.hparams.batch_size) for d in "AB"]
+        return [self._eval_loader(DomainView(self.test_dataset, d), self.eval_batch_size) for d in "AB"]
 
 
 class _DomainImagesForPredict(Dataset):
@@ -309,6 +311,7 @@ class SyntheticUnpairedDataModule(UnpairedDataModule):
         no_flip: bool = False,
         eval_load_size: Optional[int] = None,
         batch_size: int = 1,
+        eval_batch_size: Optional[int] = None,
         num_workers: int = 2,
         persistent_workers: bool = True,
         pin_memory: bool = False,
@@ -323,8 +326,8 @@ class SyntheticUnpairedDataModule(UnpairedDataModule):
         super().__init__(
             root=root, layout="aligned", direction=direction, input_nc=input_nc, output_nc=output_nc,
             preprocess=preprocess, load_size=load_size, crop_size=crop_size, no_flip=no_flip,
-            eval_load_size=eval_load_size, batch_size=batch_size, num_workers=num_workers,
-            persistent_workers=persistent_workers, pin_memory=pin_memory, serial_batches=serial_batches,
+            eval_load_size=eval_load_size, batch_size=batch_size, eval_batch_size=eval_batch_size,
+            num_workers=num_workers, persistent_workers=persistent_workers, pin_memory=pin_memory, serial_batches=serial_batches,
             max_dataset_size=max_dataset_size, seed=seed, test_split=test_split, predict_dir=predict_dir,
         )
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
