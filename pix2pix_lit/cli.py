@@ -70,7 +70,8 @@ def model_class_path(argv: list[str]) -> str:
                 found = str(model["class_path"])
         elif name in ("--model", "--model.class_path") and value and not value.startswith("{"):
             found = value
-    return found
+    model_class = resolve_model_class(found)  # a one-line ConfigError for a class that is not a model here
+    return f"{model_class.__module__}.{model_class.__qualname__}"
 
 
 def whole_number_limits(argv: list[str]) -> dict[str, int]:

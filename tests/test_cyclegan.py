@@ -293,3 +293,15 @@ def test_command_line_fit_validate_test_predict_export_both_ways(tmp_path, cli_e
                 check=False)
     assert wrong.returncode == 2 and "holds a CycleGAN model" in wrong.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "wrong").exists()
+
+
+def test_the_model_class_comes_from_the_configs_and_command_line():
+    from pix2pix_lit.cli import model_class_path
+
+    cyclegan_config = str(REPO / "configs" / "cyclegan" / "quickstart.yaml")
+    assert model_class_path([]).endswith(".Pix2Pix")  # configs from before the models/ layer name none
+    assert model_class_path(["fit", "-c", cyclegan_config]).endswith(".CycleGAN")
+    assert model_class_path(["fit", "-c", cyclegan_config, "--model", "Pix2Pix"]).endswith(".Pix2Pix")
+    assert model_class_path(["fit", "--model.class_path=pix2pix_lit.module.Pix2Pix"]).endswith(".Pix2Pix")
+    with pytest.raises(ConfigError, match="'Nope' is not an image-translation model"):
+        model_class_path(["fit", "--model", "Nope"])
