@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from pix2pix_lit.data.datasets import AlignedDataset, FolderPairDataset, SeededSampler, SingleImageDataset, match_pairs
 from pix2pix_lit.data.io import check_channels_option, list_images
-from pix2pix_lit.data.synthetic import generate
+from pix2pix_lit.data.synthetic import BuiltInData
 from pix2pix_lit.data.transforms import JointTransform
 from pix2pix_lit.errors import ConfigError, DataError
 
@@ -257,7 +257,7 @@ class _SourcesOnly(Dataset):
         return {"source": src, "name": f"{item['name']}.png", "size": torch.tensor(src.shape[-2:])}
 
 
-class SyntheticPairedDataModule(PairedDataModule):
+class SyntheticPairedDataModule(BuiltInData, PairedDataModule):
     """The built-in dataset (label layouts -> "photos"), generated into ``root`` on first use.
 
     Needs no download; ``image_size`` is the side of the stored images (``load_size`` should match).
@@ -290,8 +290,6 @@ class SyntheticPairedDataModule(PairedDataModule):
         test_split: str = "test",
         predict_dir: Optional[str] = None,
     ) -> None:
-        if min(num_train, num_val, num_test) < 1 or image_size < 8:
-            raise ConfigError("data.num_train/num_val/num_test must be >= 1 and data.image_size >= 8")
         super().__init__(
             root=root, layout="aligned", direction=direction, input_nc=input_nc, output_nc=output_nc,
             preprocess=preprocess, load_size=load_size, crop_size=crop_size, no_flip=no_flip,
@@ -300,14 +298,4 @@ class SyntheticPairedDataModule(PairedDataModule):
             pin_memory=pin_memory, serial_batches=serial_batches, max_dataset_size=max_dataset_size, seed=seed,
             test_split=test_split, predict_dir=predict_dir,
         )
-        self.sizes = {"train": num_train, "val": num_val, "test": num_test}
-        self.image_size, self.dataset_seed = image_size, dataset_seed
-
-    def prepare_data(self) -> None:
-        generate(self.root, self.sizes, self.image_size, self.dataset_seed)
-        super().prepare_data()
-
-    def setup(self, stage: str) -> None:
-        # also when used outside a Trainer, and on processes where Lightning did not call prepare_data
-        generate(self.root, self.sizes, self.image_size, self.dataset_seed)
-        super().setup(stage)
+        self.use_built_in(num_train, num_val, num_test, image_size, dataset_seed)

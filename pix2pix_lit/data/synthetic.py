@@ -104,3 +104,24 @@ def generate(root: str | os.PathLike, sizes: dict[str, int], image_size: int = 7
         if tmp.exists():
             shutil.rmtree(tmp)
     return root
+
+
+class BuiltInData:
+    """Mixin for a DataModule over the built-in set: generates it into ``root`` on first use (before the
+    parent's checks), also outside a Trainer and on processes where Lightning did not call prepare_data."""
+
+    def use_built_in(self, num_train: int, num_val: int, num_test: int, image_size: int, dataset_seed: int) -> None:
+        from pix2pix_lit.errors import ConfigError
+
+        if min(num_train, num_val, num_test) < 1 or image_size < 8:
+            raise ConfigError("data.num_train/num_val/num_test must be >= 1 and data.image_size >= 8")
+        self.sizes = {"train": num_train, "val": num_val, "test": num_test}
+        self.image_size, self.dataset_seed = image_size, dataset_seed
+
+    def prepare_data(self) -> None:
+        generate(self.root, self.sizes, self.image_size, self.dataset_seed)
+        super().prepare_data()
+
+    def setup(self, stage: str) -> None:
+        generate(self.root, self.sizes, self.image_size, self.dataset_seed)
+        super().setup(stage)

@@ -18,9 +18,9 @@ from torch.utils.data import DataLoader, Dataset
 from pix2pix_lit.data.datamodule import PairedDataModule, _dist_info
 from pix2pix_lit.data.datasets import Index, SeededSampler, SingleImageDataset, _split_index
 from pix2pix_lit.data.io import check_decodable, check_mode, convert_channels, list_images, load_image, peek_image, to_tensor
-from pix2pix_lit.data.synthetic import generate
+from pix2pix_lit.data.synthetic import BuiltInData
 from pix2pix_lit.data.transforms import JointTransform
-from pix2pix_lit.errors import ConfigError, DataError
+from pix2pix_lit.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +289,7 @@ class _DomainImagesForPredict(Dataset):
                 "direction": self.direction}
 
 
-class SyntheticUnpairedDataModule(UnpairedDataModule):
+class SyntheticUnpairedDataModule(BuiltInData, UnpairedDataModule):
     """The built-in data as two unpaired domains: label layouts (A) and shaded "photos" (B), each B drawn
     independently of its A in training (the files' halves are never shown as pairs). No download; the
     val pairs give SSIM/PSNR besides FID. ``image_size``: the side of the stored images."""
@@ -321,8 +321,6 @@ class SyntheticUnpairedDataModule(UnpairedDataModule):
         test_split: str = "test",
         predict_dir: Optional[str] = None,
     ) -> None:
-        if min(num_train, num_val, num_test) < 1 or image_size < 8:
-            raise ConfigError("data.num_train/num_val/num_test must be >= 1 and data.image_size >= 8")
         super().__init__(
             root=root, layout="aligned", direction=direction, input_nc=input_nc, output_nc=output_nc,
             preprocess=preprocess, load_size=load_size, crop_size=crop_size, no_flip=no_flip,
@@ -330,13 +328,4 @@ class SyntheticUnpairedDataModule(UnpairedDataModule):
             num_workers=num_workers, persistent_workers=persistent_workers, pin_memory=pin_memory, serial_batches=serial_batches,
             max_dataset_size=max_dataset_size, seed=seed, test_split=test_split, predict_dir=predict_dir,
         )
-        self.sizes = {"train": num_train, "val": num_val, "test": num_test}
-        self.image_size, self.dataset_seed = image_size, dataset_seed
-
-    def prepare_data(self) -> None:
-        generate(self.root, self.sizes, self.image_size, self.dataset_seed)
-        super().prepare_data()
-
-    def setup(self, stage: str) -> None:
-        generate(self.root, self.sizes, self.image_size, self.dataset_seed)
-        super().setup(stage)
+        self.use_built_in(num_train, num_val, num_test, image_size, dataset_seed)
