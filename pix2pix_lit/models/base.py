@@ -357,7 +357,8 @@ class ImageTranslationModel(pl.LightningModule):
                      batch_size=batch_size)
 
     def on_train_epoch_end(self) -> None:
-        for sched in self.lr_schedulers() if isinstance(self.lr_schedulers(), list) else [self.lr_schedulers()]:
+        schedulers = self.lr_schedulers()
+        for sched in schedulers if isinstance(schedulers, list) else [schedulers]:
             if isinstance(sched, ReduceLROnPlateau):
                 metric = self.trainer.callback_metrics.get(self.hparams.plateau_monitor)
                 if metric is None:
