@@ -118,6 +118,43 @@ def test_real_features_once_and_kid_subset_adapts(extractor, caplog):
     assert second["kid_mean"].item() == pytest.approx(first["kid_mean"].item(), rel=1e-6)
 
 
+def test_inception_runs_on_batches_of_images_of_one_size_whatever_the_updates(extractor, monkeypatch):
+    """One image per update (paper-mode evaluation) still feeds the Inception 8 at a time; a change of image
+    size flushes the queue; compute() flushes the rest; the scores equal feeding each update at once."""
+    import pix2pix_lit.metrics as metrics
+
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, x):
+            calls.append(tuple(x.shape[:1]) + tuple(x.shape[2:]))
+            return extractor(x)
+
+    counting = Counting()
+    counting.register_parameter("p", torch.nn.Parameter(torch.zeros(1)))
+    small, large = photos(7, 11, size=32), photos(8, 5, size=64)
+    fakes = [x[None] for x in small] + [x[None] for x in large]
+    reals = [x[None] for x in photos(9, 16, size=32)]
+
+    def scores(batch):
+        monkeypatch.setattr(metrics, "INCEPTION_BATCH", batch)
+        m = ImageQualityMetrics(kid_subset_size=8)
+        m.set_extractor(counting)
+        calls.clear()
+        for fake, real in zip(fakes, reals):
+            m.update_fake(fake)
+            m.update_real(real)
+        return {k: float(v) for k, v in m.compute().items()}, list(calls)
+
+    one, one_calls = scores(1)
+    batched, batched_calls = scores(8)
+    assert len(one_calls) == 32
+    # fakes: 8 small, the 3 left when the size changes, the 5 large at compute(); reals: 8 and 8
+    assert sorted(batched_calls) == sorted([(8, 32, 32), (3, 32, 32), (5, 64, 64), (8, 32, 32), (8, 32, 32)])
+    assert batched["fid"] == pytest.approx(one["fid"], rel=1e-3)
+    assert batched["kid_mean"] == pytest.approx(one["kid_mean"], rel=1e-2, abs=1e-4)
+
+
 def test_inception_not_in_state_dict(extractor):
     m = ImageQualityMetrics()
     m.set_extractor(extractor)
