@@ -60,3 +60,25 @@ def cpu_precision_fallback(accelerator: Any, precision: Any, support: Optional[B
         return None
     support = support or cpu_bf16_support()
     return "32-true" if support == "none" else None
+
+
+def autocast_ready_copy(net: torch.nn.Module, dtype: torch.dtype) -> Optional[torch.nn.Module]:
+    """A frozen copy of ``net`` whose convolution and linear weights (and biases) are already in ``dtype``,
+    or None if ``net`` re-derives its weights at every call (parametrizations, spectral norm's hooks).
+
+    Under autocast these layers cast their fp32 weights to ``dtype`` at every call, which is what the copy
+    holds from the start: the outputs are the same to the bit (batch norm and everything else autocast
+    leaves alone stay in fp32). For evaluation passes, where weights do not change between calls
+    (``ImageTranslationModel.generate``).
+    """
+    import copy
+
+    nn = torch.nn
+    if any(getattr(m, "parametrizations", None) or m._forward_pre_hooks for m in net.modules()):
+        return None
+    out = copy.deepcopy(net).requires_grad_(False)
+    for m in out.modules():
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+            for name, p in list(m.named_parameters(recurse=False)):
+                setattr(m, name, nn.Parameter(p.detach().to(dtype), requires_grad=False))
+    return out

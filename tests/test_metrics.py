@@ -119,7 +119,7 @@ def test_real_features_once_and_kid_subset_adapts(extractor, caplog):
 
 
 def test_inception_runs_on_batches_of_images_of_one_size_whatever_the_updates(extractor, monkeypatch):
-    """One image per update (paper-mode evaluation) still feeds the Inception 8 at a time; a change of image
+    """One image per update (paper-mode evaluation) still feeds the Inception INCEPTION_BATCH (here 8) at a time; a change of image
     size flushes the queue; compute() flushes the rest; the scores equal feeding each update at once."""
     import pix2pix_lit.metrics as metrics
 

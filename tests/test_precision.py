@@ -108,3 +108,54 @@ def test_channels_last_follows_precision_unless_set(tmp_path, precision, expecte
         quiet_trainer(max_steps=1, limit_val_batches=0, precision=precision).fit(model, dm)
         assert model.use_channels_last is want, setting
         assert conv(model).weight.is_contiguous(memory_format=torch.channels_last) is want, setting
+
+
+def test_evaluation_under_autocast_casts_the_weights_once_per_pass_with_the_same_outputs(tmp_path):
+    """Inside a validation/test/predict pass, generate() runs a copy of G whose conv weights are already bf16:
+    the paper-mode outputs equal autocast's own casting to the bit, the copy is made once and dropped after."""
+    import torch.nn as nn
+
+    from pix2pix_lit.precision import autocast_ready_copy
+
+    model = Pix2Pix(**TINY_MODEL)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+
+    def run():
+        torch.manual_seed(0)  # paper mode keeps dropout on
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model.generate(x)
+
+    plain = run()
+    model._begin_eval_pass()
+    cached, again = run(), run()
+    (copy,) = model._eval_pass_nets.values()
+    model._end_eval_pass()
+    assert torch.equal(plain, cached) and not cached.isnan().any()
+    assert len(model._eval_pass_nets or {}) == 0 and again.shape == plain.shape
+    convs = [m for m in copy.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    norms = [m for m in copy.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)
+    assert norms and all(m.weight.dtype == torch.float32 for m in norms)  # autocast leaves batch norm in fp32
+    assert all(p.dtype == torch.float32 for p in model.G.parameters())  # the trained G is untouched
+    # outside a pass (serving, a notebook) nothing is cached: weights may change between calls
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.generate(x)
+    assert model._eval_pass_nets is None
+    # a net that derives its weights at every call is not copied
+    assert autocast_ready_copy(nn.utils.parametrizations.spectral_norm(nn.Conv2d(3, 3, 3)), torch.bfloat16) is None
+
+
+def test_a_bf16_validation_pass_ends_with_no_cached_copy(tmp_path):
+    dm = SyntheticPairedDataModule(str(tmp_path / "data"), num_train=2, num_val=3, num_test=1, image_size=64,
+                                   load_size=64, crop_size=64, batch_size=1, num_workers=0)
+    model = Pix2Pix(**{**TINY_MODEL, "fid": False, "kid": False})
+    seen = []
+    generate = model.generate
+
+    def spy(*a, **k):
+        seen.append(model._eval_pass_nets is not None and len(model._eval_pass_nets))
+        return generate(*a, **k)
+
+    model.generate = spy
+    quiet_trainer(default_root_dir=str(tmp_path), precision="bf16-mixed").validate(model, dm, verbose=False)
+    assert seen and all(seen[1:]) and model._eval_pass_nets is None
