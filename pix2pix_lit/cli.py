@@ -47,6 +47,8 @@ SHARED_DEFAULTS = {
     "trainer.callbacks": [
         {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "epoch"}},
     ],
+    # writes checkpoints without first holding the whole file in memory (pix2pix_lit/checkpoint_io.py)
+    "trainer.plugins": [{"class_path": "pix2pix_lit.checkpoint_io.StreamingCheckpointIO"}],
 }
 
 

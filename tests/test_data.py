@@ -221,3 +221,27 @@ def test_bad_options():
         PairedDataModule("x", input_nc=2)
     with pytest.raises(ConfigError, match="data.preprocess='zoom'.*resize_and_crop"):
         PairedDataModule("x", preprocess="zoom")
+
+
+def test_evaluation_workers_do_not_outlive_their_pass_during_training(tmp_path):
+    """Only the training loader's workers stay alive through training epochs: not those of the sanity check
+    (a partial pass) nor of a validation."""
+    import multiprocessing
+
+    import lightning.pytorch as pl
+
+    from conftest import TINY_MODEL, quiet_trainer
+    from pix2pix_lit import Pix2Pix, SyntheticPairedDataModule
+
+    seen = []
+
+    class CountWorkers(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(len(multiprocessing.active_children()))
+
+    dm = SyntheticPairedDataModule(str(tmp_path / "data"), num_train=4, num_val=4, num_test=1, image_size=64,
+                                   load_size=64, crop_size=64, batch_size=1, num_workers=1)
+    trainer = quiet_trainer(default_root_dir=str(tmp_path), max_epochs=2, num_sanity_val_steps=2,
+                            limit_val_batches=2, callbacks=[CountWorkers()])
+    trainer.fit(Pix2Pix(**TINY_MODEL), dm)
+    assert len(seen) == 8 and set(seen) == {1}  # the one training worker

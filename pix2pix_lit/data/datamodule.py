@@ -41,7 +41,8 @@ class PairedDataModule(pl.LightningDataModule):
         eval_load_size: the load size of val/test images. ``null`` (default): the official test protocol,
             ``load_size = crop_size``: the whole image resized to ``crop_size``, no crop (as published numbers).
             A larger value (e.g. 286) resizes to it and takes the centre ``crop_size`` crop. Never flipped.
-        batch_size, num_workers, persistent_workers, pin_memory: DataLoader settings.
+        batch_size, num_workers, persistent_workers, pin_memory: DataLoader settings (persistent_workers: the
+            training loader; evaluation workers end with each pass).
         eval_batch_size: batch size of the val/test loaders (default: ``batch_size``). Scores do not depend on it
             (the ``paper`` inference mode runs the generator one image at a time, ``eval`` uses running statistics);
             larger batches feed the FID Inception faster.
@@ -199,14 +200,14 @@ class PairedDataModule(pl.LightningDataModule):
         return _SourcesOnly(paired)
 
     # -- loaders -------------------------------------------------------------------------------------
-    def _loader(self, dataset: Dataset, batch_size: int, sampler) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, sampler, persistent: bool = True) -> DataLoader:
         h = self.hparams
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
             num_workers=h.num_workers,
-            persistent_workers=h.persistent_workers and h.num_workers > 0,
+            persistent_workers=persistent and h.persistent_workers and h.num_workers > 0,
             pin_memory=h.pin_memory,
             # its own generator: creating an iterator then leaves the global RNG (dropout's) alone,
             # which exact resume relies on; augmentation is seeded by SeededSampler, not by workers
@@ -225,7 +226,10 @@ class PairedDataModule(pl.LightningDataModule):
         world, rank = _dist_info()
         # every sample exactly once over all processes, so metrics equal a single-process run
         sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
-        return self._loader(dataset, batch_size, sampler)
+        # Evaluation workers end with each pass: persistent ones idle through the training epochs holding every
+        # page the training process has changed since it forked them (the weights, for a start: ~0.5 GB more
+        # for the maps recipe, experiments/RESULTS.md); starting them again costs about a second a validation.
+        return self._loader(dataset, batch_size, sampler, persistent=False)
 
     @property
     def eval_batch_size(self) -> int:

@@ -536,6 +536,18 @@ class ImageTranslationModel(pl.LightningModule):
         self._end_eval_pass()
         self._eval_epoch_end(self.eval_metrics["val"], "val")
 
+    def on_validation_end(self) -> None:
+        # A partial pass (the sanity check, limit_val_batches < 1) leaves its DataLoader iterator, and with it
+        # the loader's worker processes, alive until the next validation, holding memory through a whole
+        # training epoch (see PairedDataModule._eval_loader). Lightning ends them only when fit ends and has
+        # no public call for it; its fetcher's own teardown does it, and the next validation makes a new one.
+        if self.trainer.state.fn == "fit":
+            loop = self.trainer.fit_loop.epoch_loop.val_loop
+            fetcher = getattr(loop, "_data_fetcher", None)
+            if fetcher is not None:  # what the loop's own teardown does, without moving its logged results
+                fetcher.teardown()
+                loop._data_fetcher = None
+
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         return self.evaluate_batch(batch, self.eval_metrics["test"], dataloader_idx)
 
