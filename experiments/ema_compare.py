@@ -122,7 +122,8 @@ def main() -> None:
                platform.machine())
     steps = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"]
     command = f"python experiments/ema_compare.py {args.recipe}" + (f" --steps {args.steps}" if args.recipe == "maps" else "")
-    print(f"`{command} --ema-decay {args.ema_decay}{' --extra-decays ' + args.extra_decays if extra else ''} --seed {args.seed}` ({cpu}; {steps} steps, training "
+    screened = f" --extra-decays {args.extra_decays}" if extra else ""
+    print(f"`{command} --ema-decay {args.ema_decay}{screened} --seed {args.seed}` ({cpu}; {steps} steps, training "
           f"{train_s / 60:.1f} min)\n")
     print("| generator | inference mode | images | FID | KID | SSIM | PSNR | L1 |")
     print("|---|---|---|---|---|---|---|---|")

@@ -40,6 +40,7 @@ def test_the_cli_trains_with_it(tmp_path, monkeypatch):
     from conftest import REPO
 
     monkeypatch.setattr("sys.argv", ["pix2pix-lit"])  # pytest's own arguments are not the CLI's
-    args = ["-c", str(REPO / "configs" / "quickstart.yaml"), "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]
+    args = ["-c", str(REPO / "configs" / "quickstart.yaml"), "--trainer.logger", "false",
+            "--trainer.default_root_dir", str(tmp_path)]
     trainer = cli.build_cli(args, args, run=False).trainer
     assert isinstance(trainer.strategy.checkpoint_io, StreamingCheckpointIO)

@@ -230,8 +230,9 @@ def test_evaluation_workers_do_not_outlive_their_pass_during_training(tmp_path):
 
     import lightning.pytorch as pl
 
-    from conftest import TINY_MODEL, quiet_trainer
     from pix2pix_lit import Pix2Pix, SyntheticPairedDataModule
+
+    from conftest import TINY_MODEL, quiet_trainer
 
     seen = []
 

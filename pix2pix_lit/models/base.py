@@ -27,10 +27,10 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, ReduceLROnPlat
 from pix2pix_lit.data.datasets import fingerprint
 from pix2pix_lit.data.transforms import crop_box, pad_to_multiple
 from pix2pix_lit.ema import make_ema
-from pix2pix_lit.optim import Adam
 from pix2pix_lit.errors import ConfigError, NonFiniteLossError, check_choice
 from pix2pix_lit.metrics import ImageQualityMetrics, find_inception_weights, load_inception
 from pix2pix_lit.nets.norm import batch_norm_own_statistics
+from pix2pix_lit.optim import Adam
 from pix2pix_lit.precision import autocast_ready_copy, cpu_precision_fallback, is_16bit
 
 log = logging.getLogger(__name__)
