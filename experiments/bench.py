@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -148,7 +149,8 @@ def run_watched(cmd: list[str], env: dict) -> dict:
     sampler.join()
     if proc.returncode:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{err[-3000:]}")
-    marks = {int(a): float(b) for a, b in (ln.split()[1:3] for ln in out.splitlines() if ln.startswith("MARK "))}
+    # the progress bar shares stdout (with carriage returns): find the marks anywhere in it
+    marks = {int(a): float(b) for a, b in re.findall(r"MARK (\d+) ([0-9.]+)", out)}
     return {"wall_s": wall, "marks": marks, "peak_tree_rss_mb": peak["tree_rss"] / 1024,
             "peak_tree_pss_mb": peak["tree_pss"] / 1024, "peak_largest_rss_mb": peak["largest_rss"] / 1024,
             "processes": peak["processes"]}
@@ -159,7 +161,7 @@ MARKED = (1, 15, 60)  # iterations whose end time the start-up runs print
 
 def mark(iteration: int) -> None:
     if iteration in MARKED:
-        print(f"MARK {iteration} {time.time() - float(os.environ['BENCH_T0']):.3f}", flush=True)
+        print(f"\nMARK {iteration} {time.time() - float(os.environ['BENCH_T0']):.3f}", flush=True)
 
 
 try:
