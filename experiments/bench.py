@@ -260,39 +260,48 @@ def run_train(precision: str, channels_last: bool, steps: int, warmup: int, ema_
     }
 
 
+def official_step():
+    """The official ``Pix2PixModel.optimize_parameters`` for unet_256 + basic D (seeded): fp32, NCHW, torch's
+    default Adam; returns ``step(batch)``."""
+    from pix2pix_lit.nets import define_D, define_G
+
+    torch.manual_seed(0)
+    G, D = define_G(3, 3, 64, "unet_256"), define_D(6, 64, "basic")
+    opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    bce, l1 = torch.nn.BCEWithLogitsLoss(), torch.nn.L1Loss()
+
+    def step(batch: dict) -> None:
+        real_a, real_b = batch["source"], batch["target"]
+        fake_b = G(real_a)
+        D.requires_grad_(True)
+        opt_d.zero_grad()
+        pred_fake, pred_real = D(torch.cat([real_a, fake_b], 1).detach()), D(torch.cat([real_a, real_b], 1))
+        (0.5 * (bce(pred_fake, torch.zeros_like(pred_fake)) + bce(pred_real, torch.ones_like(pred_real)))).backward()
+        opt_d.step()
+        D.requires_grad_(False)
+        opt_g.zero_grad()
+        pred_fake = D(torch.cat([real_a, fake_b], 1))
+        (bce(pred_fake, torch.ones_like(pred_fake)) + 100.0 * l1(fake_b, real_b)).backward()
+        opt_g.step()
+
+    return step
+
+
 def run_plain(steps: int, warmup: int) -> dict:
     """The official code's step (``Pix2PixModel.optimize_parameters``) as a plain PyTorch loop, fp32, NCHW.
 
     The same networks, losses and data as ``run_train``, without Lightning: what the official
     implementation does per batch, to measure our framework's overhead against it.
     """
-    from pix2pix_lit.nets import define_D, define_G
 
-    torch.manual_seed(0)
     dm, data = datamodule()
     dm.setup("fit")
-    G, D = define_G(3, 3, 64, "unet_256"), define_D(6, 64, "basic")
-    opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    bce, l1 = torch.nn.BCEWithLogitsLoss(), torch.nn.L1Loss()
+    step = official_step()
     compute, wait, n, last = 0.0, 0.0, 0, time.perf_counter()
     for i, batch in enumerate(dm.train_dataloader()):
         start = time.perf_counter()
-        real_a, real_b = batch["source"], batch["target"]
-        fake_b = G(real_a)
-        D.requires_grad_(True)
-        opt_d.zero_grad()
-        pred_fake = D(torch.cat([real_a, fake_b], 1).detach())
-        pred_real = D(torch.cat([real_a, real_b], 1))
-        loss_d = 0.5 * (bce(pred_fake, torch.zeros_like(pred_fake)) + bce(pred_real, torch.ones_like(pred_real)))
-        loss_d.backward()
-        opt_d.step()
-        D.requires_grad_(False)
-        opt_g.zero_grad()
-        pred_fake = D(torch.cat([real_a, fake_b], 1))
-        loss_g = bce(pred_fake, torch.ones_like(pred_fake)) + 100.0 * l1(fake_b, real_b)
-        loss_g.backward()
-        opt_g.step()
+        step(batch)
         end = time.perf_counter()
         if i >= warmup:
             compute, wait, n = compute + end - start, wait + start - last, n + 1
@@ -308,30 +317,13 @@ def official_train(iterations: int) -> None:
     """What the official ``train.py`` does up to ``iterations`` with the maps options: build the aligned dataset
     and a DataLoader with ``--num_threads 4`` workers, ``unet_256`` + basic D with normal(0, 0.02) init, then
     ``optimize_parameters`` per batch (fp32, NCHW, torch's default Adam). Prints MARK lines (``--part startup``)."""
-    from pix2pix_lit.nets import define_D, define_G
-
-    torch.manual_seed(0)
     dm, _ = datamodule(num_workers=4)
     dm.setup("fit")
-    G, D = define_G(3, 3, 64, "unet_256"), define_D(6, 64, "basic")
-    opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    bce, l1 = torch.nn.BCEWithLogitsLoss(), torch.nn.L1Loss()
+    step = official_step()
     it = 0
     while it < iterations:
         for batch in dm.train_dataloader():
-            real_a, real_b = batch["source"], batch["target"]
-            fake_b = G(real_a)
-            D.requires_grad_(True)
-            opt_d.zero_grad()
-            pred_fake, pred_real = D(torch.cat([real_a, fake_b], 1).detach()), D(torch.cat([real_a, real_b], 1))
-            (0.5 * (bce(pred_fake, torch.zeros_like(pred_fake)) + bce(pred_real, torch.ones_like(pred_real)))).backward()
-            opt_d.step()
-            D.requires_grad_(False)
-            opt_g.zero_grad()
-            pred_fake = D(torch.cat([real_a, fake_b], 1))
-            (bce(pred_fake, torch.ones_like(pred_fake)) + 100.0 * l1(fake_b, real_b)).backward()
-            opt_g.step()
+            step(batch)
             it += 1
             mark(it)
             if it >= iterations:
