@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -42,7 +43,8 @@ RESULTS = REPO / "experiments" / "RESULTS.md"
 CONFIGS = [("32", False), ("32", True), ("bf16-mixed", False), ("bf16-mixed", True)]
 
 
-def datamodule(batch_size: int = 1, num_workers: int = 2):
+def datamodule(batch_size: int = 1, num_workers: Optional[int] = None):
+    """The maps data (or built-in data of the same size); ``num_workers`` None: what a user gets (by device)."""
     from pix2pix_lit import PairedDataModule, SyntheticPairedDataModule
 
     if MAPS.is_dir():

@@ -14,7 +14,7 @@ import tempfile
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -187,6 +187,59 @@ class _PrecomputedFeatures(nn.Module):
         return features
 
 
+def _is_zero_broadcast(t: torch.Tensor) -> bool:
+    return t.numel() > 1 and all(step == 0 for step in t.stride())
+
+
+class CompactFID(FrechetInceptionDistance):
+    """torchmetrics' FID whose feature sums hold no memory while they are zero.
+
+    An FID keeps four float64 sums, two of them 2048x2048 (32 MB each), and torchmetrics keeps a zero copy
+    of each as its reset value: 256 MB for a model's val and test metrics, nearly all zeros through
+    training (the test metrics are never updated during ``fit``, the generated-image sums only during a
+    pass). Here a zero sum is one zero broadcast to its shape, made a real tensor by the first update that
+    adds to it; the scores are torchmetrics' own (tests/test_metrics.py).
+    """
+
+    _SUMS = {"real": ("real_features_sum", "real_features_cov_sum"), "fake": ("fake_features_sum", "fake_features_cov_sum")}
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for names in self._SUMS.values():
+            for name in names:
+                self._defaults[name] = self._zero_broadcast(self._defaults[name])
+        self._release_zero_sums()
+
+    @staticmethod
+    def _zero_broadcast(t: torch.Tensor) -> torch.Tensor:
+        return torch.zeros((), dtype=t.dtype, device=t.device).expand(t.shape)
+
+    def _release_zero_sums(self) -> None:
+        for kind, names in self._SUMS.items():
+            if int(getattr(self, f"{kind}_features_num_samples")) == 0:
+                for name in names:
+                    setattr(self, name, self._zero_broadcast(getattr(self, name)))
+
+    def _materialize(self, kinds=("real", "fake")) -> None:
+        for kind in kinds:
+            for name in self._SUMS[kind]:
+                t = getattr(self, name)
+                if _is_zero_broadcast(t):
+                    setattr(self, name, torch.zeros(t.shape, dtype=t.dtype, device=t.device))
+
+    def reset(self) -> None:
+        super().reset()
+        self._release_zero_sums()
+
+    def update(self, imgs: torch.Tensor, real: bool) -> None:
+        self._materialize(("real",) if real else ("fake",))  # FID adds in place
+        super().update(imgs, real)
+
+    def sync(self, *args: Any, **kwargs: Any) -> None:
+        self._materialize()  # a process that saw no images still sends real tensors to the others
+        super().sync(*args, **kwargs)
+
+
 class OrderFreeKID(KernelInceptionDistance):
     """KID whose random subsets do not depend on the order the features arrived in.
 
@@ -252,7 +305,7 @@ class ImageQualityMetrics(nn.Module):
         self.ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
         self.psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))
         self.l1 = MeanAbsoluteError()  # on [-1, 1] images: the pix2pix L1 term without lambda
-        self.fid = FrechetInceptionDistance(feature=_PrecomputedFeatures(), reset_real_features=False) if fid else None
+        self.fid = CompactFID(feature=_PrecomputedFeatures(), reset_real_features=False) if fid else None
         self.kid = None
         if kid:
             with warnings.catch_warnings():  # "will save all extracted features": 2048 floats an image, as FID needs
@@ -283,8 +336,9 @@ class ImageQualityMetrics(nn.Module):
     def needs_inception(self) -> bool:
         return self.fid is not None or self.kid is not None
 
-    def set_extractor(self, extractor: nn.Module) -> None:
-        self._extractor[:] = [extractor]
+    def set_extractor(self, extractor: Optional[nn.Module]) -> None:
+        """The feature network (``load_inception``); ``None`` lets go of it between passes."""
+        self._extractor[:] = [extractor] if extractor is not None else []
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:

@@ -209,3 +209,50 @@ def test_conversion_order_matches_reference_key_map():
     src = [k[: -len(".weight")] for k in scripted.state_dict() if k.endswith(".weight")]
     dst = [n for n, m in _fidelity_skeleton().named_modules() if isinstance(m, BasicConv2d)]
     assert [list(p) for p in zip(src, dst)] == pairs
+
+
+def _fid_pair():
+    from torchmetrics.image import FrechetInceptionDistance
+
+    from pix2pix_lit.metrics import CompactFID, _PrecomputedFeatures
+
+    make = lambda cls: cls(feature=_PrecomputedFeatures(), reset_real_features=False)  # noqa: E731
+    return make(CompactFID), make(FrechetInceptionDistance)
+
+
+def _sum_bytes(fid) -> int:
+    tensors = [getattr(fid, n) for n in fid._defaults] + list(fid._defaults.values())
+    return sum(t.untyped_storage().nbytes() for t in tensors)
+
+
+def test_compact_fid_scores_equal_torchmetrics_and_zero_sums_take_no_memory():
+    """Three passes with the real set cached, as validation runs them: each score equals torchmetrics' FID;
+    the zero sums (and their reset copies) hold no memory before the first update and between passes."""
+    compact, reference = _fid_pair()
+    assert _sum_bytes(compact) < 1024 < _sum_bytes(reference) // 1000  # the reference holds 128 MB
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(40, 2048, generator=g)
+    for fid in (compact, reference):
+        fid.update(real, real=True)
+    for shift in (0.5, 0.2, 0.0):
+        fake = torch.randn(30, 2048, generator=g) + shift
+        for fid in (compact, reference):
+            fid.update(fake[:10], real=False)
+            fid.update(fake[10:], real=False)
+        assert float(compact.compute()) == pytest.approx(float(reference.compute()), rel=1e-9)
+        for fid in (compact, reference):
+            fid.reset()
+        # after a reset: the cached real sums (32 MB) stay, the generated ones are released
+        assert 32 * 2**20 < _sum_bytes(compact) < 33 * 2**20
+        assert int(compact.real_features_num_samples) == 40 and int(compact.fake_features_num_samples) == 0
+    with pytest.raises(RuntimeError, match="More than one sample"):
+        compact.compute()  # no generated images since the reset: torchmetrics' own refusal
+
+
+def test_model_metrics_hold_no_fid_sums_before_evaluating():
+    """A Pix2Pix's val and test metrics: no 2048x2048 sums (4 x 32 MB each with torchmetrics' FID) until used."""
+    from pix2pix_lit import Pix2Pix
+
+    model = Pix2Pix(netG="unet_128", ngf=8, ndf=8)
+    fids = [m for m in model.modules() if type(m).__name__ == "CompactFID"]
+    assert len(fids) == 2 and all(_sum_bytes(f) < 1024 for f in fids)

@@ -193,3 +193,35 @@ def test_missing_fid_weights_stop_before_the_loggers_write(tmp_path):
     quiet_trainer(max_steps=1, logger=CSVLogger(str(tmp_path / "run")), limit_val_batches=0).fit(
         Pix2Pix(**TINY_MODEL), synthetic(tmp_path))
     assert (tmp_path / "run").is_dir()
+
+
+def test_fid_inception_held_only_for_validation_during_fit(tmp_path):
+    """fit loads the FID Inception at setup (a bad file fails first), holds it in each validation and lets go of
+    it while training; every validation still scores FID."""
+    import lightning.pytorch as pl
+
+    from pix2pix_lit import SyntheticPairedDataModule
+
+    held = {"train": set(), "val": set()}
+
+    class Watch(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            held["train"].add(bool(pl_module.eval_metrics["val"]["out"]._extractor))
+
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            held["val"].add(bool(pl_module.eval_metrics["val"]["out"]._extractor))
+
+    fids = []
+
+    class Scores(pl.Callback):
+        def on_validation_end(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                fids.append(float(trainer.callback_metrics["val/fid"]))
+
+    dm = SyntheticPairedDataModule(str(tmp_path / "data"), num_train=2, num_val=4, num_test=1, image_size=64,
+                                   load_size=64, crop_size=64, batch_size=1, num_workers=0)
+    model = Pix2Pix(**{**TINY_MODEL, "fid": True})
+    trainer = quiet_trainer(default_root_dir=str(tmp_path), max_epochs=2, num_sanity_val_steps=1, callbacks=[Watch(), Scores()])
+    trainer.fit(model, dm)
+    assert held == {"train": {False}, "val": {True}}
+    assert len(fids) == 2 and all(f > 0 for f in fids)

@@ -178,6 +178,7 @@ class ImageTranslationModel(pl.LightningModule):
         self._nonfinite_run = 0
         self._batch_failed: list[str] = []
         self._eval_pass_nets: Optional[dict] = None  # see autocast_ready; a dict only during an evaluation pass
+        self._inception_attached = False  # the FID Inception is set on the metrics (see _attach_inception)
         self._rng_to_restore: Optional[dict[str, Any]] = None
         self.use_channels_last: bool = bool(channels_last)  # resolved against the Trainer in setup()
         self.test_results: dict[str, float] = {}
@@ -208,6 +209,22 @@ class ImageTranslationModel(pl.LightningModule):
         metrics = self._stage_metrics(stage)
         return metrics is not None and any(m.needs_inception for m in metrics.values())
 
+    def _attach_inception(self, stage: Optional[str]) -> None:
+        if self._needs_inception(stage) and not self._inception_attached:
+            extractor = load_inception(self.hparams.inception_weights)
+            for stage_metrics in self.eval_metrics.values():
+                for m in stage_metrics.values():
+                    m.set_extractor(extractor)
+            self._inception_attached = True
+
+    def _detach_inception(self) -> None:
+        # While fit trains, the FID Inception (95 MB) is not needed: it is loaded again (~0.2 s) for each
+        # validation, so a training's peak memory does not carry it (experiments/RESULTS.md, memory).
+        for stage_metrics in self.eval_metrics.values():
+            for m in stage_metrics.values():
+                m.set_extractor(None)
+        self._inception_attached = False
+
     def prepare_data(self) -> None:
         # Lightning calls this before it starts the loggers: missing FID weights stop the run before a
         # W&B run or any other file is written (setup() then loads them)
@@ -217,11 +234,7 @@ class ImageTranslationModel(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         self._let_ddp_skip_unused_parameters()
-        if self._needs_inception(stage):
-            extractor = load_inception(self.hparams.inception_weights)
-            for stage_metrics in self.eval_metrics.values():
-                for m in stage_metrics.values():
-                    m.set_extractor(extractor)
+        self._attach_inception(stage)  # loaded now: a bad weights file stops the run before training
         self.use_channels_last = self._resolve_channels_last()
         fmt = torch.channels_last if self.use_channels_last else torch.contiguous_format
         for net in self.networks():
@@ -515,6 +528,7 @@ class ImageTranslationModel(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._begin_eval_pass()
+        self._attach_inception(self.trainer.state.fn.value)
         self._use_real_sets(self.eval_metrics["val"], self.trainer.val_dataloaders, self.trainer.num_val_batches)
 
     def on_test_epoch_start(self) -> None:
@@ -542,6 +556,7 @@ class ImageTranslationModel(pl.LightningModule):
         # training epoch (see PairedDataModule._eval_loader). Lightning ends them only when fit ends and has
         # no public call for it; its fetcher's own teardown does it, and the next validation makes a new one.
         if self.trainer.state.fn == "fit":
+            self._detach_inception()
             loop = self.trainer.fit_loop.epoch_loop.val_loop
             fetcher = getattr(loop, "_data_fetcher", None)
             if fetcher is not None:  # what the loop's own teardown does, without moving its logged results
