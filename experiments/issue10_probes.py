@@ -4,6 +4,10 @@
     python experiments/issue10_probes.py autocast    # paper-mode G under autocast: per-call weight casts vs cast once
     python experiments/issue10_probes.py inception   # FID Inception img/s and extra peak memory by batch size
     python experiments/issue10_probes.py memory ours|official [--at 30]   # per-process memory of a training
+    python experiments/issue10_probes.py anatomy     # the trainer's memory at steps 1/30: tensors by dtype, malloc heap
+    python experiments/issue10_probes.py workers     # 60 maps iterations per data-worker / malloc setting: speed, peak PSS
+    python experiments/issue10_probes.py val-workers # a full maps validation with no workers and with 2
+    python experiments/issue10_probes.py timeline [seconds] [fit options]  # process-tree PSS every second
 
 (The numbers quoted in RESULTS.md for issue 10 were taken with loose scripts doing these same measurements;
 this file repeats them so they can be re-run. Re-runs on a shared VM vary by ~10%.)
@@ -123,18 +127,137 @@ def memory(who: str, at: float) -> None:
     p.wait()
 
 
+class Anatomy:
+    """A callback (``--trainer.callbacks+=experiments.issue10_probes.Anatomy``) printing the trainer's memory."""
+
+    def __new__(cls, *args, **kwargs):  # a Lightning Callback, defined lazily so the other probes need no Lightning
+        import lightning.pytorch as pl
+
+        class _Anatomy(pl.Callback):
+            def on_train_start(self, trainer, pl_module):
+                report("train start")
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                if trainer.global_step in (1, 30):
+                    report(f"step {trainer.global_step}")
+                if trainer.global_step == 30:
+                    trainer.should_stop = True
+
+        return _Anatomy()
+
+
+def report(tag: str) -> None:
+    """RSS and anonymous memory, every tensor reachable from the garbage collector by dtype (storages counted
+    once), and glibc's heap: in use, free inside it (kept by malloc), and mapped apart (large blocks)."""
+    import ctypes
+    import gc
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    mi = libc.mallinfo2()
+    seen, by_dtype = set(), {}
+    for o in gc.get_objects():
+        if isinstance(o, torch.Tensor):
+            storage = o.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                by_dtype[str(o.dtype)] = by_dtype.get(str(o.dtype), 0) + storage.nbytes()
+    mb = lambda v: v // 2**20  # noqa: E731
+    sm = {ln.split(":")[0]: int(ln.split()[1]) // 1024 for ln in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]}
+    tensors = ", ".join(f"{k} {mb(v)}" for k, v in sorted(by_dtype.items()) if mb(v))
+    print(f"\nANATOMY {tag}: Rss {sm['Rss']} MB, anonymous {sm['Anonymous']} MB | tensors {mb(sum(by_dtype.values()))} MB "
+          f"({tensors}) | malloc heap {mb(mi.arena)} MB: in use {mb(mi.uordblks)}, free {mb(mi.fordblks)}; "
+          f"mapped apart {mb(mi.hblkhd)} MB", flush=True)
+
+
+def _fit_cmd(extra: list[str], steps: int = 60) -> list[str]:
+    sys.path.insert(0, str(REPO / "experiments"))
+    from bench import MAPS
+
+    return [sys.executable, "-m", "pix2pix_lit", "fit", "-c", "configs/maps.yaml", "--data.root", str(MAPS),
+            "--trainer.max_steps", str(steps), "--trainer.default_root_dir", "/tmp/issue10-probe", *extra]
+
+
+def anatomy() -> None:
+    import re
+
+    out = subprocess.run(_fit_cmd(["--trainer.callbacks+=experiments.issue10_probes.Anatomy"]), cwd=REPO,
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    print("\n".join(re.findall(r"ANATOMY [^\r\n]*", out.stdout)) or out.stderr[-2000:])
+
+
+def workers() -> None:
+    """Whole `fit -c configs/maps.yaml` processes to the 60th iteration (bench's start-up run) per setting."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    from bench import run_watched
+
+    settings = [([], {}), (["--data.num_workers", "1"], {}), (["--data.num_workers", "2"], {}),
+                ([], {"MALLOC_MMAP_THRESHOLD_": "4194304"}), ([], {"MALLOC_MMAP_THRESHOLD_": "1048576"}),
+                ([], {"MALLOC_TRIM_THRESHOLD_": "0"})]
+    print("| options | environment | to_iteration_60_s | s_per_it_15_to_60 | peak_tree_pss_mb | processes |")
+    print("|---|---|---|---|---|---|")
+    for extra, env in settings:
+        cmd = _fit_cmd([*extra, "--trainer.callbacks+=experiments.bench.MarkIterations"])
+        r = run_watched(cmd, dict(os.environ, PYTHONWARNINGS="ignore", WANDB_SILENT="true", **env))
+        m = r["marks"]
+        print(f"| {' '.join(extra) or '(as shipped)'} | {' '.join(f'{k}={v}' for k, v in env.items())} | {m[60]:.1f} | "
+              f"{(m[60] - m[15]) / 45:.3f} | {r['peak_tree_pss_mb']:.0f} | {r['processes']} |", flush=True)
+
+
+def val_workers() -> None:
+    import functools
+    import json
+
+    sys.path.insert(0, str(REPO / "experiments"))
+    import bench
+
+    original = bench.datamodule
+    for n in (None, 2):
+        bench.datamodule = functools.partial(original, num_workers=n)
+        r = bench.run_val("bf16-mixed", 1)
+        keep = ("first_val_s", "cached_val_s", "val_fid", "peak_rss_mb")
+        print(f"num_workers {n}: " + json.dumps({k: r[k] for k in keep}), flush=True)
+
+
+def timeline(seconds: float, extra: list[str]) -> None:
+    sys.path.insert(0, str(REPO / "experiments"))
+    from bench import memory_kb, process_tree
+
+    t0 = time.time()
+    p = subprocess.Popen(_fit_cmd(extra, steps=100000), cwd=REPO, env=dict(os.environ, PYTHONWARNINGS="ignore"),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0
+    while time.time() - t0 < seconds:
+        pss = [memory_kb(q, "Pss") // 1024 for q in process_tree(p.pid)]
+        peak = max(peak, sum(pss))
+        print(f"{time.time() - t0:5.1f} s: tree PSS {sum(pss)} MB (per process: {' '.join(map(str, pss))})", flush=True)
+        time.sleep(1.0)
+    p.kill()
+    p.wait()
+    print(f"peak tree PSS {peak} MB")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("probe", choices=["adam", "autocast", "inception", "inception-one", "memory"])
+    p.add_argument("probe", choices=["adam", "autocast", "inception", "inception-one", "memory", "anatomy", "workers",
+                                      "val-workers", "timeline"])
     p.add_argument("arg", nargs="?")
+    p.add_argument("fit_options", nargs=argparse.REMAINDER, help="timeline: options added to the fit command")
     p.add_argument("--at", type=float, default=30.0, help="memory: seconds after the start")
     args = p.parse_args()
     if args.probe == "inception-one":
         inception_one(int(args.arg))
     elif args.probe == "memory":
         memory(args.arg or "ours", args.at)
+    elif args.probe == "timeline":
+        timeline(float(args.arg or 60), args.fit_options)
     else:
-        {"adam": adam, "autocast": autocast, "inception": inception}[args.probe]()
+        {"adam": adam, "autocast": autocast, "inception": inception, "anatomy": anatomy, "workers": workers,
+         "val-workers": val_workers}[args.probe]()
 
 
 if __name__ == "__main__":
