@@ -246,3 +246,33 @@ def test_evaluation_workers_do_not_outlive_their_pass_during_training(tmp_path):
                             limit_val_batches=2, callbacks=[CountWorkers()])
     trainer.fit(Pix2Pix(**TINY_MODEL), dm)
     assert len(seen) == 8 and set(seen) == {1}  # the one training worker
+
+
+def test_num_workers_null_picks_by_device(tmp_path, monkeypatch):
+    """num_workers null: no workers when the model runs on the CPU (they would compete with the step's threads),
+    4 capped by the CPUs per process on a GPU; a number is kept."""
+    from types import SimpleNamespace
+
+    import lightning.pytorch as pl
+
+    from pix2pix_lit import SyntheticPairedDataModule
+    from pix2pix_lit.data import datamodule
+
+    def loaders(**kw):
+        dm = SyntheticPairedDataModule(str(tmp_path / "data"), num_train=2, num_val=2, num_test=1, image_size=36,
+                                       load_size=36, crop_size=32, **kw)
+        dm.setup("fit")
+        return dm, dm.train_dataloader(), dm.val_dataloader()
+
+    dm, train, val = loaders()
+    assert dm.hparams.num_workers is None and train.num_workers == 0 and val.num_workers == 0  # no trainer, no GPU
+    dm.trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False)
+    assert dm.train_dataloader().num_workers == 0
+    gpu = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)), num_devices=2)
+    monkeypatch.setattr(datamodule, "suggested_max_num_workers", lambda local_world_size: 16 // local_world_size - 1)
+    dm.trainer = gpu
+    assert dm.num_workers == 4
+    monkeypatch.setattr(datamodule, "suggested_max_num_workers", lambda local_world_size: 1)
+    assert dm.num_workers == 1
+    dm, train, val = loaders(num_workers=1)
+    assert train.num_workers == 1 and train.persistent_workers and val.num_workers == 1 and not val.persistent_workers
