@@ -195,9 +195,10 @@ def test_missing_fid_weights_stop_before_the_loggers_write(tmp_path):
     assert (tmp_path / "run").is_dir()
 
 
-def test_fid_inception_held_only_for_validation_during_fit(tmp_path):
+@pytest.mark.parametrize("sanity_steps", [1, 0])
+def test_fid_inception_held_only_for_validation_during_fit(tmp_path, sanity_steps):
     """fit loads the FID Inception at setup (a bad file fails first), holds it in each validation and lets go of
-    it while training; every validation still scores FID."""
+    it while training, with or without a sanity check; every validation still scores FID."""
     import lightning.pytorch as pl
 
     from pix2pix_lit import SyntheticPairedDataModule
@@ -221,7 +222,8 @@ def test_fid_inception_held_only_for_validation_during_fit(tmp_path):
     dm = SyntheticPairedDataModule(str(tmp_path / "data"), num_train=2, num_val=4, num_test=1, image_size=64,
                                    load_size=64, crop_size=64, batch_size=1, num_workers=0)
     model = Pix2Pix(**{**TINY_MODEL, "fid": True})
-    trainer = quiet_trainer(default_root_dir=str(tmp_path), max_epochs=2, num_sanity_val_steps=1, callbacks=[Watch(), Scores()])
+    trainer = quiet_trainer(default_root_dir=str(tmp_path), max_epochs=2, num_sanity_val_steps=sanity_steps,
+                            callbacks=[Watch(), Scores()])
     trainer.fit(model, dm)
     assert held == {"train": {False}, "val": {True}}
     assert len(fids) == 2 and all(f > 0 for f in fids)

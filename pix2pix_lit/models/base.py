@@ -218,8 +218,9 @@ class ImageTranslationModel(pl.LightningModule):
             self._inception_attached = True
 
     def _detach_inception(self) -> None:
-        # While fit trains, the FID Inception (95 MB) is not needed: it is loaded again (~0.2 s) for each
-        # validation, so a training's peak memory does not carry it (experiments/RESULTS.md, memory).
+        # While fit trains, the FID Inception (95 MB) is not needed: it goes when training starts and after each
+        # validation, and is loaded again (~0.15 s) for the next one, so a training's peak memory does not carry
+        # it (experiments/RESULTS.md, "issue 10: memory").
         for stage_metrics in self.eval_metrics.values():
             for m in stage_metrics.values():
                 m.set_extractor(None)
@@ -633,6 +634,7 @@ class ImageTranslationModel(pl.LightningModule):
             self._rng_to_restore = None
         for pool in self.image_pools().values():
             pool.images = [t.to(self.device) for t in pool.images]
+        self._detach_inception()  # loaded at setup (or kept from the sanity check): not needed until validation
 
 
 def collect_rng_states() -> dict[str, Any]:
