@@ -107,11 +107,10 @@ def inception_one(bs: int) -> None:
 
 def memory(who: str, at: float) -> None:
     sys.path.insert(0, str(REPO / "experiments"))
-    from bench import MAPS, memory_kb, process_tree
+    from bench import memory_kb, process_tree
 
     if who == "ours":
-        cmd = [sys.executable, "-m", "pix2pix_lit", "fit", "-c", "configs/maps.yaml", "--data.root", str(MAPS),
-               "--trainer.max_steps", "200", "--trainer.default_root_dir", "/tmp/issue10-memory"]
+        cmd = _fit_cmd([], steps=200)
     else:
         cmd = [sys.executable, "experiments/bench.py", "--child", "--part", "official", "--steps", "200"]
     env = dict(os.environ, BENCH_T0=repr(time.time()), PYTHONWARNINGS="ignore")
