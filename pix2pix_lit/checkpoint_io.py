@@ -11,7 +11,11 @@ filesystems (fsspec URLs) keep Lightning's way.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,6 +23,49 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from pix2pix_lit.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+_PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.partial$")
+
+
+def checkpoint_bytes(obj: Any) -> int:
+    """The bytes of the tensors in a checkpoint (what its file needs, near enough)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(checkpoint_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(checkpoint_bytes(v) for v in obj)
+    return 0
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_partials(folder: Path) -> int:
+    """Delete the temporary files of saves that never finished (a process killed while writing): those of
+    processes that no longer run. Returns the bytes freed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    freed = 0
+    for path in folder.iterdir():
+        m = _PARTIAL.match(path.name)
+        if m and path.is_file() and not _running(int(m["pid"])):
+            freed += path.stat().st_size
+            path.unlink(missing_ok=True)
+    if freed:
+        log.info("removed the temporary files of an interrupted checkpoint save in %s (%.0f MB)", folder, freed / 2**20)
+    return freed
 
 
 class StreamingCheckpointIO(TorchCheckpointIO):
@@ -32,6 +79,23 @@ class StreamingCheckpointIO(TorchCheckpointIO):
             with open(partial, "wb") as f:
                 torch.save(checkpoint, f)
             os.replace(partial, path)
-        except BaseException:
+        except BaseException as e:
             partial.unlink(missing_ok=True)
+            if isinstance(e, OSError) or isinstance(getattr(e, "__cause__", None), OSError) or "No space" in str(e):
+                raise self._save_error(path, e, checkpoint_bytes(checkpoint)) from None
             raise
+
+    @staticmethod
+    def _save_error(path: Path, e: BaseException, needed: int) -> CheckpointError:
+        """One line for a save that failed (torch wraps the OSError of a full disk in a RuntimeError)."""
+        cause = e if isinstance(e, OSError) else getattr(e, "__cause__", None)
+        free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
+        kept = " (the earlier checkpoint there is kept)" if path.exists() else ""
+        if (isinstance(cause, OSError) and cause.errno == errno.ENOSPC) or "No space" in str(e):
+            return CheckpointError(
+                f"cannot save checkpoint {path.name}: no space left in {path.parent} (it needs about {needed / 2**20:.0f} MB, "
+                f"{free / 2**20:.0f} MB are free){kept}; "
+                "free space there or point trainer.default_root_dir elsewhere, then resume with --ckpt_path last")
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(e).splitlines()[0][:120]
+        return CheckpointError(f"cannot save checkpoint {path} ({reason}){kept}; check the folder's permissions "
+                               "or point trainer.default_root_dir elsewhere")

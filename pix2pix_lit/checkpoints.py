@@ -13,6 +13,10 @@ from pix2pix_lit.errors import CheckpointError
 def load_checkpoint(path: str) -> dict[str, Any]:
     """Read a Lightning checkpoint (tensors memory-mapped), or raise a CheckpointError naming the file."""
     p = Path(path)
+    if p.is_dir():
+        found = sorted(p.glob("*.ckpt")) or sorted(p.glob("checkpoints/*.ckpt"))
+        hint = f" (it holds {', '.join(str(f) for f in found[:3])})" if found else ""
+        raise CheckpointError(f"checkpoint {p} is a folder, not a file; pass a .ckpt file in it{hint}")
     if not p.is_file():
         raise CheckpointError(
             f"checkpoint {p} does not exist; pass the path of a .ckpt file (e.g. runs/NAME/checkpoints/last.ckpt)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import sys
 import warnings
 from argparse import ArgumentError
@@ -20,14 +21,17 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from pix2pix_lit.callbacks import ImageGridCallback, PredictionWriter, TestReport
+from pix2pix_lit.checkpoint_io import remove_stale_partials
 from pix2pix_lit.checkpoints import check_checkpoint_fits, load_checkpoint
 from pix2pix_lit.data import PairedDataModule
 from pix2pix_lit.errors import CheckpointError, ConfigError, Pix2PixLitError
 from pix2pix_lit.models import DEFAULT_MODEL, ImageTranslationModel, resolve_model_class
 from pix2pix_lit.models.base import RUNTIME_OPTIONS
+from pix2pix_lit.modes import metric_mode
 from pix2pix_lit.precision import cpu_precision_fallback
 
 log = logging.getLogger("pix2pix_lit")
@@ -37,6 +41,9 @@ _LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "li
 # ckpt_path values that Lightning resolves itself (to a file it finds later)
 _SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 _UNSUPPORTED_STRATEGIES = ("fsdp", "deepspeed")
+# a run folder this command created (None if it existed): removed again if the run stops before it saved anything
+_NEW_RUN_DIR: dict[str, Optional[str]] = {"path": None}
+SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process ended by it
 # What every run gets unless its config says otherwise (one place, not repeated in each config): W&B (offline
 # without network) and CSV logs in the run folder, and the learning rates logged once per epoch.
 SHARED_DEFAULTS = {
@@ -232,12 +239,22 @@ class Pix2PixCLI(LightningCLI):
         sweep, run_id = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
         if self.subcommand == "fit" and sweep and run_id:  # a W&B sweep trial: one run folder each
             root = cfg.trainer.default_root_dir = os.path.join(root, f"sweep-{sweep}", run_id)
+        if self.subcommand == "fit":
+            self._check_run_length(cfg.trainer)
+        if not os.path.exists(root) and _is_launching_process():
+            _NEW_RUN_DIR["path"] = os.path.abspath(root)
         for key in ("checkpoint", "periodic_checkpoint", "best_checkpoint"):
             if cfg[key].dirpath is None:
                 cfg[key].dirpath = os.path.join(root, "checkpoints")
         model_args = cfg.model.init_args
         if cfg.best_checkpoint.monitor == "val/fid":
             self._default_monitor(cfg, model_args)
+        if cfg.best_checkpoint.monitor:
+            # best is the lowest FID/KID/L1/loss and the highest SSIM/PSNR, whatever the metric asked for
+            mode = metric_mode(cfg.best_checkpoint.monitor)
+            if cfg.best_checkpoint.mode != mode and mode == "max":
+                log.info("best_checkpoint: %s is higher-is-better: keeping its maximum", cfg.best_checkpoint.monitor)
+            cfg.best_checkpoint.mode = mode
         self._fall_back_precision(cfg)
         strategy = cfg.trainer.strategy
         if isinstance(strategy, str) and strategy.startswith(_UNSUPPORTED_STRATEGIES):
@@ -260,6 +277,42 @@ class Pix2PixCLI(LightningCLI):
                 if lg.class_path.endswith("CSVLogger") and self.subcommand not in (None, "fit"):
                     # keep csv/ for the training history that `compare` reads
                     lg.init_args.name = f"csv-{self.subcommand}"
+
+    @staticmethod
+    def _check_run_length(trainer_cfg) -> None:
+        steps, epochs = trainer_cfg.max_steps, trainer_cfg.max_epochs
+        if steps is not None and (steps == 0 or steps < -1):
+            raise ConfigError(f"trainer.max_steps={steps}: give a positive number of steps, or -1 for no step limit "
+                              "(trainer.max_epochs then ends the run)")
+        if epochs is not None and (epochs == 0 or epochs < -1):
+            raise ConfigError(f"trainer.max_epochs={epochs}: give a positive number of epochs, or -1 for no epoch limit")
+
+    # -- checks before a stage starts (before any process is launched or any file is written) ------------------
+    def before_fit(self) -> None:
+        self._check_process_count("fit")
+        if self.trainer.is_global_zero:
+            for cb in self.trainer.checkpoint_callbacks:
+                if getattr(cb, "dirpath", None):
+                    remove_stale_partials(Path(cb.dirpath))
+
+    def before_validate(self) -> None:
+        self._check_process_count("validate")
+
+    def before_test(self) -> None:
+        self._check_process_count("test")
+
+    def _check_process_count(self, stage: str) -> None:
+        """Every process must get at least one evaluation image (Lightning's sampler stops otherwise)."""
+        world = self.trainer.world_size
+        sizes = getattr(self.datamodule, "evaluation_sizes", None)
+        if world < 2 or sizes is None:
+            return
+        for name, n in sizes(stage).items():
+            if n < world:
+                raise ConfigError(
+                    f"the {name} has {n} image(s) but {world} processes evaluate it (trainer.devices x num_nodes): "
+                    f"each needs one at least; use --trainer.devices {max(1, n)} or fewer, or more images"
+                )
 
     def _default_monitor(self, cfg, model_args) -> None:
         """``val/fid`` (the default) as the model logs it: ``val/fid_B`` for CycleGAN; SSIM when FID is off."""
@@ -315,6 +368,19 @@ def _rejected(err: BaseException) -> Optional[BaseException]:
     return None
 
 
+def _is_launching_process() -> bool:
+    """Not a process that Lightning's DDP launcher started for another rank (those re-run the command)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def _remove_new_run_dir() -> None:
+    """The run folder this command created, if the run stopped before it saved a checkpoint: no half-started run
+    is left behind (config.yaml, logs and a W&B run of a run that never trained)."""
+    path = _NEW_RUN_DIR["path"]
+    if path and os.path.isdir(path) and not any(Path(path).rglob("*.ckpt")):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def build_cli(args: Optional[list[str]], argv: list[str], run: bool = True) -> Pix2PixCLI:
     """The CLI as ``pix2pix-lit`` runs it: any model (``model.class_path``) and any data module."""
     return Pix2PixCLI(
@@ -344,6 +410,7 @@ def main(args: Optional[list[str]] = None) -> None:
     # A checkpoint written between batches holds the state after both updates of the last batch, which
     # is what resume needs; Lightning's advice for manual optimization does not apply.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+    _NEW_RUN_DIR["path"] = None
     try:
         build_cli(args, argv, run=True)
     except ArgumentError as e:
@@ -351,11 +418,19 @@ def main(args: Optional[list[str]] = None) -> None:
         msg = _one_line(cause) if cause else " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
         print(f"pix2pix-lit: error: {msg}", file=sys.stderr)
         sys.exit(2)
+    except SIGTERMException:
+        # Lightning stops the loops at the next batch and ends with SystemExit(0): a scheduler could not tell
+        # that from a finished run
+        print("pix2pix-lit: stopped by SIGTERM before the run finished; resume it with --ckpt_path last",
+              file=sys.stderr)
+        sys.exit(SIGTERM_EXIT_CODE)
     except Exception as e:
         # jsonargparse validates a class by instantiating it and wraps what it raised: unwrap ours
         cause = _rejected(e)
         if cause is None:
             raise
+        if _is_launching_process():
+            _remove_new_run_dir()
         print(f"pix2pix-lit: error: {_one_line(cause)}", file=sys.stderr)
         sys.exit(cause.exit_code)
 

@@ -16,8 +16,9 @@ from typing import Any, Optional
 
 import yaml
 
+from pix2pix_lit.modes import higher_is_better
+
 DEFAULT_METRICS = ("val/fid", "val/kid_mean", "val/ssim", "val/psnr", "val/l1", "train/loss_G_L1")
-LOWER_IS_BETTER = ("fid", "kid", "loss")
 IGNORED_CONFIG = ("trainer.logger", "trainer.callbacks", "config", "ckpt_path", "return_predictions")
 
 
@@ -81,7 +82,7 @@ def default_metrics(runs: list[dict]) -> tuple[str, ...]:
 
 def _best(metric: str, points: list[tuple[int, float]]) -> tuple[int, float]:
     finite = [(s, v) for s, v in points if math.isfinite(v)]
-    pick = min if any(t in metric for t in LOWER_IS_BETTER) else max
+    pick = max if higher_is_better(metric) else min
     return pick(finite, key=lambda p: p[1])
 
 

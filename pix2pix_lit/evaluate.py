@@ -46,7 +46,7 @@ def evaluate_folders(
         raise ConfigError(f"--size {size} is too small; give the side in pixels images are resized to (e.g. 256)")
     if batch_size < 1 or kid_subset_size < 2:
         raise ConfigError("--batch-size must be >= 1 and --kid-subset-size >= 2")
-    pairs = match_pairs(Path(fake_dir), Path(real_dir), fake_suffix, real_suffix)
+    pairs = match_pairs(Path(fake_dir), Path(real_dir), fake_suffix, real_suffix, ("--fake-suffix", "--real-suffix"))
     if (fid or kid) and len(pairs) < 2:
         raise ConfigError("FID/KID need at least 2 image pairs; add images or pass --no-fid --no-kid")
     check_decodable([p for _, f, r in pairs for p in (f, r)])

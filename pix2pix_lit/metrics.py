@@ -295,7 +295,9 @@ class ImageQualityMetrics(nn.Module):
 
     Unpaired models feed the two sets apart: :meth:`update_fake`, :meth:`update_real`, and
     :meth:`update_pairs` where a generated image has a true counterpart (SSIM/PSNR/L1 are reported only
-    then). ``mifid``: also MiFID (Kaggle's memorization-informed FID: FID / :func:`memorization_distance`).
+    then). ``mifid``: also MiFID against the *training* images, ``mifid_train`` (Kaggle's memorization-informed
+    FID: FID / :func:`memorization_distance` of the generated images to the images the generator was trained on,
+    which :meth:`set_training_reference` gives; the real set of the split would never show memorization).
     """
 
     def __init__(self, fid: bool = True, kid: bool = True, kid_subset_size: int = 1000, kid_subsets: int = 100,
@@ -319,6 +321,9 @@ class ImageQualityMetrics(nn.Module):
         self.num_fake = 0
         self.real_cached = False
         self.real_key: Optional[str] = None
+        # MiFID's reference: Inception features of the training images (not a state: kept across passes)
+        self.training_features: Optional[torch.Tensor] = None
+        self.training_key: Optional[str] = None
         self._extractor: list[nn.Module] = []  # a list, so the network is not a submodule (not in state_dict)
         # images waiting for the Inception, real and generated apart: it runs on INCEPTION_BATCH at a time
         # whatever the loader's batch size (paper-mode evaluation feeds one image per step)
@@ -436,10 +441,13 @@ class ImageQualityMetrics(nn.Module):
         if self.fid is not None:
             out["fid"] = self.fid.compute()
             if self.mifid:
+                if self.training_features is None:
+                    raise ConfigError("MiFID needs the training images' features (set_training_reference); "
+                                      "set model.mifid: false or use a data module with training_references()")
                 # the features of every process: torchmetrics gathers the KID/FID states only inside compute
                 fake = self._gathered(self.kid.fake_features if self.kid is not None else None, "fake")
-                real = self._gathered(self.kid.real_features if self.kid is not None else None, "real")
-                out["mifid"] = out["fid"] / (memorization_distance(fake, real, self.mifid_eps) + 1e-15).to(out["fid"])
+                distance = memorization_distance(fake, self.training_features.to(fake.device), self.mifid_eps)
+                out["mifid_train"] = out["fid"] / (distance + 1e-15).to(out["fid"])
         if self.kid is not None:
             # KID's list states sync element by element (dist_reduce_fx=None): processes that saw a
             # different number of batches would issue different numbers of collectives and hang.
@@ -474,6 +482,12 @@ class ImageQualityMetrics(nn.Module):
 
             local = torch.cat(gather_all_tensors(local))
         return local
+
+    @torch.no_grad()
+    def set_training_reference(self, features: torch.Tensor, key: str) -> None:
+        """The Inception features of the training images MiFID compares the generated ones with (``key``: a
+        fingerprint of those images, see :attr:`training_key`)."""
+        self.training_features, self.training_key = features.detach().float().cpu(), key
 
     def reset(self) -> None:
         for m in (self.ssim, self.psnr, self.l1, self.fid, self.kid):

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import random
@@ -17,13 +18,21 @@ import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 from PIL import Image
 
 from pix2pix_lit.data.datasets import match_pairs
-from pix2pix_lit.data.io import check_decodable, list_images, load_image, save_image_atomic
+from pix2pix_lit.data.io import (
+    check_decodable,
+    list_images,
+    load_image,
+    oriented_size,
+    peek_image,
+    save_image_atomic,
+    to_channels,
+)
 from pix2pix_lit.errors import ConfigError, DataError, Pix2PixLitError
 
 log = logging.getLogger(__name__)
@@ -37,37 +46,70 @@ def _parallel(fn: Callable, items: list, workers: Optional[int] = None) -> list:
         return list(pool.map(fn, items))
 
 
-def _free_output(out: Path) -> None:
+def _free_output(out: Path, *inputs: Path) -> None:
+    """``out`` can take the results: new or empty, and neither inside an input folder nor holding one (the next
+    run would read the outputs as inputs)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output {out} is a file; give a folder that does not exist yet")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"output folder {out} is not empty; choose a new folder (nothing is overwritten)")
+    target = out.resolve()
+    for folder in inputs:
+        src = Path(folder).resolve()
+        if target == src or src in target.parents or target in src.parents:
+            raise ConfigError(f"output folder {out} is inside the input folder {folder} (or holds it); choose an "
+                              "output folder outside the inputs")
+
+
+@contextlib.contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out`` to write into, renamed to ``out`` when everything is written: a failure
+    leaves no output at all (and a rerun is not refused for a half-filled folder)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        yield stage
+        if out.exists():
+            out.rmdir()  # empty (checked by _free_output)
+        os.replace(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 # -- combine ---------------------------------------------------------------------------------------
 def combine(dir_a: Path, dir_b: Path, out: Path, workers: Optional[int] = None) -> tuple[int, list[str], list[str]]:
     """Write ``out/<name>.png`` = A | B for every name in both folders; returns (count, only in A, only in B).
 
-    The two images of a pair must have the same size (a DataError names the first pair that does not).
+    Everything is checked before anything is written (names, sizes, decoding), and the files are written into a
+    temporary folder renamed to ``out`` at the end: a failure leaves no ``out``. The two images of a pair must
+    have the same size (a DataError names the first pair that does not).
     """
     dir_a, dir_b, out = Path(dir_a), Path(dir_b), Path(out)
+    _free_output(out, dir_a, dir_b)
     pairs = match_pairs(dir_a, dir_b)
     keys_a = {p.relative_to(dir_a).with_suffix("").as_posix() for p in list_images(dir_a)}
     keys_b = {p.relative_to(dir_b).with_suffix("").as_posix() for p in list_images(dir_b)}
-    _free_output(out)
+    for _, pa, pb in pairs:
+        with peek_image(pa) as a, peek_image(pb) as b:
+            size_a, size_b = oriented_size(a), oriented_size(b)
+        if size_a != size_b:
+            raise DataError(f"{pa} is {size_a[0]}x{size_a[1]} but {pb} is {size_b[0]}x{size_b[1]}; "
+                            "a pair needs one size (resize one of them first); nothing was written")
     check_decodable([p for _, pa, pb in pairs for p in (pa, pb)])  # a bad file stops it before anything is written
 
-    def one(pair: tuple[str, Path, Path]) -> None:
-        name, pa, pb = pair
-        with load_image(pa) as a, load_image(pb) as b:
-            if a.size != b.size:
-                raise DataError(f"{pa} is {a.size[0]}x{a.size[1]} but {pb} is {b.size[0]}x{b.size[1]}; "
-                                "a pair needs one size (resize one of them first)")
-            mode = "RGBA" if "A" in a.getbands() + b.getbands() else "RGB"
-            side = Image.new(mode, (a.size[0] * 2, a.size[1]))
-            side.paste(a.convert(mode), (0, 0))
-            side.paste(b.convert(mode), (a.size[0], 0))
-        save_image_atomic(side, out / f"{name}.png")
+    with _staged(out) as stage:
+        def one(pair: tuple[str, Path, Path]) -> None:
+            name, pa, pb = pair
+            with load_image(pa) as a, load_image(pb) as b:
+                mode = "RGBA" if "A" in a.getbands() + b.getbands() else "RGB"
+                side = Image.new(mode, (a.size[0] * 2, a.size[1]))
+                side.paste(to_channels(a, len(mode)), (0, 0))
+                side.paste(to_channels(b, len(mode)), (a.size[0], 0))
+            save_image_atomic(side, stage / f"{name}.png")
 
-    _parallel(one, pairs, workers)
+        _parallel(one, pairs, workers)
     return len(pairs), sorted(keys_a - keys_b), sorted(keys_b - keys_a)
 
 
@@ -102,16 +144,17 @@ def edges_folder(src: Path, out: Path, method: str = "canny", workers: Optional[
     src, out = Path(src), Path(out)
     if method not in EDGE_METHODS:
         raise ConfigError(f"--method {method!r} is not known; choose one of: {', '.join(EDGE_METHODS)}")
+    _free_output(out, src)
     files = list_images(src)
-    _free_output(out)
     check_decodable(files)
 
-    def one(path: Path) -> None:
-        with load_image(path) as img:
-            sketch = edges(img, method, **kw)
-        save_image_atomic(sketch, (out / path.relative_to(src)).with_suffix(".png"))
+    with _staged(out) as stage:
+        def one(path: Path) -> None:
+            with load_image(path) as img:
+                sketch = edges(img, method, **kw)
+            save_image_atomic(sketch, (stage / path.relative_to(src)).with_suffix(".png"))
 
-    _parallel(one, files, workers)
+        _parallel(one, files, workers)
     return len(files)
 
 
@@ -121,19 +164,20 @@ def split(src: Path, out: Path, val: float = 0.1, test: float = 0.1, seed: int =
     src, out = Path(src), Path(out)
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise ConfigError(f"--val {val} and --test {test} must be fractions in [0, 1) adding up to less than 1")
+    _free_output(out, src)
     files = list_images(src)
-    _free_output(out)
     order = list(range(len(files)))
     random.Random(seed).shuffle(order)
     n_val, n_test = round(len(files) * val), round(len(files) * test)
     parts = {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
     if not parts["train"]:
         raise ConfigError(f"{src} has {len(files)} image(s): nothing would be left for train; lower --val/--test")
-    for name, idx in parts.items():
-        for i in idx:
-            dst = out / name / files[i].relative_to(src)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(files[i], dst)
+    with _staged(out) as stage:
+        for name, idx in parts.items():
+            for i in idx:
+                dst = stage / name / files[i].relative_to(src)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(files[i], dst)
     return {name: len(idx) for name, idx in parts.items()}
 
 
@@ -178,6 +222,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except Pix2PixLitError as err:
         print(f"pix2pix-lit prepare: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # the output cannot be written (read-only place, full disk): nothing is left behind
+        print(f"pix2pix-lit prepare: error: cannot write {args.out} ({err.strerror or err}); choose another output "
+              "folder", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -216,17 +216,20 @@ def _kaggle_distance(fake, real, eps=0.1):
 def test_mifid_equals_a_numpy_computation(memorized):
     rng = np.random.default_rng(0)
     real = rng.uniform(-0.9, 0.9, (60, 2048))  # inside [-1, 1]: images are clamped there
-    fake = real[:40] + rng.normal(0, 0.01, (40, 2048)) if memorized else rng.uniform(-0.8, 1, (40, 2048))
+    train = rng.uniform(-0.9, 0.9, (50, 2048))  # what the generator was trained on: MiFID's reference
+    fake = train[:40] + rng.normal(0, 0.01, (40, 2048)) if memorized else rng.uniform(-0.8, 1, (40, 2048))
     m = ImageQualityMetrics(fid=True, kid=True, kid_subset_size=10, mifid=True)
     m.features = lambda images: images.flatten(1)  # fixed features in place of the Inception's
     m.update_real(torch.tensor(real, dtype=torch.float32).view(60, 2048, 1, 1))
     m.update_fake(torch.tensor(fake, dtype=torch.float32).view(40, 2048, 1, 1))
+    m.set_training_reference(torch.tensor(train, dtype=torch.float32), "train")
     out = m.compute()
     f32 = lambda x: torch.tensor(x, dtype=torch.float32).double().numpy()  # noqa: E731 - the features as stored
-    fid, dist = _numpy_fid(f32(fake), f32(real)), _kaggle_distance(f32(fake), f32(real))
+    fid, dist = _numpy_fid(f32(fake), f32(real)), _kaggle_distance(f32(fake), f32(train))
     assert (dist < 0.1) == memorized
+    assert _kaggle_distance(f32(fake), f32(real)) >= 0.1  # against the val images no memorization could show
     assert out["fid"].item() == pytest.approx(fid, rel=1e-3)
-    assert out["mifid"].item() == pytest.approx(fid / (dist + 1e-15), rel=1e-3)
+    assert out["mifid_train"].item() == pytest.approx(fid / (dist + 1e-15), rel=1e-3)
     assert memorization_distance(torch.tensor(fake), torch.tensor(real)).item() == pytest.approx(
         _kaggle_distance(fake, real), rel=1e-9)
     assert "ssim" not in out  # no pairs were given

@@ -206,10 +206,11 @@ def test_channel_mismatch(tmp_path):
     root = tmp_path / "gray"
     (root / "train").mkdir(parents=True)
     Image.fromarray(noise_image(np.random.default_rng(0), 32, 16, channels=1)).save(root / "train" / "g.png")
-    with pytest.raises(DataError, match=r"g.png has 1 channel but data.input_nc=3; set data.input_nc: 1"):
-        PairedDataModule(str(root)).setup("fit")
-    with pytest.raises(DataError, match=r"g.png has 1 channel but data.output_nc=3"):
-        PairedDataModule(str(root), input_nc=1).setup("fit")
+    # grayscale where RGB is read: refused with strict_channels (by default read as RGB, tests/test_robustness.py)
+    with pytest.raises(DataError, match=r"g.png is a grayscale image but data.input_nc=3 and data.strict_channels"):
+        PairedDataModule(str(root), strict_channels=True).setup("fit")
+    with pytest.raises(DataError, match=r"g.png is a grayscale image but data.output_nc=3"):
+        PairedDataModule(str(root), input_nc=1, strict_channels=True).setup("fit")
     Image.open(root / "train" / "g.png").save(root / "train" / "h.png")
     PairedDataModule(str(root), input_nc=1, output_nc=1, val_fraction=0.5).setup("validate")  # fine
 

@@ -38,7 +38,7 @@ def test_exported_generator_equals_pytorch(tmp_path, fmt, name, arch, nc, mode):
     assert max(contract["parity"]["max_abs_diff"]) <= 1e-4
     run, stored = load_exported(path)
     assert stored["input"] == {"name": "source", "layout": "NCHW", "dtype": "float32", "channels": nc,
-                               "value_range": [-1, 1], "size_multiple": model.size_multiple}
+                               "value_range": [-1, 1], "size_multiple": model.size_multiple, "min_size": model.min_size}
     assert stored["inference_mode"] == mode and stored["direction"] == "AtoB"
     # a third shape, checked against the inference path validation and predict use
     m = model.size_multiple

@@ -13,7 +13,14 @@ from lightning.fabric.utilities.data import suggested_max_num_workers
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from pix2pix_lit.data.datasets import AlignedDataset, FolderPairDataset, SeededSampler, SingleImageDataset, match_pairs
+from pix2pix_lit.data.datasets import (
+    AlignedDataset,
+    FolderPairDataset,
+    SeededSampler,
+    SingleImageDataset,
+    fingerprint,
+    match_pairs,
+)
 from pix2pix_lit.data.io import check_channels_option, list_images
 from pix2pix_lit.data.synthetic import BuiltInData
 from pix2pix_lit.data.transforms import JointTransform
@@ -57,6 +64,9 @@ class PairedDataModule(pl.LightningDataModule):
         val_fraction: part of train held out for validation (seeded by ``seed``) when there is no val split.
         seed: drives the split and the per-sample augmentation (see ``SeededSampler``).
         predict_dir: folder of single images (any size) for ``predict``; default: the test split's sources.
+        strict_channels: refuse grayscale images where 3 channels are read (default false: they are read as RGB,
+            as the official code reads every image, with one log line counting them). Images deeper than 8 bits
+            (16-bit PNGs) are scaled to 8 bits and EXIF orientations applied, as viewers show them.
     """
 
     def __init__(
@@ -88,6 +98,7 @@ class PairedDataModule(pl.LightningDataModule):
         val_split: str = "val",
         test_split: str = "test",
         predict_dir: Optional[str] = None,
+        strict_channels: bool = False,
     ) -> None:
         options = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
@@ -130,11 +141,12 @@ class PairedDataModule(pl.LightningDataModule):
         transform = self.train_transform if train else self.eval_transform
         if h.layout == "aligned":
             files = list_images(self.root / split)[: h.max_dataset_size]
-            return AlignedDataset(files, transform, h.direction, h.input_nc, h.output_nc)
+            return AlignedDataset(files, transform, h.direction, h.input_nc, h.output_nc, strict_channels=h.strict_channels)
         pairs = match_pairs(
             self.root / h.a_dir.format(split=split), self.root / h.b_dir.format(split=split), h.a_suffix, h.b_suffix
         )[: h.max_dataset_size]
-        return FolderPairDataset(pairs, transform, h.direction, h.input_nc, h.output_nc)
+        return FolderPairDataset(pairs, transform, h.direction, h.input_nc, h.output_nc,
+                                 strict_channels=h.strict_channels)
 
     def _carved_split(self) -> tuple[list[int], list[int], int]:
         """Seeded (train, val) indices of the train split, for data with no val folder."""
@@ -179,6 +191,18 @@ class PairedDataModule(pl.LightningDataModule):
             return {"predict_dataset": self._predict_dataset()}
         return {}
 
+    def evaluation_sizes(self, stage: str) -> dict[str, int]:
+        """How many images each evaluated set of ``stage`` holds (each process needs one at least)."""
+        datasets = self._build(stage)
+        out: dict[str, int] = {}
+        for key, name in (("val_dataset", "val split"), ("test_dataset", "test split")):
+            if key in datasets:
+                out.update(self._evaluated_sizes(datasets[key], name))
+        return out
+
+    def _evaluated_sizes(self, dataset: Dataset, name: str) -> dict[str, int]:
+        return {name: len(dataset)}
+
     def prepare_data(self) -> None:
         # Lightning calls this before it starts the loggers (a W&B run) and callbacks: bad data stops the
         # run here, before anything is written. The checked datasets are kept for setup() (on the processes
@@ -195,11 +219,20 @@ class PairedDataModule(pl.LightningDataModule):
         for name, dataset in datasets.items():
             setattr(self, name, dataset)
 
+    def training_references(self) -> dict[str, tuple[Dataset, str]]:
+        """The training images of each output domain (here ``target``), read as evaluation reads images, with a
+        fingerprint of them: what MiFID's memorization term compares generated images with."""
+        h = self.hparams
+        train = self._make(h.train_split, train=False)
+        if not self._split_exists(h.val_split):
+            train = Subset(train, self._carved_split()[0])
+        return {"target": (_Field(train, "target"), fingerprint(train, "target"))}
+
     def _predict_dataset(self) -> Dataset:
         h = self.hparams
         if h.predict_dir is not None:
             folder = Path(h.predict_dir)
-            return SingleImageDataset(list_images(folder), folder, h.input_nc)
+            return SingleImageDataset(list_images(folder), folder, h.input_nc, strict_channels=h.strict_channels)
         split = h.test_split if self._split_exists(h.test_split) else h.val_split
         paired = self._make(split, train=False)
         log.info("data.predict_dir is not set: predicting the %s split's sources", split)
@@ -262,6 +295,19 @@ class PairedDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         # images may differ in size: one per batch
         return self._eval_loader(self.predict_dataset, 1)
+
+
+class _Field(Dataset):
+    """One image of each sample of a dataset, as ``{"image"}``."""
+
+    def __init__(self, dataset: Dataset, key: str) -> None:
+        self.dataset, self.key = dataset, key
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": self.dataset[index][self.key]}
 
 
 class _SourcesOnly(Dataset):

@@ -23,6 +23,8 @@ from pix2pix_lit.data.io import (
     convert_channels,
     list_images,
     load_image,
+    log_converted,
+    oriented_size,
     peek_image,
     to_tensor,
 )
@@ -43,11 +45,12 @@ def _split_index(index: Index) -> tuple[int, random.Random]:
 
 class _PairedBase(Dataset):
     def __init__(
-        self, transform: JointTransform, direction: str, input_nc: int, output_nc: int
+        self, transform: JointTransform, direction: str, input_nc: int, output_nc: int, strict_channels: bool = False
     ) -> None:
         self.transform = transform
         self.swap = direction == "BtoA"
         self.input_nc, self.output_nc = input_nc, output_nc
+        self.strict_channels = strict_channels
 
     def describe(self) -> str:
         """How samples are read: direction, channels and preprocessing (part of :func:`fingerprint`)."""
@@ -63,8 +66,8 @@ class _PairedBase(Dataset):
 
     def _make_item(self, a, b, name: str, path_a: Path, path_b: Path, rng: random.Random) -> dict[str, Any]:
         (nc_a, opt_a), (nc_b, opt_b) = self._nc_A_B()
-        a = convert_channels(a, nc_a, path_a, opt_a)
-        b = convert_channels(b, nc_b, path_b, opt_b)
+        a = convert_channels(a, nc_a, path_a, opt_a, self.strict_channels)
+        b = convert_channels(b, nc_b, path_b, opt_b, self.strict_channels)
         a, b = self.transform([a, b], rng)
         ta, tb = to_tensor(a), to_tensor(b)
         source, target = (tb, ta) if self.swap else (ta, tb)
@@ -76,25 +79,29 @@ class AlignedDataset(_PairedBase):
 
     def __init__(
         self, files: list[Path], transform: JointTransform, direction: str = "AtoB", input_nc: int = 3,
-        output_nc: int = 3, check: bool = True,
+        output_nc: int = 3, check: bool = True, strict_channels: bool = False,
     ) -> None:
-        super().__init__(transform, direction, input_nc, output_nc)
+        super().__init__(transform, direction, input_nc, output_nc, strict_channels)
         self.files = list(files)
         if check:
             self._check()
 
     def _check(self) -> None:
         (nc_a, opt_a), (nc_b, opt_b) = self._nc_A_B()
+        converted = {opt_a: 0, opt_b: 0}
         for path in self.files:
             with peek_image(path) as img:
-                w, _ = img.size
+                w, _ = oriented_size(img)
                 if w % 2:
                     raise DataError(
                         f"{path} is {w} pixels wide, an odd width: side-by-side A|B files need an even width "
                         "(two halves of equal size); re-export it or use data.layout: folders"
                     )
-                check_mode(path, img.mode, img.getbands(), nc_a, opt_a)
-                check_mode(path, img.mode, img.getbands(), nc_b, opt_b)
+                converted[opt_a] += check_mode(path, img.mode, img.getbands(), nc_a, opt_a, self.strict_channels)
+                if opt_b != opt_a:
+                    converted[opt_b] += check_mode(path, img.mode, img.getbands(), nc_b, opt_b, self.strict_channels)
+        for option, count in converted.items():
+            log_converted(count, option, str(self.files[0].parent) if self.files else "")
         check_decodable(self.files)
 
     def __len__(self) -> int:
@@ -124,14 +131,29 @@ def _key(path: Path, folder: Path, suffix: str) -> str | None:
     return rel.rsplit(".", 1)[0]
 
 
-def match_pairs(dir_a: Path, dir_b: Path, a_suffix: str = "", b_suffix: str = "") -> list[tuple[str, Path, Path]]:
+def _keyed(folder: Path, suffix: str) -> dict[str, Path]:
+    """The images of ``folder`` by pairing name; two files with one name (``x.jpg``, ``x.png``) are an error."""
+    out: dict[str, Path] = {}
+    for path in list_images(folder):
+        key = _key(path, folder, suffix)
+        if key is None:
+            continue
+        if key in out:
+            raise DataError(f"{out[key]} and {path} have the same name {key!r}, so which one pairs is ambiguous; "
+                            "remove or rename one of them")
+        out[key] = path
+    return out
+
+
+def match_pairs(dir_a: Path, dir_b: Path, a_suffix: str = "", b_suffix: str = "",
+                suffix_options: tuple[str, str] = ("data.a_suffix", "data.b_suffix")) -> list[tuple[str, Path, Path]]:
     """Pair the images of two folders by name: the relative path minus ``*_suffix`` (or minus the extension).
 
     Cityscapes, for instance: ``a_suffix="_gtFine_color.png"``, ``b_suffix="_leftImg8bit.png"``.
     Unmatched files are reported in the log; no match at all is a DataError.
     """
-    files_a = {k: p for p in list_images(dir_a) if (k := _key(p, dir_a, a_suffix)) is not None}
-    files_b = {k: p for p in list_images(dir_b) if (k := _key(p, dir_b, b_suffix)) is not None}
+    files_a = _keyed(dir_a, a_suffix)
+    files_b = _keyed(dir_b, b_suffix)
     keys = sorted(files_a.keys() & files_b.keys())
     only_a, only_b = sorted(files_a.keys() - files_b.keys()), sorted(files_b.keys() - files_a.keys())
     for side, names, folder in (("A", only_a, dir_b), ("B", only_b, dir_a)):
@@ -142,7 +164,7 @@ def match_pairs(dir_a: Path, dir_b: Path, a_suffix: str = "", b_suffix: str = ""
             )
     if not keys:
         raise DataError(
-            f"no image in {dir_a} has a partner of the same name in {dir_b}; check data.a_suffix/data.b_suffix "
+            f"no image in {dir_a} has a partner of the same name in {dir_b}; check {suffix_options[0]}/{suffix_options[1]} "
             f"(A names like {next(iter(sorted(files_a)), '?')!r}, B names like {next(iter(sorted(files_b)), '?')!r})"
         )
     return [(k, files_a[k], files_b[k]) for k in keys]
@@ -153,24 +175,30 @@ class FolderPairDataset(_PairedBase):
 
     def __init__(
         self, pairs: list[tuple[str, Path, Path]], transform: JointTransform, direction: str = "AtoB",
-        input_nc: int = 3, output_nc: int = 3, check: bool = True,
+        input_nc: int = 3, output_nc: int = 3, check: bool = True, strict_channels: bool = False,
     ) -> None:
-        super().__init__(transform, direction, input_nc, output_nc)
+        super().__init__(transform, direction, input_nc, output_nc, strict_channels)
         self.pairs = list(pairs)
         if check:
             self._check()
 
     def _check(self) -> None:
         (nc_a, opt_a), (nc_b, opt_b) = self._nc_A_B()
+        converted = {opt_a: 0, opt_b: 0}
         for _, pa, pb in self.pairs:
             with peek_image(pa) as a, peek_image(pb) as b:
-                if a.size != b.size:
+                size_a, size_b = oriented_size(a), oriented_size(b)
+                if size_a != size_b:
                     raise DataError(
-                        f"{pa} is {a.size[0]}x{a.size[1]} but its partner {pb} is {b.size[0]}x{b.size[1]}; "
+                        f"{pa} is {size_a[0]}x{size_a[1]} but its partner {pb} is {size_b[0]}x{size_b[1]}; "
                         "the two images of a pair must have the same size"
                     )
-                check_mode(pa, a.mode, a.getbands(), nc_a, opt_a)
-                check_mode(pb, b.mode, b.getbands(), nc_b, opt_b)
+                converted[opt_a] += check_mode(pa, a.mode, a.getbands(), nc_a, opt_a, self.strict_channels)
+                converted[opt_b] += check_mode(pb, b.mode, b.getbands(), nc_b, opt_b, self.strict_channels)
+        if self.pairs:
+            _, pa, pb = self.pairs[0]
+            log_converted(converted[opt_a], opt_a, str(pa.parent))
+            log_converted(converted[opt_b], opt_b, str(pb.parent))
         check_decodable(self.sample_files())
 
     def __len__(self) -> int:
@@ -191,12 +219,16 @@ class FolderPairDataset(_PairedBase):
 class SingleImageDataset(Dataset):
     """Images of any size for ``predict``: ``{"source", "name", "size"}``, no resizing or cropping."""
 
-    def __init__(self, files: list[Path], root: Path, input_nc: int = 3, direction: Optional[str] = None) -> None:
+    def __init__(self, files: list[Path], root: Path, input_nc: int = 3, direction: Optional[str] = None,
+                 strict_channels: bool = False) -> None:
         self.files, self.root, self.input_nc = list(files), Path(root), input_nc
         self.direction = direction  # for two-way models: which generator translates these images
+        self.strict_channels = strict_channels
+        converted = 0
         for path in self.files:
             with peek_image(path) as img:
-                check_mode(path, img.mode, img.getbands(), input_nc, "data.input_nc")
+                converted += check_mode(path, img.mode, img.getbands(), input_nc, "data.input_nc", strict_channels)
+        log_converted(converted, "data.input_nc", str(self.root))
         check_decodable(self.files)
 
     def __len__(self) -> int:
@@ -205,7 +237,7 @@ class SingleImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.files[index]
         with load_image(path) as img:
-            img = convert_channels(img, self.input_nc, path, "data.input_nc")
+            img = convert_channels(img, self.input_nc, path, "data.input_nc", self.strict_channels)
             t = to_tensor(img)
         item = {"source": t, "name": path.relative_to(self.root).as_posix(), "size": torch.tensor(t.shape[-2:])}
         if self.direction is not None:

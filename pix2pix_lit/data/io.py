@@ -9,8 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
 from pix2pix_lit.errors import ConfigError, DataError
@@ -19,7 +20,10 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".we
 log = logging.getLogger(__name__)
 
 CHANNELS = (1, 3, 4)
-_SINGLE_CHANNEL_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+_SINGLE_CHANNEL_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+# single-channel modes deeper than 8 bits: PNG's 16-bit grayscale opens as I;16, 16/32-bit TIFFs as I;16* / I
+_DEEP_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+_EXIF_ORIENTATION = 0x0112
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -32,7 +36,13 @@ def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]
     if not folder.is_dir():
         raise DataError(f"data folder {folder} does not exist; check data.root (and the split/folder names)")
     pattern = "**/*" if recursive else "*"
-    files = sorted(p for p in folder.glob(pattern) if p.is_file() and is_image_file(p))
+    named = sorted(p for p in folder.glob(pattern) if is_image_file(p))
+    for p in named:
+        if not p.is_file():  # a broken link, a folder or a FIFO with an image's name: say so, do not skip it
+            what = ("a folder" if p.is_dir() else "a link to nothing" if p.is_symlink() and not p.exists()
+                    else "not a regular file")
+            raise DataError(f"{p} has an image's name but is {what}, so it cannot be read; remove or rename it")
+    files = named
     if not files:
         raise DataError(f"data folder {folder} holds no images ({', '.join(IMG_EXTENSIONS)}); put the images there")
     return files
@@ -54,29 +64,95 @@ def peek_image(path: Path) -> Image.Image:
         raise DataError(f"{path} cannot be opened ({e}); check the file's permissions or remove it") from None
 
 
-def check_mode(path: Path, mode: str, bands: tuple[str, ...], nc: int, option: str) -> None:
-    """Reject channel conversions that would invent information (gray->RGB, no alpha -> RGBA)."""
-    if nc == 3 and mode in _SINGLE_CHANNEL_MODES:
-        raise DataError(f"{path} has 1 channel but {option}=3; set {option}: 1 for grayscale images")
+def check_mode(path: Path, mode: str, bands: tuple[str, ...], nc: int, option: str, strict: bool = False) -> bool:
+    """Whether reading ``path`` with ``nc`` channels turns a grayscale image into RGB (True), which the official
+    code does for every image (a few grey JPEGs sit in its horse2zebra and other downloads); ``strict``
+    refuses that instead. Adding an alpha channel to an image that has none is always refused."""
     if nc == 4 and "A" not in bands and mode != "P":
         raise DataError(f"{path} has no alpha channel but {option}=4; set {option}: 3")
+    if nc == 3 and mode in _SINGLE_CHANNEL_MODES:
+        if strict:
+            raise DataError(f"{path} is a grayscale image but {option}=3 and data.strict_channels is true; convert it "
+                            "to RGB, or set data.strict_channels: false to read it as RGB (as the official code does)")
+        return True
+    return False
 
 
-def convert_channels(img: Image.Image, nc: int, path: Path, option: str) -> Image.Image:
-    """Convert to ``nc`` channels: 1 -> grayscale (e.g. sketches), 3 -> RGB, 4 -> RGBA."""
-    check_mode(path, img.mode, img.getbands(), nc, option)
-    return img.convert({1: "L", 3: "RGB", 4: "RGBA"}[nc])
+def log_converted(count: int, option: str, where: str) -> None:
+    """One line for the grayscale images a dataset reads as RGB (see :func:`check_mode`)."""
+    if count:
+        log.info("%s: %d grayscale image(s) read as RGB (%s=3, as the official code does; "
+                 "data.strict_channels: true refuses them)", where, count, option)
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """Images deeper than 8 bits as 8-bit ``L``, scaled (65535 -> 255), not clipped.
+
+    PIL's own conversion of a 16-bit grayscale image to ``L`` clips every value above 255: a photo comes
+    out as a white page. Values of 32-bit ``I`` images are read as 16-bit ones; ``F`` images as [0, 255].
+    """
+    if img.mode in _DEEP_MODES:
+        a = np.asarray(img).astype(np.float64) / 257.0
+    elif img.mode == "F":
+        a = np.asarray(img).astype(np.float64)
+    else:
+        return img
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
+
+
+def oriented_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) as a viewer shows the image: swapped when its EXIF orientation turns it by 90 degrees."""
+    try:
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # a damaged EXIF block: shown unrotated, as viewers do
+        orientation = 1
+    w, h = img.size
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def as_viewed(img: Image.Image) -> Image.Image:
+    """A decoded image as viewers show it: its EXIF orientation applied (phone photos), 8 bits per channel."""
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a damaged EXIF block: the pixels as stored
+        pass
+    return to_8bit(img)
+
+
+def to_channels(img: Image.Image, nc: int) -> Image.Image:
+    """An image with ``nc`` channels: 1 -> grayscale, 3 -> RGB, 4 -> RGBA.
+
+    Transparency is kept for 4 channels; for 1 or 3 the image is laid on white, as viewers show it (a
+    drawing with a transparent background is strokes on white). Used for training data, ``predict`` and
+    ``serve`` alike, so each gives the model the same input for the same file.
+    """
+    img = to_8bit(img)
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[nc]
+    if nc != 4 and (img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info)):
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img.convert("RGBA"))
+    return img.convert(mode)
+
+
+def convert_channels(img: Image.Image, nc: int, path: Path, option: str, strict: bool = False) -> Image.Image:
+    """Convert to ``nc`` channels (see :func:`to_channels`), after :func:`check_mode`."""
+    check_mode(path, img.mode, img.getbands(), nc, option, strict)
+    return to_channels(img, nc)
 
 
 def load_image(path: Path) -> Image.Image:
-    """Fully decode ``path``; truncated or corrupt files give a DataError naming the file."""
+    """Fully decode ``path`` as viewers show it (:func:`as_viewed`: EXIF orientation, 8 bits); truncated or
+    corrupt files give a DataError naming the file."""
     img = peek_image(path)
     try:
         img.load()
     except (OSError, SyntaxError, ValueError) as e:
         img.close()
         raise DataError(f"{path} cannot be decoded ({e}); the file is truncated or corrupt: re-export or remove it") from None
-    return img
+    viewed = as_viewed(img)
+    if viewed is not img:
+        img.close()
+    return viewed
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:

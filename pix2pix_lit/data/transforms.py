@@ -83,11 +83,17 @@ def _make_multiple(img: Image.Image, base: int) -> Image.Image:
     return img if (w, h) == (ow, oh) else img.resize((w, h), _BICUBIC)
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """Pad (N, C, H, W) images so both sides divide by ``multiple`` (reflect, or replicate when an image is
-    too small to reflect), centred; returns them and the (top, left, height, width) box to crop back."""
+def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int = 1) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """Pad (N, C, H, W) images so both sides divide by ``multiple`` and are at least ``min_size`` (reflect, or
+    replicate when an image is too small to reflect), centred; returns them and the (top, left, height, width)
+    box to crop back."""
     h, w = x.shape[-2:]
-    ph, pw = -h % multiple, -w % multiple
+
+    def target(side: int) -> int:
+        side = max(side, min_size)
+        return side + (-side % multiple)
+
+    ph, pw = target(h) - h, target(w) - w
     if not (ph or pw):
         return x, (0, 0, h, w)
     pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)

@@ -16,8 +16,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pix2pix_lit.data.datamodule import PairedDataModule, _dist_info
-from pix2pix_lit.data.datasets import Index, SeededSampler, SingleImageDataset, _split_index
-from pix2pix_lit.data.io import check_decodable, check_mode, convert_channels, list_images, load_image, peek_image, to_tensor
+from pix2pix_lit.data.datasets import Index, SeededSampler, SingleImageDataset, _split_index, fingerprint
+from pix2pix_lit.data.io import (
+    check_decodable,
+    check_mode,
+    convert_channels,
+    list_images,
+    load_image,
+    log_converted,
+    oriented_size,
+    peek_image,
+    to_tensor,
+)
 from pix2pix_lit.data.synthetic import BuiltInData
 from pix2pix_lit.data.transforms import JointTransform
 from pix2pix_lit.errors import DataError
@@ -30,22 +40,29 @@ HALVES = {"left", "right"}
 class DomainImages:
     """The images of one domain: files, or one half of side-by-side files (``half``: left | right)."""
 
-    def __init__(self, files: list[Path], nc: int, option: str, half: Optional[str] = None, check: bool = True) -> None:
+    def __init__(self, files: list[Path], nc: int, option: str, half: Optional[str] = None, check: bool = True,
+                 strict_channels: bool = False) -> None:
         self.files, self.nc, self.option, self.half = list(files), nc, option, half
+        self.strict_channels = strict_channels
         if check:
+            converted = 0
             for path in self.files:
                 with peek_image(path) as img:
-                    if half is not None and img.size[0] % 2:
-                        raise DataError(f"{path} is {img.size[0]} pixels wide, an odd width: side-by-side A|B files "
+                    width = oriented_size(img)[0]
+                    if half is not None and width % 2:
+                        raise DataError(f"{path} is {width} pixels wide, an odd width: side-by-side A|B files "
                                         "need an even width; re-export it or use data.layout: folders")
-                    check_mode(path, img.mode, img.getbands(), nc, option)
+                    converted += check_mode(path, img.mode, img.getbands(), nc, option, strict_channels)
+            if self.files:
+                log_converted(converted, option, str(self.files[0].parent))
             check_decodable(self.files)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def subset(self, indices: list[int]) -> "DomainImages":
-        return DomainImages([self.files[i] for i in indices], self.nc, self.option, self.half, check=False)
+        return DomainImages([self.files[i] for i in indices], self.nc, self.option, self.half, check=False,
+                            strict_channels=self.strict_channels)
 
     def name(self, i: int) -> str:
         return self.files[i].stem
@@ -57,7 +74,7 @@ class DomainImages:
                 w, h = img.size
                 img = img.crop((0, 0, w // 2, h) if self.half == "left" else (w // 2, 0, w, h))
             img.load()
-            return convert_channels(img.copy(), self.nc, path, self.option)
+            return convert_channels(img.copy(), self.nc, path, self.option, self.strict_channels)
 
     def describe(self) -> str:
         return f"DomainImages half={self.half} nc={self.nc}"
@@ -133,6 +150,7 @@ class UnpairedDataModule(PairedDataModule):
         serial_batches: B image ``i mod |B|`` with A image ``i`` and no shuffling (official option).
         val_fraction: without a val split, this part of each domain's train images is held out (seeded).
         predict_dir: images (any size) of the direction's source domain; default: the test split's.
+        strict_channels: as for paired data (grayscale images of an RGB domain are read as RGB unless true).
     """
 
     def __init__(
@@ -162,6 +180,7 @@ class UnpairedDataModule(PairedDataModule):
         val_split: str = "val",
         test_split: str = "test",
         predict_dir: Optional[str] = None,
+        strict_channels: bool = False,
     ) -> None:
         super().__init__(
             root=root, layout=layout, direction=direction, input_nc=input_nc, output_nc=output_nc, preprocess=preprocess,
@@ -170,7 +189,7 @@ class UnpairedDataModule(PairedDataModule):
             persistent_workers=persistent_workers, pin_memory=pin_memory,
             serial_batches=serial_batches, max_dataset_size=max_dataset_size, val_fraction=val_fraction, seed=seed,
             a_dir=a_dir, b_dir=b_dir, train_split=train_split, val_split=val_split, test_split=test_split,
-            predict_dir=predict_dir,
+            predict_dir=predict_dir, strict_channels=strict_channels,
         )
         # one image at a time: the joint transform of the paired data, applied to each domain on its own
         self.train_transform = JointTransform(preprocess, load_size, crop_size, flip=not no_flip, train=True)
@@ -188,15 +207,18 @@ class UnpairedDataModule(PairedDataModule):
             raise DataError(f"data folder {self.root} does not exist; set data.root to your dataset")
         if h.layout == "aligned":
             files = list_images(self.root / split)[: h.max_dataset_size]
-            return (DomainImages(files, h.input_nc, "data.input_nc", "left"),
-                    DomainImages(files, h.output_nc, "data.output_nc", "right", check=False))
+            return (DomainImages(files, h.input_nc, "data.input_nc", "left", strict_channels=h.strict_channels),
+                    DomainImages(files, h.output_nc, "data.output_nc", "right", check=False,
+                                 strict_channels=h.strict_channels))
         dirs = [self.root / h.a_dir.format(split=split), self.root / h.b_dir.format(split=split)]
         for d in dirs:
             if not d.is_dir():
                 raise DataError(f"{d} does not exist; unpaired data needs {dirs[0].name}/ and {dirs[1].name}/ under "
                                 f"{self.root} (or data.layout: aligned for side-by-side files)")
-        return (DomainImages(list_images(dirs[0])[: h.max_dataset_size], h.input_nc, "data.input_nc"),
-                DomainImages(list_images(dirs[1])[: h.max_dataset_size], h.output_nc, "data.output_nc"))
+        return (DomainImages(list_images(dirs[0])[: h.max_dataset_size], h.input_nc, "data.input_nc",
+                             strict_channels=h.strict_channels),
+                DomainImages(list_images(dirs[1])[: h.max_dataset_size], h.output_nc, "data.output_nc",
+                             strict_channels=h.strict_channels))
 
     def _carve(self, n: int, salt: int) -> tuple[list[int], list[int]]:
         if n < 2:
@@ -219,6 +241,14 @@ class UnpairedDataModule(PairedDataModule):
                 B = B.subset(self._carve(len(B), 1)[0 if part == "train" else 1])
         transform = self.train_transform if train else self.eval_transform
         return UnpairedDataset(A, B, transform, serial=h.serial_batches or not train, paired=paired and not train)
+
+    def training_references(self) -> dict[str, tuple[Dataset, str]]:
+        """Each domain's training images (``A``, ``B``), read as evaluation reads images, with a fingerprint of
+        them: what MiFID's memorization term compares generated images with."""
+        h = self.hparams
+        split = self._split_sets(h.train_split, train=False, part=None if self._split_exists(h.val_split) else "train")
+        views = {d: DomainView(split, d) for d in "AB"}
+        return {d: (view, fingerprint(view)) for d, view in views.items()}
 
     def _val_set(self) -> UnpairedDataset:
         h = self.hparams
@@ -252,7 +282,7 @@ class UnpairedDataModule(PairedDataModule):
         nc = h.input_nc if h.direction == "AtoB" else h.output_nc
         if h.predict_dir is not None:
             folder = Path(h.predict_dir)
-            return SingleImageDataset(list_images(folder), folder, nc, direction=h.direction)
+            return SingleImageDataset(list_images(folder), folder, nc, direction=h.direction, strict_channels=h.strict_channels)
         split = h.test_split if self._split_exists(h.test_split) else h.val_split
         if not self._split_exists(split):
             raise DataError(f"no {h.test_split} or {h.val_split} split in {self.root} to predict; set data.predict_dir")
@@ -260,6 +290,9 @@ class UnpairedDataModule(PairedDataModule):
         images = A if h.direction == "AtoB" else B
         log.info("data.predict_dir is not set: predicting the %s split's %s images", split, h.direction[0])
         return _DomainImagesForPredict(images, h.direction)
+
+    def _evaluated_sizes(self, dataset: Dataset, name: str) -> dict[str, int]:
+        return {f"{name}'s domain {d}": len(getattr(dataset, d)) for d in "AB"}
 
     # -- loaders -------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:

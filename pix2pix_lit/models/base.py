@@ -29,6 +29,7 @@ from pix2pix_lit.data.transforms import crop_box, pad_to_multiple
 from pix2pix_lit.ema import make_ema
 from pix2pix_lit.errors import ConfigError, NonFiniteLossError, check_choice
 from pix2pix_lit.metrics import ImageQualityMetrics, find_inception_weights, load_inception
+from pix2pix_lit.modes import DIRECTIONS, HIGHER_IS_BETTER, INFERENCE_MODES, higher_is_better, metric_mode  # noqa: F401
 from pix2pix_lit.nets.norm import batch_norm_own_statistics
 from pix2pix_lit.optim import Adam
 from pix2pix_lit.precision import autocast_ready_copy, cpu_precision_fallback, is_16bit
@@ -36,10 +37,6 @@ from pix2pix_lit.precision import autocast_ready_copy, cpu_precision_fallback, i
 log = logging.getLogger(__name__)
 
 LR_POLICIES = ("linear", "step", "plateau", "cosine")
-INFERENCE_MODES = ("paper", "eval")
-DIRECTIONS = ("AtoB", "BtoA")
-# metrics where a larger value is better (everything else logged here is lower-is-better)
-HIGHER_IS_BETTER = ("ssim", "psnr")
 
 # Options that say how a trained model is run, not what was trained: with --ckpt_path they come from
 # the command line/config, never from the checkpoint's hyper-parameters (see Pix2PixCLI).
@@ -47,11 +44,6 @@ RUNTIME_OPTIONS = (
     "inference_mode", "predict_fit", "predict_size", "channels_last", "compile", "fid", "kid", "mifid", "mifid_eps",
     "inception_weights", "kid_subset_size", "max_nonfinite_steps", "use_ema_for_eval",
 )
-
-
-def higher_is_better(metric: str) -> bool:
-    name = metric.rsplit("/", 1)[-1]
-    return name.split("_")[0] in HIGHER_IS_BETTER
 
 
 class ImagePool:
@@ -126,6 +118,8 @@ class ImageTranslationModel(pl.LightningModule):
     generator_names: tuple[str, ...] = ("G",)
     data_kind: str = "paired"
     metric_domains: dict[str, str] = {"out": ""}
+    # which of the data module's training_references() each metric domain's MiFID compares with
+    reference_domains: dict[str, str] = {"out": "target"}
 
     def __init__(
         self,
@@ -287,6 +281,12 @@ class ImageTranslationModel(pl.LightningModule):
         """What image sides every generator accepts must divide by."""
         return max(getattr(self, n).size_multiple for n in self.generator_names)
 
+    @property
+    def min_size(self) -> int:
+        """The smallest image side every generator accepts (a multiple of :attr:`size_multiple`)."""
+        side = max(getattr(getattr(self, n), "min_size", 1) for n in self.generator_names)
+        return side + (-side % self.size_multiple)
+
     def check_size(self, x: torch.Tensor) -> None:
         h, w = x.shape[-2:]
         m = self.size_multiple
@@ -313,8 +313,7 @@ class ImageTranslationModel(pl.LightningModule):
         if h.lr_policy == "step":
             return StepLR(opt, step_size=h.lr_decay_iters, gamma=0.1)
         if h.lr_policy == "plateau":
-            mode = "max" if higher_is_better(h.plateau_monitor) else "min"
-            return ReduceLROnPlateau(opt, mode=mode, factor=0.2, threshold=0.01, patience=5)
+            return ReduceLROnPlateau(opt, mode=metric_mode(h.plateau_monitor), factor=0.2, threshold=0.01, patience=5)
         return CosineAnnealingLR(opt, T_max=h.n_epochs, eta_min=0)
 
     @contextmanager
@@ -531,10 +530,45 @@ class ImageTranslationModel(pl.LightningModule):
         self._begin_eval_pass()
         self._attach_inception(self.trainer.state.fn.value)
         self._use_real_sets(self.eval_metrics["val"], self.trainer.val_dataloaders, self.trainer.num_val_batches)
+        if not self.trainer.sanity_checking or self._scores_before_training():
+            self._use_training_references(self.eval_metrics["val"])
 
     def on_test_epoch_start(self) -> None:
         self._begin_eval_pass()
         self._use_real_sets(self.eval_metrics["test"], self.trainer.test_dataloaders, self.trainer.num_test_batches)
+        self._use_training_references(self.eval_metrics["test"])
+
+    def _use_training_references(self, metrics: nn.ModuleDict) -> None:
+        """Give MiFID the Inception features of the training images (computed once per set of images, each
+        process a share of them), which its memorization term compares the generated images with."""
+        domains = [d for d, m in metrics.items() if m.mifid]
+        if not domains:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not hasattr(datamodule, "training_references"):
+            raise ConfigError("model.mifid compares generated images with the training images, which this data module "
+                              "does not give (training_references()); set model.mifid: false")
+        references = datamodule.training_references()
+        for domain in domains:
+            dataset, key = references[self.reference_domains[domain]]
+            m = metrics[domain]
+            if m.training_key != key:
+                m.set_training_reference(self._inception_features(dataset, m), key)
+                rank_zero_info(f"MiFID: the memorization term compares with the {m.training_features.shape[0]} "
+                               f"training images of {self.reference_domains[domain]}")
+
+    @torch.no_grad()
+    def _inception_features(self, dataset, metrics: ImageQualityMetrics) -> torch.Tensor:
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        share = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world)))
+        loader = torch.utils.data.DataLoader(share, batch_size=8, num_workers=0)
+        feats = [metrics.features(batch["image"].to(self.device)) for batch in loader]
+        local = torch.cat(feats) if feats else torch.zeros(0, 2048, device=self.device)
+        if world > 1:
+            from torchmetrics.utilities.distributed import gather_all_tensors
+
+            local = torch.cat(gather_all_tensors(local))
+        return local
 
     def on_predict_epoch_start(self) -> None:
         self._begin_eval_pass()
@@ -583,7 +617,7 @@ class ImageTranslationModel(pl.LightningModule):
             fake = self.generate(x.clamp(-1, 1), direction)
             fake = F.interpolate(fake, size=(h, w), mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
         else:
-            x, box = pad_to_multiple(source, self.size_multiple)
+            x, box = pad_to_multiple(source, self.size_multiple, self.min_size)
             fake = crop_box(self.generate(x, direction), box)
         return {"fake": fake, "name": batch["name"]}
 

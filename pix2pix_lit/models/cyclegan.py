@@ -29,7 +29,8 @@ class CycleGAN(ImageTranslationModel):
     official ``optimize_parameters``: the generators are updated first, then the discriminators.
 
     Metrics: ``val/fid_B`` (G_A(A) against the real B images), ``val/fid_A`` (G_B(B) against real A), the
-    same for KID (and MiFID with ``mifid``), and SSIM/PSNR where the data has true pairs.
+    same for KID (and MiFID against the training images, ``mifid_train_*``, with ``mifid``), and SSIM/PSNR
+    where the data has true pairs.
 
     Args:
         input_nc, output_nc: channels of domains A and B (linked from the data).
@@ -45,6 +46,7 @@ class CycleGAN(ImageTranslationModel):
     generator_names = ("G_A", "G_B")
     data_kind = "unpaired"
     metric_domains = {"B": "_B", "A": "_A"}  # val/fid_B: G_A's outputs against real B
+    reference_domains = {"B": "B", "A": "A"}  # MiFID of G_A's outputs against the training B images
 
     def __init__(
         self,

@@ -73,6 +73,7 @@ class UnetGenerator(nn.Module):
         if num_downs < 5:
             raise ValueError(f"num_downs={num_downs}: a U-Net needs at least 5 downsamplings")
         self.size_multiple = 2**num_downs
+        self.min_size = self.size_multiple  # the innermost level sees 1x1
         block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, submodule=None, norm_layer=norm_layer, innermost=True)
         for _ in range(num_downs - 5):
             block = UnetSkipConnectionBlock(
@@ -141,6 +142,9 @@ class ResnetGenerator(nn.Module):
         super().__init__()
         if n_blocks < 0:
             raise ValueError(f"n_blocks={n_blocks} must be >= 0")
+        # reflect padding needs a side larger than the pad: 1 pixel at a quarter of the input in the residual
+        # blocks, so sides of at least 8 (4 with zero padding, 3 for the first 7x7 reflect pad: also < 8)
+        self.min_size = 8 if padding_type == "reflect" and n_blocks > 0 else 4
         use_bias = uses_bias(norm_layer)
         model: list[nn.Module] = [
             nn.ReflectionPad2d(3),

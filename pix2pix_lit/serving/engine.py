@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,9 +20,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pix2pix_lit.data.io import to_pil, to_tensor
+from pix2pix_lit.data.io import as_viewed, to_channels, to_pil, to_tensor
 from pix2pix_lit.data.transforms import crop_box, pad_to_multiple
 from pix2pix_lit.errors import ConfigError
+
+log = logging.getLogger("pix2pix_lit.serve")
 
 
 class Generator:
@@ -37,6 +40,11 @@ class Generator:
     @property
     def size_multiple(self) -> int:
         return int(self.contract["input"]["size_multiple"])
+
+    @property
+    def min_size(self) -> int:
+        """The smallest side the generator takes (files exported before it was stated: the size multiple)."""
+        return int(self.contract["input"].get("min_size") or self.size_multiple)
 
     @classmethod
     def load(cls, model: Optional[str] = None, ckpt_path: Optional[str] = None, threads: Optional[int] = None,
@@ -91,20 +99,56 @@ class Generator:
         return cls(run_script, contract, str(path))
 
     def to_input(self, img: Image.Image) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-        """A PIL image as the generator's padded input (C, H', W') and the box to crop the output back to."""
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            # a drawing with a transparent background: strokes on white, as sketches are drawn
-            white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(white, img.convert("RGBA"))
-        img = img.convert({1: "L", 3: "RGB", 4: "RGBA"}[self.input_nc])
-        x, box = pad_to_multiple(to_tensor(img)[None], self.size_multiple)
+        """A decoded PIL image as the generator's padded input (C, H', W') and the box to crop the output back to.
+
+        Read as ``predict`` reads a file (``pix2pix_lit.data.io``): as viewers show it (EXIF orientation, 16-bit
+        scaled to 8), with the model's channels (alpha kept for 4, else laid on white)."""
+        img = to_channels(as_viewed(img), self.input_nc)
+        x, box = pad_to_multiple(to_tensor(img)[None], self.size_multiple, self.min_size)
         return x[0], box
+
+    @property
+    def bytes_per_pixel(self) -> Optional[int]:
+        """Memory one input pixel costs while the generator runs (the contract's ``memory``), if known."""
+        memory = self.contract.get("memory") or {}
+        value = memory.get("bytes_per_pixel")
+        return int(value) if value else None
+
+
+class Overloaded(Exception):
+    """The service holds as many requests (or pixels) as its limits allow: answer 503, try again later."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Ticket:
+    """The pixels one admitted request holds, from its admission until both its handler and the batcher are
+    done with it (a request that timed out may still be in a running batch)."""
+
+    def __init__(self, batcher: "Batcher", pixels: int) -> None:
+        self.batcher, self.pixels, self._holders = batcher, pixels, 1
+
+    def hold(self) -> None:
+        self._holders += 1
+
+    def release(self) -> None:
+        if self._holders > 0:
+            self._holders -= 1
+            if self._holders == 0:
+                self.batcher._free(self)
 
 
 @dataclass
 class _Job:
     x: torch.Tensor
     future: asyncio.Future
+    ticket: Optional[Ticket] = None
+
+    @property
+    def pixels(self) -> int:
+        return int(self.x.shape[-1] * self.x.shape[-2])
 
 
 @dataclass
@@ -112,26 +156,60 @@ class BatchStats:
     batches: int = 0
     images: int = 0
     largest_batch: int = 0
+    failed_batches: int = 0
+    restarts: int = 0
     sizes: dict[int, int] = field(default_factory=dict)
 
 
 class Batcher:
-    """Collects concurrent requests into batches (bounded wait) and runs them on one worker thread."""
+    """Collects concurrent requests into batches (bounded wait) and runs them on one worker thread.
 
-    def __init__(self, generator: Generator, max_batch: int = 8, max_wait_s: float = 0.01) -> None:
-        if max_batch < 1 or max_wait_s < 0:
-            raise ConfigError("--max-batch must be >= 1 and --max-wait-ms >= 0")
+    Memory stays within what the limits allow: at most ``max_queue`` requests are admitted (decoding, waiting,
+    running or encoding) holding at most ``max_pending_pixels`` in all, and a batch holds at most
+    ``max_batch_pixels`` (a larger single image runs alone). Past either admission limit :meth:`admit` raises
+    :class:`Overloaded`. A batch that fails answers its requests with the error and the loop carries on; if the
+    loop itself ever ends, it is started again (:attr:`alive` says whether it runs).
+    """
+
+    def __init__(self, generator: Generator, max_batch: int = 8, max_wait_s: float = 0.01,
+                 max_batch_pixels: Optional[int] = None, max_queue: int = 32,
+                 max_pending_pixels: Optional[int] = None) -> None:
+        if max_batch < 1 or max_wait_s < 0 or max_queue < 1:
+            raise ConfigError("--max-batch and --max-queue must be >= 1 and --max-wait-ms >= 0")
+        for name, value in (("--max-batch-pixels", max_batch_pixels), ("--max-pending-pixels", max_pending_pixels)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} {value} must be >= 1")
         self.generator, self.max_batch, self.max_wait_s = generator, max_batch, max_wait_s
+        self.max_batch_pixels, self.max_queue, self.max_pending_pixels = max_batch_pixels, max_queue, max_pending_pixels
         self.stats = BatchStats()
+        self.admitted, self.pending_pixels = 0, 0
         self._queue: Optional[asyncio.Queue[_Job]] = None
         self._task: Optional[asyncio.Task] = None
+        self._stopping = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generator")
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
+        self._stopping = False
+        self._spawn()
+
+    def _spawn(self) -> None:
         self._task = asyncio.create_task(self._loop())
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        if self._stopping or task.cancelled():
+            return
+        log.error("the batching loop ended (%r); starting it again", task.exception())
+        self.stats.restarts += 1
+        self._spawn()
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             try:
@@ -140,45 +218,101 @@ class Batcher:
                 pass
         self._executor.shutdown(wait=True)
 
-    async def translate(self, x: torch.Tensor) -> torch.Tensor:
+    # -- admission ----------------------------------------------------------------------------------
+    def admit(self, pixels: int) -> Ticket:
+        """A ticket for a request of ``pixels`` pixels, or :class:`Overloaded` when the limits are reached."""
+        if self.admitted >= self.max_queue:
+            raise Overloaded(f"the service is busy ({self.admitted} requests in progress, the limit is "
+                             f"{self.max_queue}); try again shortly", self.retry_after_s())
+        if self.max_pending_pixels is not None and self.pending_pixels + pixels > self.max_pending_pixels:
+            raise Overloaded(f"the service is busy ({self.pending_pixels} pixels in progress; this image's {pixels} "
+                             f"would pass the limit of {self.max_pending_pixels}); try again shortly",
+                             self.retry_after_s())
+        self.admitted += 1
+        self.pending_pixels += pixels
+        return Ticket(self, pixels)
+
+    def _free(self, ticket: Ticket) -> None:
+        self.admitted -= 1
+        self.pending_pixels -= ticket.pixels
+
+    def retry_after_s(self) -> int:
+        """Seconds until a retry is likely to be admitted: the work queued, at the batches' recent pace."""
+        return max(1, min(60, self.admitted // max(1, self.max_batch) + 1))
+
+    # -- batching -----------------------------------------------------------------------------------
+    async def translate(self, x: torch.Tensor, ticket: Optional[Ticket] = None) -> torch.Tensor:
         """The generator's output for one padded input (C, H, W), batched with whatever arrives meanwhile."""
-        assert self._queue is not None, "Batcher.start() was not awaited"
-        job = _Job(x, asyncio.get_running_loop().create_future())
+        if self._queue is None:
+            raise RuntimeError("Batcher.start() was not awaited")
+        job = _Job(x, asyncio.get_running_loop().create_future(), ticket)
+        if ticket is not None:
+            ticket.hold()  # the batcher's hold, released when the job has run (or was skipped)
         await self._queue.put(job)
         return await job.future
 
-    async def _loop(self) -> None:
+    def _groups(self, jobs: list[_Job]) -> list[list[_Job]]:
+        """Jobs of one padded shape together, split so no group holds more than ``max_batch_pixels``."""
+        by_shape: dict[tuple[int, ...], list[_Job]] = {}
+        for job in jobs:
+            by_shape.setdefault(tuple(job.x.shape), []).append(job)
+        groups = []
+        for same in by_shape.values():
+            group: list[_Job] = []
+            for job in same:
+                if group and self.max_batch_pixels is not None and (len(group) + 1) * job.pixels > self.max_batch_pixels:
+                    groups.append(group)
+                    group = []
+                group.append(job)
+            groups.append(group)
+        return groups
+
+    async def _collect(self) -> list[_Job]:
+        jobs = [await self._queue.get()]
+        deadline = time.monotonic() + self.max_wait_s
+        while len(jobs) < self.max_batch:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                jobs.append(await asyncio.wait_for(self._queue.get(), left))
+            except asyncio.TimeoutError:
+                break
+        return jobs
+
+    async def _run(self, group: list[_Job]) -> None:
         loop = asyncio.get_running_loop()
+        try:
+            batch = torch.stack([j.x for j in group]).float().contiguous()
+            out = await loop.run_in_executor(self._executor, self.generator.run, batch)
+            outputs = [torch.from_numpy(np.ascontiguousarray(o)) for o in out]
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the model (or building the batch: MemoryError) failed: these requests get the error
+            self.stats.failed_batches += 1
+            for j in group:
+                if not j.future.done():
+                    j.future.set_exception(e)
+            return
+        s = self.stats
+        s.batches, s.images = s.batches + 1, s.images + len(group)
+        s.largest_batch = max(s.largest_batch, len(group))
+        s.sizes[len(group)] = s.sizes.get(len(group), 0) + 1
+        for j, o in zip(group, outputs):
+            if not j.future.done():
+                j.future.set_result(o)
+
+    async def _loop(self) -> None:
         while True:
-            jobs = [await self._queue.get()]
-            deadline = time.monotonic() + self.max_wait_s
-            while len(jobs) < self.max_batch:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    jobs.append(await asyncio.wait_for(self._queue.get(), left))
-                except asyncio.TimeoutError:
-                    break
-            by_shape: dict[tuple[int, ...], list[_Job]] = {}
-            for job in jobs:
-                by_shape.setdefault(tuple(job.x.shape), []).append(job)
-            for group in by_shape.values():
-                batch = torch.stack([j.x for j in group]).float().contiguous()
-                try:
-                    out = await loop.run_in_executor(self._executor, self.generator.run, batch)
-                except Exception as e:  # the model failed on this batch: its requests get the error, the service stays up
-                    for j in group:
-                        if not j.future.done():
-                            j.future.set_exception(e)
-                    continue
-                s = self.stats
-                s.batches, s.images = s.batches + 1, s.images + len(group)
-                s.largest_batch = max(s.largest_batch, len(group))
-                s.sizes[len(group)] = s.sizes.get(len(group), 0) + 1
-                for j, o in zip(group, out):
-                    if not j.future.done():
-                        j.future.set_result(torch.from_numpy(np.ascontiguousarray(o)))
+            jobs = await self._collect()
+            live = [j for j in jobs if not j.future.done()]  # a request that timed out while queued is not run
+            try:
+                for group in self._groups(live):
+                    await self._run(group)
+            finally:
+                for j in jobs:
+                    if j.ticket is not None:
+                        j.ticket.release()
 
 
 def to_output_image(out: torch.Tensor, box: tuple[int, int, int, int]) -> Image.Image:

@@ -3,10 +3,10 @@
 The file takes ``source`` (N, C_in, H, W) float32 in [-1, 1] and returns ``output`` (N, C_out, H, W) in
 [-1, 1]; batch, height and width are dynamic (H and W multiples of the generator's size multiple). Its
 input contract (channels, value range, size multiple, direction, inference mode, a digest of the
-training config) is written into the file: ``pix2pix_lit.json`` among TorchScript's extra files, a
-``pix2pix_lit`` metadata property in ONNX. Before the file is put in place, the command checks that it
-gives the PyTorch generator's outputs (max abs difference <= 1e-4, fp32) at two input sizes; a failed
-check leaves no file.
+training config, the memory a pixel costs) is written into the file: ``pix2pix_lit.json`` among TorchScript's
+extra files, a ``pix2pix_lit`` metadata property in ONNX. Before the file is put in place, the command checks
+that it gives the PyTorch generator's outputs (max abs difference <= 1e-4, fp32) at three input sizes, one
+of them an odd multiple of the stated size multiple at the smallest side allowed; a failed check leaves no file.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pix2pix_lit.errors import ConfigError, Pix2PixLitError
+from pix2pix_lit.modes import DIRECTIONS, INFERENCE_MODES, SERVING_INFERENCE_MODE
 
 FORMATS = ("torchscript", "onnx")
 METADATA_KEY = "pix2pix_lit"
@@ -84,10 +85,40 @@ def config_digest(hparams: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(hparams, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def check_sizes(size_multiple: int) -> list[tuple[int, int, int]]:
-    """Two (batch, height, width) shapes to check the exported file at: square, then wide with a batch of 2."""
-    side = size_multiple * max(1, math.ceil(64 / size_multiple))
-    return [(1, side, side), (2, side, 2 * side)]
+def check_sizes(size_multiple: int, min_size: int = 1) -> list[tuple[int, int, int]]:
+    """(batch, height, width) shapes to check the exported file at: square, wide with a batch of 2, and the
+    smallest sides the contract allows that are odd multiples of the size multiple (what a wrong multiple or
+    minimum in the contract would fail at)."""
+    side = size_multiple * max(1, math.ceil(max(64, min_size) / size_multiple))
+    odd = math.ceil(min_size / size_multiple)
+    odd += 1 - odd % 2  # the smallest odd multiple not below the minimum
+    return [(1, side, side), (2, side, 2 * side), (1, odd * size_multiple, (odd + 2) * size_multiple)]
+
+
+def bytes_per_pixel(net: nn.Module, input_nc: int, size_multiple: int, min_size: int = 1) -> int:
+    """What one input pixel costs ``net`` in memory at inference: the bytes of every layer's output (an upper
+    bound of what is alive at once), plus input and output, per pixel, measured at a 64-pixel side or more.
+
+    It scales with the area (convolutions), so the serving limits are derived from it (``serve``)."""
+    side = size_multiple * max(1, math.ceil(max(64, min_size) / size_multiple))
+    total = 0
+
+    def count(module: nn.Module, args: Any, output: Any) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    leaves = [m for m in net.modules() if not any(True for _ in m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.inference_mode():
+            x = torch.zeros(1, input_nc, side, side)
+            total += x.numel() * x.element_size()
+            net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return int(math.ceil(total / (side * side)))
 
 
 def _write_torchscript(net: nn.Module, example: torch.Tensor, path: Path, contract: dict[str, Any]) -> None:
@@ -144,13 +175,16 @@ def load_exported(path: Path) -> tuple[Any, dict[str, Any]]:
 
 def export_generator(
     G: nn.Module, path: Path, fmt: str, inference_mode: Literal["eval", "paper"], input_nc: int, output_nc: int,
-    size_multiple: int, extra: Optional[dict[str, Any]] = None,
+    size_multiple: int, extra: Optional[dict[str, Any]] = None, min_size: Optional[int] = None,
 ) -> dict[str, Any]:
     """Export ``G`` to ``path`` (see module doc); returns the contract with the measured differences."""
-    if inference_mode not in ("eval", "paper"):
-        raise ConfigError(f"--inference_mode {inference_mode!r} is not known; choose one of: eval, paper")
-    contract = make_contract(input_nc, output_nc, size_multiple, inference_mode, **(extra or {}))
-    return write_checked(ExportableGenerator(G, inference_mode), path, fmt, contract)
+    if inference_mode not in INFERENCE_MODES:
+        raise ConfigError(f"--inference_mode {inference_mode!r} is not known; choose one of: {', '.join(INFERENCE_MODES)}")
+    net = ExportableGenerator(G, inference_mode)
+    min_size = min_size or getattr(G, "min_size", size_multiple)
+    contract = make_contract(input_nc, output_nc, size_multiple, inference_mode, min_size=min_size,
+                             bytes_per_pixel=bytes_per_pixel(net, input_nc, size_multiple, min_size), **(extra or {}))
+    return write_checked(net, path, fmt, contract)
 
 
 def write_checked(net: ExportableGenerator, path: Path, fmt: str, contract: dict[str, Any]) -> dict[str, Any]:
@@ -159,19 +193,31 @@ def write_checked(net: ExportableGenerator, path: Path, fmt: str, contract: dict
         raise ConfigError(f"--format {fmt!r} is not known; choose one of: {', '.join(FORMATS)}")
     contract = {"format": fmt, **contract}
     input_nc, size_multiple = contract["input"]["channels"], contract["input"]["size_multiple"]
-    shapes = check_sizes(size_multiple)
+    shapes = check_sizes(size_multiple, contract["input"].get("min_size", size_multiple))
     gen = torch.Generator().manual_seed(0)
     inputs = [torch.rand(n, input_nc, h, w, generator=gen) * 2 - 1 for n, h, w in shapes]
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
-        (_write_onnx if fmt == "onnx" else _write_torchscript)(net, inputs[0], tmp, contract)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb"):  # can the file be written there? (before the export's work)
+            pass
+    except OSError as e:
+        raise ExportError(f"cannot write {path} ({e.strerror or e}); choose a writable place with --output") from None
+    try:
+        try:
+            (_write_onnx if fmt == "onnx" else _write_torchscript)(net, inputs[0], tmp, contract)
+        except OSError as e:  # the disk filled up while writing, ...
+            raise ExportError(f"cannot write {path} ({e.strerror or e}); nothing was written") from None
         run, _ = load_exported(tmp)
         diffs = []
         with torch.no_grad():
             for x in inputs:
                 ref = net(x).numpy()
-                out = run(x)
+                try:
+                    out = run(x)
+                except Exception as e:  # the exported graph cannot take a size the contract promises
+                    raise ExportError(f"the exported generator fails on input {tuple(x.shape)}, a size the contract "
+                                      f"allows ({type(e).__name__}); nothing was written") from None
                 if out.shape != ref.shape:
                     raise ExportError(f"the exported generator gives shape {out.shape} for input {tuple(x.shape)}, "
                                       f"PyTorch {ref.shape}")
@@ -181,7 +227,10 @@ def write_checked(net: ExportableGenerator, path: Path, fmt: str, contract: dict
                 f"the exported {fmt} generator differs from PyTorch by up to {max(diffs):.2e} (> {TOLERANCE:g}) at "
                 f"input shapes {[tuple(x.shape) for x in inputs]}; nothing was written"
             )
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            raise ExportError(f"cannot write {path} ({e.strerror or e}); choose a writable place with --output") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -198,10 +247,10 @@ def generator_from_checkpoint(
     """
     from pix2pix_lit.checkpoints import load_checkpoint
     from pix2pix_lit.models import DEFAULT_MODEL, resolve_model_class
-    from pix2pix_lit.models.base import DIRECTIONS, RUNTIME_OPTIONS
+    from pix2pix_lit.models.base import RUNTIME_OPTIONS
 
     if direction not in DIRECTIONS:
-        raise ExportError(f"--direction {direction!r} is not known; choose AtoB or BtoA")
+        raise ExportError(f"--direction {direction!r} is not known; choose one of: {', '.join(DIRECTIONS)}")
     ckpt = load_checkpoint(ckpt_path)
     hparams = dict(ckpt.get("hyper_parameters") or {})
     model_class = resolve_model_class(hparams.get("_class_path", DEFAULT_MODEL))  # older checkpoints: pix2pix
@@ -214,29 +263,42 @@ def generator_from_checkpoint(
         raise ExportError(f"checkpoint {ckpt_path} is not a generator this version can build ({reason[:160]})") from None
     data = ckpt.get("datamodule_hyper_parameters") or {}
     two_way = len(model.generator_names) > 1
+    if not two_way and direction != DIRECTIONS[0]:
+        raise ExportError(
+            f"checkpoint {Path(ckpt_path).name} holds a one-way {model_class.__name__} generator (it translates the "
+            f"data's {data.get('direction', 'AtoB')} as trained); --direction {direction} is for two-way models "
+            "(CycleGAN): leave it out"
+        )
     in_nc, out_nc = model.hparams.input_nc, model.hparams.output_nc
     if two_way and direction == "BtoA":
         in_nc, out_nc = out_nc, in_nc
+    net = ExportableGenerator(model.inference_net(direction), inference_mode)
     contract = make_contract(
-        in_nc, out_nc, model.size_multiple, inference_mode,
+        in_nc, out_nc, model.size_multiple, inference_mode, min_size=model.min_size,
+        bytes_per_pixel=bytes_per_pixel(net, in_nc, model.size_multiple, model.min_size),
         model=model_class.__name__, netG=hparams.get("netG"), generator=model.inference_net_name(direction),
         direction=direction if two_way else data.get("direction"),
         checkpoint=Path(ckpt_path).name,
         global_step=ckpt.get("global_step"), config_sha256=config_digest(hparams),
         data={k: data.get(k) for k in ("preprocess", "load_size", "crop_size") if k in data},
     )
-    return ExportableGenerator(model.inference_net(direction), inference_mode), contract
+    return net, contract
 
 
-def make_contract(input_nc: int, output_nc: int, size_multiple: int, inference_mode: str, **extra: Any) -> dict[str, Any]:
-    """What a caller of the exported generator must know: tensor layout, channels, range, sizes, provenance."""
-    return {
+def make_contract(input_nc: int, output_nc: int, size_multiple: int, inference_mode: str, min_size: Optional[int] = None,
+                  bytes_per_pixel: Optional[int] = None, **extra: Any) -> dict[str, Any]:
+    """What a caller of the exported generator must know: tensor layout, channels, range, sizes (sides multiples
+    of ``size_multiple``, at least ``min_size``), memory per pixel, provenance."""
+    contract = {
         "input": {"name": "source", "layout": "NCHW", "dtype": "float32", "channels": input_nc, "value_range": [-1, 1],
-                  "size_multiple": size_multiple},
+                  "size_multiple": size_multiple, "min_size": min_size or size_multiple},
         "output": {"name": "output", "layout": "NCHW", "dtype": "float32", "channels": output_nc, "value_range": [-1, 1]},
         "inference_mode": inference_mode,
         **extra,
     }
+    if bytes_per_pixel is not None:
+        contract["memory"] = {"bytes_per_pixel": int(bytes_per_pixel)}
+    return contract
 
 
 def export_checkpoint(
@@ -261,11 +323,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--output", default=None, help="default: beside the checkpoint, <stem>.<generator>.<mode>.onnx "
                         "or .torchscript.pt (generator: G, G_A or G_B)")
-    parser.add_argument("--inference_mode", default="eval", choices=("eval", "paper"),
+    parser.add_argument("--inference_mode", default=SERVING_INFERENCE_MODE, choices=INFERENCE_MODES,
                         help="eval (default: deterministic, running statistics) or paper (per-image statistics; "
                         "only for generators without dropout)")
     parser.add_argument("--no_ema", action="store_true", help="export G even when the checkpoint has an EMA generator")
-    parser.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"),
+    parser.add_argument("--direction", default=DIRECTIONS[0], choices=DIRECTIONS,
                         help="for two-way models (CycleGAN): AtoB exports G_A, BtoA G_B")
     args = parser.parse_args(argv)
     try:

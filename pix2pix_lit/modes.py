@@ -1,0 +1,26 @@
+"""Names shared by training, evaluation, export and serving, defined once."""
+
+from __future__ import annotations
+
+# which way a model translates: A -> B or B -> A (paired data swaps the images; two-way models pick a generator)
+DIRECTIONS = ("AtoB", "BtoA")
+# how a generator runs at evaluation: ``paper`` = the official test.py without --eval (dropout on, every image
+# normalised with its own statistics); ``eval`` = the official --eval (dropout off, running statistics)
+INFERENCE_MODES = ("paper", "eval")
+# export and serve default to ``eval``: their outputs must not be random, and ``paper`` keeps dropout on
+SERVING_INFERENCE_MODE = "eval"
+
+# metrics where a larger value is better; every other metric logged here (FID, KID, MiFID, L1, losses) is
+# lower-is-better. One rule for the best checkpoint, the plateau LR policy and `compare`.
+HIGHER_IS_BETTER = ("ssim", "psnr")
+
+
+def higher_is_better(metric: str) -> bool:
+    """``val/ssim``, ``test/psnr_A``: True; ``val/fid_B``, ``val/l1``, ``train/loss_G``: False."""
+    name = metric.rsplit("/", 1)[-1]
+    return name.split("_")[0] in HIGHER_IS_BETTER
+
+
+def metric_mode(metric: str) -> str:
+    """Lightning's ``mode`` for ``metric``: ``max`` or ``min``."""
+    return "max" if higher_is_better(metric) else "min"
