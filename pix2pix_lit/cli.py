@@ -24,7 +24,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from pix2pix_lit.callbacks import ImageGridCallback, PredictionWriter, TestReport
+from pix2pix_lit.callbacks import ImageGridCallback, PredictionWriter, SaveOnSigterm, TestReport
 from pix2pix_lit.checkpoint_io import remove_stale_partials
 from pix2pix_lit.checkpoints import check_checkpoint_fits, load_checkpoint
 from pix2pix_lit.data import PairedDataModule
@@ -184,6 +184,8 @@ class Pix2PixCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
+        if self.subcommand == "fit" and not any(isinstance(cb, SaveOnSigterm) for cb in self.trainer.callbacks):
+            self.trainer.callbacks.append(SaveOnSigterm())
         for key, batches in self._limits.items():
             # jsonargparse hands the Trainer 1.0 (= 100%) for a 1; set the whole number of batches meant
             setattr(self.trainer, key, batches)

@@ -266,12 +266,29 @@ class PairedDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, self.hparams.batch_size, self._train_sampler(self.train_dataset))
+
+    def _train_sampler(self, dataset: Dataset) -> SeededSampler:
         world, rank = _dist_info()
-        sampler = SeededSampler(
-            self.train_dataset, num_replicas=world, rank=rank, shuffle=not self.hparams.serial_batches,
-            seed=self.hparams.seed, drop_last=False,
-        )
-        return self._loader(self.train_dataset, self.hparams.batch_size, sampler)
+        sampler = SeededSampler(dataset, num_replicas=world, rank=rank, shuffle=not self.hparams.serial_batches,
+                                seed=self.hparams.seed, drop_last=False)
+        done = self._batches_done_in_epoch(len(sampler))
+        if done:
+            sampler.resume_within(self.trainer.current_epoch, done * self.hparams.batch_size)
+        return sampler
+
+    def _batches_done_in_epoch(self, samples: int) -> int:
+        """Batches of the current epoch trained before the checkpoint this fit resumes from (0 at an epoch's
+        start). Lightning restores its loop counters before it asks for the train loader and then runs the rest
+        of the epoch's batches from a fresh iterator, which would start again at the epoch's first samples; the
+        sampler leaves the done ones out. Reads the fit loop's batch progress (checked with Lightning 2.6)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        done = progress.current.processed
+        per_epoch = -(-samples // self.hparams.batch_size)
+        return done if 0 < done < per_epoch and not progress.is_last_batch else 0
 
     def _eval_loader(self, dataset: Dataset, batch_size: int) -> DataLoader:
         world, rank = _dist_info()

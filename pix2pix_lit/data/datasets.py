@@ -253,10 +253,24 @@ class SeededSampler(DistributedSampler):
     independent of the global RNG, the number of workers and persistent workers.
     """
 
+    resume_epoch: Optional[int] = None  # see resume_within
+    resume_skip: int = 0
+
+    def resume_within(self, epoch: int, samples_done: int) -> None:
+        """Resumed mid-epoch: the first pass over ``epoch`` leaves out the ``samples_done`` samples this process
+        had trained on before the checkpoint, so the run goes on with the rest of that epoch (as if never
+        stopped); the length stays the epoch's, as Lightning counts the epoch's batches from it."""
+        self.resume_epoch, self.resume_skip = epoch, samples_done
+
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
         base = (self.seed * 1_000_003 + self.epoch) * 1_000_003
-        for idx in super().__iter__():
-            yield idx, (base + idx) % (2**63)
+        skip = 0
+        if self.resume_epoch is not None:
+            skip = self.resume_skip if self.epoch == self.resume_epoch else 0
+            self.resume_epoch = None
+        for i, idx in enumerate(super().__iter__()):
+            if i >= skip:
+                yield idx, (base + idx) % (2**63)
 
 
 def fingerprint(dataset: Dataset, *extra: Any) -> str:

@@ -125,3 +125,7 @@ class BuiltInData:
     def setup(self, stage: str) -> None:
         generate(self.root, self.sizes, self.image_size, self.dataset_seed)
         super().setup(stage)
+
+    def evaluation_sizes(self, stage: str) -> dict[str, int]:
+        generate(self.root, self.sizes, self.image_size, self.dataset_seed)
+        return super().evaluation_sizes(stage)

@@ -15,8 +15,8 @@ from typing import Any, Literal, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pix2pix_lit.data.datamodule import PairedDataModule, _dist_info
-from pix2pix_lit.data.datasets import Index, SeededSampler, SingleImageDataset, _split_index, fingerprint
+from pix2pix_lit.data.datamodule import PairedDataModule
+from pix2pix_lit.data.datasets import Index, SingleImageDataset, _split_index, fingerprint
 from pix2pix_lit.data.io import (
     check_decodable,
     check_mode,
@@ -295,11 +295,6 @@ class UnpairedDataModule(PairedDataModule):
         return {f"{name}'s domain {d}": len(getattr(dataset, d)) for d in "AB"}
 
     # -- loaders -------------------------------------------------------------------------------------
-    def train_dataloader(self) -> DataLoader:
-        world, rank = _dist_info()
-        sampler = SeededSampler(self.train_dataset, num_replicas=world, rank=rank,
-                                shuffle=not self.hparams.serial_batches, seed=self.hparams.seed, drop_last=False)
-        return self._loader(self.train_dataset, self.hparams.batch_size, sampler)
 
     def val_dataloader(self) -> list[DataLoader]:
         # two loaders: A images (translated by G_A, the reals of FID_A) and B images
