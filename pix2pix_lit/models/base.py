@@ -629,6 +629,9 @@ class ImageTranslationModel(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning does not store RNG states; dropout and the image pools draw from them, so exact resume
         # needs them. The data order and augmentation are seeded per epoch (SeededSampler).
+        # which model class this is, also for models built in Python (LightningCLI writes it for its own)
+        checkpoint.setdefault("hyper_parameters", {}).setdefault(
+            "_class_path", f"{type(self).__module__}.{type(self).__qualname__}")
         checkpoint["pix2pix_lit"] = {
             "rng_states": collect_rng_states(),
             "image_pools": {k: [t.cpu() for t in pool.images] for k, pool in self.image_pools().items()},
