@@ -2,7 +2,6 @@
 entries, half-written outputs, full disks, runs that stop at once or are stopped, and which metric is best."""
 
 import errno
-import io
 import logging
 import os
 import signal
@@ -14,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY_MODEL, noise_image, quiet_trainer, write_aligned, write_folders
 from PIL import Image
 from test_cli import _one_error_line, run, tiny
 
@@ -28,6 +26,8 @@ from pix2pix_lit.data.transforms import JointTransform
 from pix2pix_lit.errors import CheckpointError, DataError
 from pix2pix_lit.modes import higher_is_better, metric_mode
 from pix2pix_lit.prepare import main as prepare_main
+
+from conftest import REPO, TINY_MODEL, noise_image, quiet_trainer, write_aligned, write_folders
 
 
 # -- images as they come ---------------------------------------------------------------------------------
