@@ -68,6 +68,18 @@ def remove_stale_partials(folder: Path) -> int:
     return freed
 
 
+def _os_error(e: BaseException) -> Optional[OSError]:
+    """The OSError behind ``e``, if any: torch's writer turns a full disk into a RuntimeError raised while
+    handling it (``__context__``) or from it (``__cause__``)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 class StreamingCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
@@ -81,21 +93,21 @@ class StreamingCheckpointIO(TorchCheckpointIO):
             os.replace(partial, path)
         except BaseException as e:
             partial.unlink(missing_ok=True)
-            if isinstance(e, OSError) or isinstance(getattr(e, "__cause__", None), OSError) or "No space" in str(e):
-                raise self._save_error(path, e, checkpoint_bytes(checkpoint)) from None
+            cause = _os_error(e)
+            if cause is not None:
+                raise self._save_error(path, cause, checkpoint_bytes(checkpoint)) from None
             raise
 
     @staticmethod
-    def _save_error(path: Path, e: BaseException, needed: int) -> CheckpointError:
-        """One line for a save that failed (torch wraps the OSError of a full disk in a RuntimeError)."""
-        cause = e if isinstance(e, OSError) else getattr(e, "__cause__", None)
+    def _save_error(path: Path, cause: OSError, needed: int) -> CheckpointError:
+        """One line for a save that failed for want of space or permission."""
         free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
         kept = " (the earlier checkpoint there is kept)" if path.exists() else ""
-        if (isinstance(cause, OSError) and cause.errno == errno.ENOSPC) or "No space" in str(e):
+        if cause.errno in (errno.ENOSPC, errno.EDQUOT):
             return CheckpointError(
                 f"cannot save checkpoint {path.name}: no space left in {path.parent} (it needs about {needed / 2**20:.0f} MB, "
                 f"{free / 2**20:.0f} MB are free){kept}; "
                 "free space there or point trainer.default_root_dir elsewhere, then resume with --ckpt_path last")
-        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(e).splitlines()[0][:120]
+        reason = cause.strerror or str(cause).splitlines()[0][:120]
         return CheckpointError(f"cannot save checkpoint {path} ({reason}){kept}; check the folder's permissions "
                                "or point trainer.default_root_dir elsewhere")

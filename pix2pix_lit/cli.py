@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -185,7 +185,7 @@ class Pix2PixCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         if self.subcommand == "fit" and not any(isinstance(cb, SaveOnSigterm) for cb in self.trainer.callbacks):
-            self.trainer.callbacks.append(SaveOnSigterm())
+            self.trainer.callbacks += [SaveOnSigterm(), _KeepRunDirOnceTrained()]
         for key, batches in self._limits.items():
             # jsonargparse hands the Trainer 1.0 (= 100%) for a 1; set the whole number of batches meant
             setattr(self.trainer, key, batches)
@@ -368,6 +368,13 @@ def _rejected(err: BaseException) -> Optional[BaseException]:
             return e
         stack += [e.__cause__, e.__context__]
     return None
+
+
+class _KeepRunDirOnceTrained(Callback):
+    """Once a training step has run, the run folder holds a run (logs, grids): never removed after that."""
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        _NEW_RUN_DIR["path"] = None
 
 
 def _is_launching_process() -> bool:
