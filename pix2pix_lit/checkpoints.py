@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -40,11 +40,8 @@ def check_checkpoint_fits(model: torch.nn.Module, ckpt: dict[str, Any], path: st
     theirs = ckpt["state_dict"]
     # EMA generators (G_ema, G_A_ema, ...) may be absent on either side: the model then starts them from
     # their generator, or leaves them out
-    def is_ema(key: str) -> bool:
-        return key.split(".", 1)[0].endswith("_ema")
-
-    missing = sorted(k for k in ours.keys() - theirs.keys() if not is_ema(k))
-    unexpected = sorted(k for k in theirs.keys() - ours.keys() if not is_ema(k))
+    missing = sorted(k for k in ours.keys() - theirs.keys() if not is_ema_key(k))
+    unexpected = sorted(k for k in theirs.keys() - ours.keys() if not is_ema_key(k))
     shapes = [(k, tuple(theirs[k].shape), tuple(ours[k].shape)) for k in sorted(ours.keys() & theirs.keys())
               if theirs[k].shape != ours[k].shape]
     if not (missing or unexpected or shapes):
@@ -58,3 +55,63 @@ def check_checkpoint_fits(model: torch.nn.Module, ckpt: dict[str, Any], path: st
         f"checkpoint {path} was made for another architecture than this config ({detail}); use the config the "
         "checkpoint was trained with (data.input_nc/output_nc, model.netG/netD/ngf/ndf/norm...)"
     )
+
+
+# -- the state pix2pix-lit adds to Lightning's checkpoints ------------------------------------------------------
+def collect_rng_states() -> dict[str, Any]:
+    """Global RNG states of torch (CPU, CUDA), numpy and Python, as types ``torch.load(weights_only=True)`` accepts.
+
+    Lightning does not store them; dropout and the image pools draw from them, so exact resume needs them."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+EMA_SUFFIX = "_ema"
+
+
+def is_ema_key(key: str) -> bool:
+    """A state-dict key of an EMA generator (``G_ema.``, ``G_A_ema.`` ...): the one rule for them."""
+    return key.split(".", 1)[0].endswith(EMA_SUFFIX)
+
+
+def align_ema_weights(weights: dict[str, torch.Tensor], name: str, model_has_ema: bool) -> Optional[str]:
+    """Make a checkpoint's weights fit a model with or without the EMA of generator ``name``: an absent EMA starts
+    from its generator, an unused one is dropped. Returns what was done (for the log), or None."""
+    prefix = f"{name}{EMA_SUFFIX}."
+    has = any(k.startswith(prefix) for k in weights)
+    if model_has_ema and not has:
+        for k, v in list(weights.items()):
+            if k.startswith(f"{name}."):
+                weights[f"{prefix}module.{k[len(name) + 1:]}"] = v.clone()
+        weights[f"{prefix}n_averaged"] = torch.tensor(0, dtype=torch.long)
+        return f"the checkpoint has no EMA of {name}: {name}{EMA_SUFFIX} starts from its {name}"
+    if not model_has_ema and has:
+        for k in [k for k in weights if k.startswith(prefix)]:
+            del weights[k]
+        return f"the checkpoint's EMA of {name} is not used (model.ema_decay is null)"
+    return None

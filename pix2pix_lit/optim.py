@@ -51,3 +51,34 @@ class Adam(torch.optim.Adam):
         super().load_state_dict(state_dict)
         for group in self.param_groups:
             group["fused"], group["foreach"] = self.defaults["fused"], self.defaults["foreach"]
+
+
+# -- learning-rate policies (the official ``--lr_policy``), stepped once per epoch ---------------------------------
+LR_POLICIES = ("linear", "step", "plateau", "cosine")
+
+
+def linear_decay(n_epochs: int, n_epochs_decay: int):
+    """The official 'linear' rule: lr constant for ``n_epochs``, then linearly to ~0 over ``n_epochs_decay``."""
+
+    def rule(epoch: int) -> float:
+        # clamped at 0: the official formula turns negative if training runs past the schedule
+        return max(0.0, 1.0 - max(0, epoch + 1 - n_epochs) / float(n_epochs_decay + 1))
+
+    return rule
+
+
+def make_scheduler(opt: torch.optim.Optimizer, policy: str, n_epochs: int, n_epochs_decay: int, lr_decay_iters: int,
+                   plateau_monitor: str):
+    """The official schedulers: linear (constant then to 0), step (x0.1 every ``lr_decay_iters`` epochs), plateau
+    (x0.2 when ``plateau_monitor`` stalls 5 epochs, in the metric's direction), cosine (over ``n_epochs``)."""
+    from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, ReduceLROnPlateau, StepLR
+
+    from pix2pix_lit.modes import metric_mode
+
+    if policy == "linear":
+        return LambdaLR(opt, lr_lambda=linear_decay(n_epochs, n_epochs_decay))
+    if policy == "step":
+        return StepLR(opt, step_size=lr_decay_iters, gamma=0.1)
+    if policy == "plateau":
+        return ReduceLROnPlateau(opt, mode=metric_mode(plateau_monitor), factor=0.2, threshold=0.01, patience=5)
+    return CosineAnnealingLR(opt, T_max=n_epochs, eta_min=0)

@@ -19,7 +19,8 @@ from pix2pix_lit.data import SyntheticUnpairedDataModule, UnpairedDataModule
 from pix2pix_lit.errors import ConfigError, DataError
 from pix2pix_lit.metrics import ImageQualityMetrics, memorization_distance
 from pix2pix_lit.models import CycleGAN
-from pix2pix_lit.models.base import ImagePool, count_parameters
+from pix2pix_lit.models.base import count_parameters
+from pix2pix_lit.nets.image_pool import ImagePool
 
 from conftest import REPO, quiet_trainer, write_aligned
 from wandb_reader import read_run as read_wandb_run

@@ -25,6 +25,7 @@ from pix2pix_lit.data.io import check_channels_option, list_images
 from pix2pix_lit.data.synthetic import BuiltInData
 from pix2pix_lit.data.transforms import JointTransform
 from pix2pix_lit.errors import ConfigError, DataError
+from pix2pix_lit.lightning_internals import batches_done_in_epoch
 
 log = logging.getLogger(__name__)
 
@@ -272,23 +273,11 @@ class PairedDataModule(pl.LightningDataModule):
         world, rank = _dist_info()
         sampler = SeededSampler(dataset, num_replicas=world, rank=rank, shuffle=not self.hparams.serial_batches,
                                 seed=self.hparams.seed, drop_last=False)
-        done = self._batches_done_in_epoch(len(sampler))
+        # resumed mid-epoch: the sampler leaves out what was trained on, so the rest of the epoch follows
+        done = batches_done_in_epoch(self.trainer, -(-len(sampler) // self.hparams.batch_size))
         if done:
             sampler.resume_within(self.trainer.current_epoch, done * self.hparams.batch_size)
         return sampler
-
-    def _batches_done_in_epoch(self, samples: int) -> int:
-        """Batches of the current epoch trained before the checkpoint this fit resumes from (0 at an epoch's
-        start). Lightning restores its loop counters before it asks for the train loader and then runs the rest
-        of the epoch's batches from a fresh iterator, which would start again at the epoch's first samples; the
-        sampler leaves the done ones out. Reads the fit loop's batch progress (checked with Lightning 2.6)."""
-        trainer = self.trainer
-        if trainer is None:
-            return 0
-        progress = trainer.fit_loop.epoch_loop.batch_progress
-        done = progress.current.processed
-        per_epoch = -(-samples // self.hparams.batch_size)
-        return done if 0 < done < per_epoch and not progress.is_last_batch else 0
 
     def _eval_loader(self, dataset: Dataset, batch_size: int) -> DataLoader:
         world, rank = _dist_info()

@@ -1,42 +1,35 @@
-"""The shared plumbing of every image-translation GAN here: one LightningModule base class.
+"""The LightningModule contract every image-translation GAN here fills in.
 
 An algorithm (``models/pix2pix.py``, ``models/cyclegan.py``) subclasses :class:`ImageTranslationModel`,
-builds its networks and writes a ``training_step`` that reads like its paper, with its losses in named
-``discriminator_loss(...)`` / ``generator_loss(...)`` methods returning ``(loss, logs)``. This class owns
-what all of them need: optimizers and LR policies, precision and memory-format setup, the inference
-modes and ``generate``, the EMA generators, metrics (val/test/predict steps), the non-finite guard, step
-accounting (one batch = one step, whatever the number of optimizers) and RNG state in checkpoints.
+builds its networks and writes a ``training_step`` that reads like its paper. This class owns setup (memory
+format, compile, DDP), the optimizer and step helpers (one batch = one step), the EMA generators and the
+checkpoint state; evaluation (``models/evaluation.py``) and inference (``models/inference.py``) are its parts.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
-import lightning.pytorch as pl
-import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
-from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, ReduceLROnPlateau, StepLR
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from pix2pix_lit.data.datasets import fingerprint
-from pix2pix_lit.data.transforms import crop_box, pad_to_multiple
+from pix2pix_lit.checkpoints import EMA_SUFFIX, align_ema_weights, collect_rng_states, set_rng_states
 from pix2pix_lit.ema import make_ema
 from pix2pix_lit.errors import ConfigError, NonFiniteLossError, check_choice
-from pix2pix_lit.metrics import ImageQualityMetrics, find_inception_weights, load_inception
-from pix2pix_lit.modes import DIRECTIONS, HIGHER_IS_BETTER, INFERENCE_MODES, higher_is_better, metric_mode  # noqa: F401
-from pix2pix_lit.nets.norm import batch_norm_own_statistics
-from pix2pix_lit.optim import Adam
-from pix2pix_lit.precision import autocast_ready_copy, cpu_precision_fallback, is_16bit
+from pix2pix_lit.lightning_internals import count_manual_step, ddp_constructor_kwargs
+from pix2pix_lit.metrics import ImageQualityMetrics
+from pix2pix_lit.models.evaluation import Evaluation
+from pix2pix_lit.models.inference import Inference
+from pix2pix_lit.modes import INFERENCE_MODES
+from pix2pix_lit.nets.image_pool import ImagePool
+from pix2pix_lit.optim import LR_POLICIES, Adam, make_scheduler
+from pix2pix_lit.precision import cpu_precision_fallback, is_16bit
 
 log = logging.getLogger(__name__)
-
-LR_POLICIES = ("linear", "step", "plateau", "cosine")
 
 # Options that say how a trained model is run, not what was trained: with --ckpt_path they come from
 # the command line/config, never from the checkpoint's hyper-parameters (see Pix2PixCLI).
@@ -46,46 +39,7 @@ RUNTIME_OPTIONS = (
 )
 
 
-class ImagePool:
-    """The official image buffer: D sees a mix of current and past fakes (``pool_size=0`` disables it).
-
-    Each call returns, image by image, either the new image or (with probability 1/2, once the pool is
-    full) a stored one that the new image replaces.
-    """
-
-    def __init__(self, pool_size: int) -> None:
-        self.pool_size = pool_size
-        self.images: list[torch.Tensor] = []
-
-    def query(self, images: torch.Tensor) -> torch.Tensor:
-        if self.pool_size == 0:
-            return images
-        out = []
-        for image in images.detach():
-            image = image.unsqueeze(0)
-            if len(self.images) < self.pool_size:
-                self.images.append(image.clone())
-                out.append(image)
-            elif random.uniform(0, 1) > 0.5:
-                i = random.randint(0, self.pool_size - 1)
-                out.append(self.images[i].clone())
-                self.images[i] = image.clone()
-            else:
-                out.append(image)
-        return torch.cat(out, 0)
-
-
-def linear_decay(n_epochs: int, n_epochs_decay: int):
-    """The official 'linear' rule: lr constant for ``n_epochs``, then linearly to ~0 over ``n_epochs_decay``."""
-
-    def rule(epoch: int) -> float:
-        # clamped at 0: the official formula turns negative if training runs past the schedule
-        return max(0.0, 1.0 - max(0, epoch + 1 - n_epochs) / float(n_epochs_decay + 1))
-
-    return rule
-
-
-class ImageTranslationModel(pl.LightningModule):
+class ImageTranslationModel(Inference, Evaluation):
     """Base class of the GANs here (see the module docstring). Manual optimization: a subclass's
     ``training_step`` updates its optimizers with :meth:`toggled` and :meth:`update` and ends with
     :meth:`end_batch`.
@@ -117,9 +71,6 @@ class ImageTranslationModel(pl.LightningModule):
 
     generator_names: tuple[str, ...] = ("G",)
     data_kind: str = "paired"
-    metric_domains: dict[str, str] = {"out": ""}
-    # which of the data module's training_references() each metric domain's MiFID compares with
-    reference_domains: dict[str, str] = {"out": "target"}
 
     def __init__(
         self,
@@ -163,19 +114,12 @@ class ImageTranslationModel(pl.LightningModule):
         # the subclass's own arguments are collected too (Lightning walks the __init__ frames)
         self.save_hyperparameters(logger=False)
         self.automatic_optimization = False
-        self.eval_metrics = nn.ModuleDict({
-            stage: nn.ModuleDict({d: ImageQualityMetrics(fid, kid, kid_subset_size, mifid=mifid, mifid_eps=mifid_eps)
-                                  for d in self.metric_domains})
-            for stage in ("val", "test")
-        })
+        self.make_eval_metrics(fid, kid, kid_subset_size, mifid, mifid_eps)
         self.nonfinite_total = 0
         self._nonfinite_run = 0
         self._batch_failed: list[str] = []
-        self._eval_pass_nets: Optional[dict] = None  # see autocast_ready; a dict only during an evaluation pass
-        self._inception_attached = False  # the FID Inception is set on the metrics (see _attach_inception)
         self._rng_to_restore: Optional[dict[str, Any]] = None
         self.use_channels_last: bool = bool(channels_last)  # resolved against the Trainer in setup()
-        self.test_results: dict[str, float] = {}
 
     # -- for subclasses: networks ----------------------------------------------------------------------
     def add_ema_generators(self) -> None:
@@ -184,10 +128,10 @@ class ImageTranslationModel(pl.LightningModule):
         Submodules, so checkpoints hold them and DDP starts them equal on every rank."""
         decay = self.hparams.ema_decay
         for name in self.generator_names:
-            setattr(self, f"{name}_ema", make_ema(getattr(self, name), decay, self.hparams.ema_warmup) if decay else None)
+            setattr(self, f"{name}{EMA_SUFFIX}", make_ema(getattr(self, name), decay, self.hparams.ema_warmup) if decay else None)
 
     def ema_of(self, name: str):
-        return getattr(self, f"{name}_ema", None)
+        return getattr(self, f"{name}{EMA_SUFFIX}", None)
 
     def networks(self) -> list[nn.Module]:
         """Every trained network and EMA copy (for the memory format and compile)."""
@@ -195,38 +139,6 @@ class ImageTranslationModel(pl.LightningModule):
                 and any(True for _ in m.parameters())]
 
     # -- setup ---------------------------------------------------------------------------------------
-    def _stage_metrics(self, stage: Optional[str]) -> Optional[nn.ModuleDict]:
-        key = {"fit": "val", "validate": "val", "test": "test"}.get(stage or "")
-        return self.eval_metrics[key] if key else None
-
-    def _needs_inception(self, stage: Optional[str]) -> bool:
-        metrics = self._stage_metrics(stage)
-        return metrics is not None and any(m.needs_inception for m in metrics.values())
-
-    def _attach_inception(self, stage: Optional[str]) -> None:
-        if self._needs_inception(stage) and not self._inception_attached:
-            extractor = load_inception(self.hparams.inception_weights)
-            for stage_metrics in self.eval_metrics.values():
-                for m in stage_metrics.values():
-                    m.set_extractor(extractor)
-            self._inception_attached = True
-
-    def _detach_inception(self) -> None:
-        # While fit trains, the FID Inception (95 MB) is not needed: it goes when training starts and after each
-        # validation, and is loaded again (~0.15 s) for the next one, so a training's peak memory does not carry
-        # it (experiments/RESULTS.md, "issue 10: memory").
-        for stage_metrics in self.eval_metrics.values():
-            for m in stage_metrics.values():
-                m.set_extractor(None)
-        self._inception_attached = False
-
-    def prepare_data(self) -> None:
-        # Lightning calls this before it starts the loggers: missing FID weights stop the run before a
-        # W&B run or any other file is written (setup() then loads them)
-        stage = self.trainer.state.fn.value if self._trainer is not None and self.trainer.state.fn else None
-        if self._needs_inception(stage):
-            find_inception_weights(self.hparams.inception_weights)
-
     def setup(self, stage: str) -> None:
         self._let_ddp_skip_unused_parameters()
         self._attach_inception(stage)  # loaded now: a bad weights file stops the run before training
@@ -240,7 +152,7 @@ class ImageTranslationModel(pl.LightningModule):
             self._compiled = True
 
     def discriminator_names(self) -> list[str]:
-        return [n for n, m in self.named_children() if n not in self.generator_names and not n.endswith("_ema")
+        return [n for n, m in self.named_children() if n not in self.generator_names and not n.endswith(EMA_SUFFIX)
                 and not isinstance(m, (ImageQualityMetrics, nn.ModuleDict)) and any(True for _ in m.parameters())]
 
     def _let_ddp_skip_unused_parameters(self) -> None:
@@ -249,13 +161,12 @@ class ImageTranslationModel(pl.LightningModule):
         Each backward of a GAN step reaches only the networks of one optimizer (D's loss does not reach G,
         and D is frozen while G's loss flows through it), so DDP must be told that parameters can go
         unused in a backward, or it stops at the next step. Lightning runs this hook before the strategy
-        wraps the model; it has no public setting for it once the strategy is built, hence ``_ddp_kwargs``.
+        wraps the model; it has no public setting for it once the strategy is built (``lightning_internals``).
         """
         if self._trainer is None:
             return
-        strategy = self.trainer.strategy
-        kwargs = getattr(strategy, "_ddp_kwargs", None)
-        if isinstance(strategy, DDPStrategy) and isinstance(kwargs, dict) and not kwargs.get("find_unused_parameters"):
+        kwargs = ddp_constructor_kwargs(self.trainer.strategy)
+        if kwargs is not None and not kwargs.get("find_unused_parameters"):
             kwargs["find_unused_parameters"] = True
             rank_zero_info(
                 "DDP: find_unused_parameters=True (each backward of a GAN step updates only the generators or only "
@@ -276,26 +187,6 @@ class ImageTranslationModel(pl.LightningModule):
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-    @property
-    def size_multiple(self) -> int:
-        """What image sides every generator accepts must divide by."""
-        return max(getattr(self, n).size_multiple for n in self.generator_names)
-
-    @property
-    def min_size(self) -> int:
-        """The smallest image side every generator accepts (a multiple of :attr:`size_multiple`)."""
-        side = max(getattr(getattr(self, n), "min_size", 1) for n in self.generator_names)
-        return side + (-side % self.size_multiple)
-
-    def check_size(self, x: torch.Tensor) -> None:
-        h, w = x.shape[-2:]
-        m = self.size_multiple
-        if h % m or w % m:
-            raise ConfigError(
-                f"images are {h}x{w} but netG={self.hparams.netG} needs sides divisible by {m}; "
-                f"set data.crop_size to a multiple of {m} (or choose another netG)"
-            )
-
     # -- optimizers and the training-step helpers --------------------------------------------------------
     def adam(self, params) -> torch.optim.Adam:
         """The official Adam (lr, β1, β2), on torch's fused kernel (``pix2pix_lit.optim``: same update, faster)."""
@@ -308,13 +199,7 @@ class ImageTranslationModel(pl.LightningModule):
 
     def _scheduler(self, opt: torch.optim.Optimizer):
         h = self.hparams
-        if h.lr_policy == "linear":
-            return LambdaLR(opt, lr_lambda=linear_decay(h.n_epochs, h.n_epochs_decay))
-        if h.lr_policy == "step":
-            return StepLR(opt, step_size=h.lr_decay_iters, gamma=0.1)
-        if h.lr_policy == "plateau":
-            return ReduceLROnPlateau(opt, mode=metric_mode(h.plateau_monitor), factor=0.2, threshold=0.01, patience=5)
-        return CosineAnnealingLR(opt, T_max=h.n_epochs, eta_min=0)
+        return make_scheduler(opt, h.lr_policy, h.n_epochs, h.n_epochs_decay, h.lr_decay_iters, h.plateau_monitor)
 
     @contextmanager
     def toggled(self, optimizer) -> Iterator[None]:
@@ -337,7 +222,7 @@ class ImageTranslationModel(pl.LightningModule):
         if ok:
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
-            self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=_no_closure)
+            self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=_no_closure)  # Lightning's public step
         else:
             self._batch_failed.append(name)
         return ok
@@ -351,9 +236,7 @@ class ImageTranslationModel(pl.LightningModule):
 
     def end_batch(self, logs: dict[str, torch.Tensor], batch_size: int, progress: Optional[str] = None) -> None:
         """Count the batch as one trainer step, apply the non-finite guard and log ``logs`` (as ``train/...``)."""
-        steps = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-        steps.increment_ready()
-        steps.increment_completed()
+        count_manual_step(self.trainer)
         failed, self._batch_failed = self._batch_failed, []
         if failed:
             self.nonfinite_total += 1
@@ -401,226 +284,6 @@ class ImageTranslationModel(pl.LightningModule):
                 "reference code, about 30x slower than precision=32 here"
             )
 
-    # -- inference -----------------------------------------------------------------------------------
-    def generator_for(self, direction: str = "AtoB") -> str:
-        """The name of the generator that translates in ``direction``."""
-        raise NotImplementedError
-
-    def inference_net(self, direction: str = "AtoB") -> nn.Module:
-        """The network validation, test, predict and export run for ``direction``: the EMA copy if there is one
-        (and ``use_ema_for_eval``), else the generator."""
-        name = self.generator_for(direction)
-        ema = self.ema_of(name)
-        if ema is not None and self.hparams.get("use_ema_for_eval", True):
-            return ema.module
-        return getattr(self, name)
-
-    def inference_net_name(self, direction: str = "AtoB") -> str:
-        name = self.generator_for(direction)
-        return f"{name}_ema" if self.inference_net(direction) is not getattr(self, name) else name
-
-    @property
-    def inference_G_name(self) -> str:
-        """The generator(s) that evaluation runs, e.g. ``G_ema`` or ``G_A_ema+G_B_ema`` (named in metrics.json)."""
-        dirs = DIRECTIONS if len(self.generator_names) > 1 else ("AtoB",)
-        return "+".join(self.inference_net_name(d) for d in dirs)
-
-    @contextmanager
-    def inference(self, net: nn.Module) -> Iterator[None]:
-        """``net`` in the chosen inference mode (see ``inference_mode``); changes no parameter or buffer."""
-        was_training = net.training
-        if self.hparams.inference_mode == "eval":
-            net.eval()
-            context = nullcontext()
-        else:  # paper: dropout on, batch norm with the statistics of the images given
-            net.train()
-            context = batch_norm_own_statistics(net)
-        try:
-            with context:
-                yield
-        finally:
-            net.train(was_training)
-
-    @torch.no_grad()
-    def generate(self, source: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:
-        """The translation of ``source`` in ``direction``, in the configured inference mode, as float in [-1, 1].
-
-        In ``paper`` mode each image goes through the generator alone: its normalisation statistics are its
-        own, as in the official test (batch size 1), whatever the eval batch size or the number of processes.
-        """
-        source = self.prep(source)
-        net = self.autocast_ready(self.inference_net(direction), source.device.type)
-        with self.inference(net):
-            if self.hparams.inference_mode == "paper" and source.shape[0] > 1:
-                return torch.cat([net(x.unsqueeze(0)).float() for x in source])
-            return net(source).float()
-
-    def forward(self, source: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:
-        return self.generate(source, direction)
-
-    def autocast_ready(self, net: nn.Module, device_type: str) -> nn.Module:
-        """During a validation/test/predict pass under autocast, ``net`` with its convolution weights cast once
-        for the whole pass (:func:`~pix2pix_lit.precision.autocast_ready_copy`), else ``net``.
-
-        Autocast casts every fp32 weight at every call: for unet_256 that is 54 M parameters per image, which
-        was 43% of a paper-mode forward in bf16 on the CPU (16.4 against 28.7 img/s, outputs equal to the
-        bit; ``experiments/RESULTS.md``). Weights cannot change within a pass; the copies are made at the
-        first batch and dropped when the pass ends (``_begin_eval_pass``/``_end_eval_pass``).
-        """
-        cache = self._eval_pass_nets
-        if cache is None or not torch.is_autocast_enabled(device_type) or hasattr(net, "_orig_mod"):
-            return net
-        dtype = torch.get_autocast_dtype(device_type)
-        key = (id(net), dtype)
-        if key not in cache:
-            cache[key] = autocast_ready_copy(net, dtype) or net
-        return cache[key]
-
-    def _begin_eval_pass(self) -> None:
-        self._eval_pass_nets = {}
-
-    def _end_eval_pass(self) -> None:
-        self._eval_pass_nets = None
-
-    def grid_rows(self, batch: dict[str, torch.Tensor]) -> tuple[list[list[torch.Tensor]], float, str]:
-        """Rows of images for the grids of fixed samples, their L1 and what the columns are."""
-        raise NotImplementedError
-
-    # -- evaluation ------------------------------------------------------------------------------------
-    def evaluate_batch(self, batch: dict[str, Any], metrics: nn.ModuleDict, dataloader_idx: int) -> dict[str, Any]:
-        """Update ``metrics`` (one ImageQualityMetrics per output domain) with a batch; return its outputs."""
-        raise NotImplementedError
-
-    def real_set_loaders(self) -> dict[str, int]:
-        """Which eval dataloader holds the real images of each metric domain (to key the cached features)."""
-        return {d: 0 for d in self.metric_domains}
-
-    def _use_real_sets(self, metrics: nn.ModuleDict, loaders: Any, num_batches: list[int]) -> None:
-        """Key the cached real features to the images this pass evaluates (dataset, limits, batch size)."""
-        loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
-        for domain, i in self.real_set_loaders().items():
-            if i < len(loaders) and loaders[i] is not None:
-                loader = loaders[i]
-                metrics[domain].use_real_set(
-                    fingerprint(loader.dataset, list(num_batches), loader.batch_size, self.trainer.world_size))
-
-    def _scores_before_training(self) -> bool:
-        """A sanity check over the whole val set (``trainer.num_sanity_val_steps: -1``) scores the untrained
-        generators: the starting point of the val curves, logged at step 0."""
-        return self.trainer.sanity_checking and self.trainer.num_sanity_val_steps == float("inf")
-
-    def _eval_epoch_end(self, metrics: nn.ModuleDict, prefix: str) -> dict[str, float]:
-        if self.trainer.sanity_checking and not self._scores_before_training():
-            for m in metrics.values():
-                m.reset()
-            return {}
-        out = {}
-        for domain, m in metrics.items():
-            values = m.compute()
-            m.reset()
-            out.update({f"{prefix}/{k}{self.metric_domains[domain]}": v.float() for k, v in values.items()})
-        if self.trainer.sanity_checking:  # Lightning drops what is logged in the sanity check: to the loggers
-            for logger in self.trainer.loggers if self.trainer.is_global_zero else []:
-                logger.log_metrics({k: float(v) for k, v in out.items()}, step=0)
-            return {k: float(v) for k, v in out.items()}
-        self.log_dict(out, sync_dist=False)
-        return {k: float(v) for k, v in out.items()}
-
-    def on_validation_epoch_start(self) -> None:
-        self._begin_eval_pass()
-        self._attach_inception(self.trainer.state.fn.value)
-        self._use_real_sets(self.eval_metrics["val"], self.trainer.val_dataloaders, self.trainer.num_val_batches)
-        if not self.trainer.sanity_checking or self._scores_before_training():
-            self._use_training_references(self.eval_metrics["val"])
-
-    def on_test_epoch_start(self) -> None:
-        self._begin_eval_pass()
-        self._use_real_sets(self.eval_metrics["test"], self.trainer.test_dataloaders, self.trainer.num_test_batches)
-        self._use_training_references(self.eval_metrics["test"])
-
-    def _use_training_references(self, metrics: nn.ModuleDict) -> None:
-        """Give MiFID the Inception features of the training images (computed once per set of images, each
-        process a share of them), which its memorization term compares the generated images with."""
-        domains = [d for d, m in metrics.items() if m.mifid]
-        if not domains:
-            return
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if not hasattr(datamodule, "training_references"):
-            raise ConfigError("model.mifid compares generated images with the training images, which this data module "
-                              "does not give (training_references()); set model.mifid: false")
-        references = datamodule.training_references()
-        for domain in domains:
-            dataset, key = references[self.reference_domains[domain]]
-            m = metrics[domain]
-            if m.training_key != key:
-                m.set_training_reference(self._inception_features(dataset, m), key)
-                rank_zero_info(f"MiFID: the memorization term compares with the {m.training_features.shape[0]} "
-                               f"training images of {self.reference_domains[domain]}")
-
-    @torch.no_grad()
-    def _inception_features(self, dataset, metrics: ImageQualityMetrics) -> torch.Tensor:
-        world, rank = self.trainer.world_size, self.trainer.global_rank
-        share = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world)))
-        loader = torch.utils.data.DataLoader(share, batch_size=8, num_workers=0)
-        feats = [metrics.features(batch["image"].to(self.device)) for batch in loader]
-        local = torch.cat(feats) if feats else torch.zeros(0, 2048, device=self.device)
-        if world > 1:
-            from torchmetrics.utilities.distributed import gather_all_tensors
-
-            local = torch.cat(gather_all_tensors(local))
-        return local
-
-    def on_predict_epoch_start(self) -> None:
-        self._begin_eval_pass()
-
-    def on_predict_epoch_end(self) -> None:
-        self._end_eval_pass()
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        # a partial sanity check only runs the networks
-        scored = not self.trainer.sanity_checking or self._scores_before_training()
-        self.evaluate_batch(batch, self.eval_metrics["val"] if scored else None, dataloader_idx)
-
-    def on_validation_epoch_end(self) -> None:
-        self._end_eval_pass()
-        self._eval_epoch_end(self.eval_metrics["val"], "val")
-
-    def on_validation_end(self) -> None:
-        # A partial pass (the sanity check, limit_val_batches < 1) leaves its DataLoader iterator, and with it
-        # the loader's worker processes, alive until the next validation, holding memory through a whole
-        # training epoch (see PairedDataModule._eval_loader). Lightning ends them only when fit ends and has
-        # no public call for it; its fetcher's own teardown does it, and the next validation makes a new one.
-        if self.trainer.state.fn == "fit":
-            self._detach_inception()
-            loop = self.trainer.fit_loop.epoch_loop.val_loop
-            fetcher = getattr(loop, "_data_fetcher", None)
-            if fetcher is not None:  # what the loop's own teardown does, without moving its logged results
-                fetcher.teardown()
-                loop._data_fetcher = None
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        return self.evaluate_batch(batch, self.eval_metrics["test"], dataloader_idx)
-
-    def on_test_epoch_end(self) -> None:
-        self._end_eval_pass()
-        self.test_results = self._eval_epoch_end(self.eval_metrics["test"], "test")
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """Any image size: padded to what the generator accepts (or resized), translated, brought back."""
-        source = batch["source"]
-        direction = batch.get("direction", ["AtoB"])[0]
-        h, w = source.shape[-2:]
-        if self.hparams.predict_fit == "resize":
-            s = self.hparams.predict_size
-            # antialiased bicubic, as PIL resizes the training images (plain bicubic aliases when shrinking)
-            x = F.interpolate(source.float(), size=(s, s), mode="bicubic", align_corners=False, antialias=True)
-            fake = self.generate(x.clamp(-1, 1), direction)
-            fake = F.interpolate(fake, size=(h, w), mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
-        else:
-            x, box = pad_to_multiple(source, self.size_multiple, self.min_size)
-            fake = crop_box(self.generate(x, direction), box)
-        return {"fake": fake, "name": batch["name"]}
-
     # -- checkpoints ---------------------------------------------------------------------------------
     def image_pools(self) -> dict[str, ImagePool]:
         """The algorithm's image pools by name (saved in checkpoints for exact resume)."""
@@ -641,19 +304,9 @@ class ImageTranslationModel(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         weights = checkpoint.get("state_dict", {})
         for name in self.generator_names:
-            prefix = f"{name}_ema."
-            has = any(k.startswith(prefix) for k in weights)
-            if self.ema_of(name) is not None and not has:
-                # a checkpoint from a run without EMA: the average starts from its generator
-                log.info("the checkpoint has no EMA of %s: %s_ema starts from its %s", name, name, name)
-                for k, v in list(weights.items()):
-                    if k.startswith(f"{name}."):
-                        weights[f"{prefix}module.{k[len(name) + 1:]}"] = v.clone()
-                weights[f"{prefix}n_averaged"] = torch.tensor(0, dtype=torch.long)
-            elif self.ema_of(name) is None and has:
-                log.info("the checkpoint's EMA of %s is not used (model.ema_decay is null)", name)
-                for k in [k for k in weights if k.startswith(prefix)]:
-                    del weights[k]
+            done = align_ema_weights(weights, name, self.ema_of(name) is not None)
+            if done:
+                log.info(done)
         state = checkpoint.get("pix2pix_lit", {})
         self._rng_to_restore = state.get("rng_states")
         self.restore_pools(state)
@@ -672,29 +325,6 @@ class ImageTranslationModel(pl.LightningModule):
         for pool in self.image_pools().values():
             pool.images = [t.to(self.device) for t in pool.images]
         self._detach_inception()  # loaded at setup (or kept from the sanity check): not needed until validation
-
-
-def collect_rng_states() -> dict[str, Any]:
-    """Global RNG states of torch (CPU, CUDA), numpy and Python, as types ``torch.load(weights_only=True)`` accepts."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    states: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    kind, keys, pos, has_gauss, gauss = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = states["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _no_closure() -> None:

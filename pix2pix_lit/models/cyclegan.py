@@ -15,8 +15,10 @@ import torch.nn.functional as F
 
 from pix2pix_lit.errors import ConfigError, check_choice
 from pix2pix_lit.losses import GANLoss, gradient_penalty
-from pix2pix_lit.models.base import DIRECTIONS, ImagePool, ImageTranslationModel
+from pix2pix_lit.models.base import ImageTranslationModel
+from pix2pix_lit.modes import DIRECTIONS
 from pix2pix_lit.nets import DISCRIMINATORS, GENERATORS, define_D, define_G
+from pix2pix_lit.nets.image_pool import ImagePool
 
 
 class CycleGAN(ImageTranslationModel):

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from pix2pix_lit.errors import ConfigError, check_choice
 from pix2pix_lit.losses import GANLoss, feature_matching_loss, gradient_penalty
-from pix2pix_lit.models.base import ImagePool, ImageTranslationModel
+from pix2pix_lit.models.base import ImageTranslationModel
 from pix2pix_lit.nets import DISCRIMINATORS, GENERATORS, define_D, define_G
+from pix2pix_lit.nets.image_pool import ImagePool
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,52 @@
+"""Every place pix2pix-lit reaches into Lightning's private parts, each a named function.
+
+Lightning has no public call for these; each was checked against Lightning 2.6, and
+``tests/test_lightning_internals.py`` fails when a Lightning release moves one of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+from lightning.pytorch.strategies import DDPStrategy
+
+CHECKED_WITH = "2.6"
+
+
+def ddp_constructor_kwargs(strategy: Any) -> Optional[dict]:
+    """The keyword arguments a DDP strategy will build ``DistributedDataParallel`` with (``_ddp_kwargs``), which can
+    still be changed until the strategy wraps the model; None for other strategies."""
+    kwargs = getattr(strategy, "_ddp_kwargs", None)
+    return kwargs if isinstance(strategy, DDPStrategy) and isinstance(kwargs, dict) else None
+
+
+def count_manual_step(trainer: "pl.Trainer") -> None:
+    """Count one trainer step under manual optimization (``global_step`` reads this counter). Stepping through the
+    LightningOptimizer would count one per optimizer; a GAN batch with two optimizers is one step."""
+    progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+    progress.increment_ready()
+    progress.increment_completed()
+
+
+def end_validation_workers(trainer: "pl.Trainer") -> None:
+    """End the DataLoader iterator (and so the worker processes) of a validation that stopped early (the sanity
+    check, ``limit_val_batches``); Lightning keeps it until fit ends. Its fetcher's own teardown does it, and the
+    next validation makes a new one."""
+    loop = trainer.fit_loop.epoch_loop.val_loop
+    fetcher = getattr(loop, "_data_fetcher", None)
+    if fetcher is not None:
+        fetcher.teardown()
+        loop._data_fetcher = None
+
+
+def batches_done_in_epoch(trainer: Optional["pl.Trainer"], batches_per_epoch: int) -> int:
+    """The batches of the current epoch trained before the checkpoint a fit resumes from (0 at an epoch's start).
+
+    Lightning restores its loop counters before it asks for the train loader, then runs the rest of the epoch's
+    batches from a fresh iterator, which would start again at the epoch's first samples."""
+    if trainer is None:
+        return 0
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    done = progress.current.processed
+    return done if 0 < done < batches_per_epoch and not progress.is_last_batch else 0

@@ -1,0 +1,122 @@
+"""How every model here runs its generators outside training: the inference modes, ``generate``, the EMA
+generator as the one evaluated, and ``predict`` at any image size.
+
+:class:`Inference` is mixed into :class:`~pix2pix_lit.models.base.ImageTranslationModel`; a model fills in
+``generator_for`` (and ``grid_rows`` for the image grids).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from typing import Any, Iterator
+
+import lightning.pytorch as pl
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pix2pix_lit.checkpoints import EMA_SUFFIX
+from pix2pix_lit.data.transforms import crop_box, pad_to_multiple
+from pix2pix_lit.errors import ConfigError
+from pix2pix_lit.modes import DIRECTIONS
+from pix2pix_lit.nets.norm import batch_norm_own_statistics
+
+
+class Inference(pl.LightningModule):
+    """The inference side of a model (see the module docstring)."""
+
+    @property
+    def size_multiple(self) -> int:
+        """What image sides every generator accepts must divide by."""
+        return max(getattr(self, n).size_multiple for n in self.generator_names)
+
+    @property
+    def min_size(self) -> int:
+        """The smallest image side every generator accepts (a multiple of :attr:`size_multiple`)."""
+        side = max(getattr(getattr(self, n), "min_size", 1) for n in self.generator_names)
+        return side + (-side % self.size_multiple)
+
+    def check_size(self, x: torch.Tensor) -> None:
+        h, w = x.shape[-2:]
+        m = self.size_multiple
+        if h % m or w % m:
+            raise ConfigError(
+                f"images are {h}x{w} but netG={self.hparams.netG} needs sides divisible by {m}; "
+                f"set data.crop_size to a multiple of {m} (or choose another netG)"
+            )
+
+    def generator_for(self, direction: str = "AtoB") -> str:
+        """The name of the generator that translates in ``direction``."""
+        raise NotImplementedError
+
+    def inference_net(self, direction: str = "AtoB") -> nn.Module:
+        """The network validation, test, predict and export run for ``direction``: the EMA copy if there is one
+        (and ``use_ema_for_eval``), else the generator."""
+        name = self.generator_for(direction)
+        ema = self.ema_of(name)
+        if ema is not None and self.hparams.get("use_ema_for_eval", True):
+            return ema.module
+        return getattr(self, name)
+
+    def inference_net_name(self, direction: str = "AtoB") -> str:
+        name = self.generator_for(direction)
+        return f"{name}{EMA_SUFFIX}" if self.inference_net(direction) is not getattr(self, name) else name
+
+    @property
+    def inference_G_name(self) -> str:
+        """The generator(s) that evaluation runs, e.g. ``G_ema`` or ``G_A_ema+G_B_ema`` (named in metrics.json)."""
+        dirs = DIRECTIONS if len(self.generator_names) > 1 else ("AtoB",)
+        return "+".join(self.inference_net_name(d) for d in dirs)
+
+    @contextmanager
+    def inference(self, net: nn.Module) -> Iterator[None]:
+        """``net`` in the chosen inference mode (see ``inference_mode``); changes no parameter or buffer."""
+        was_training = net.training
+        if self.hparams.inference_mode == "eval":
+            net.eval()
+            context = nullcontext()
+        else:  # paper: dropout on, batch norm with the statistics of the images given
+            net.train()
+            context = batch_norm_own_statistics(net)
+        try:
+            with context:
+                yield
+        finally:
+            net.train(was_training)
+
+    @torch.no_grad()
+    def generate(self, source: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:
+        """The translation of ``source`` in ``direction``, in the configured inference mode, as float in [-1, 1].
+
+        In ``paper`` mode each image goes through the generator alone: its normalisation statistics are its
+        own, as in the official test (batch size 1), whatever the eval batch size or the number of processes.
+        """
+        source = self.prep(source)
+        net = self.autocast_ready(self.inference_net(direction), source.device.type)
+        with self.inference(net):
+            if self.hparams.inference_mode == "paper" and source.shape[0] > 1:
+                return torch.cat([net(x.unsqueeze(0)).float() for x in source])
+            return net(source).float()
+
+    def forward(self, source: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:
+        return self.generate(source, direction)
+
+    def grid_rows(self, batch: dict[str, torch.Tensor]) -> tuple[list[list[torch.Tensor]], float, str]:
+        """Rows of images for the grids of fixed samples, their L1 and what the columns are."""
+        raise NotImplementedError
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Any image size: padded to what the generator accepts (or resized), translated, brought back."""
+        source = batch["source"]
+        direction = batch.get("direction", ["AtoB"])[0]
+        h, w = source.shape[-2:]
+        if self.hparams.predict_fit == "resize":
+            s = self.hparams.predict_size
+            # antialiased bicubic, as PIL resizes the training images (plain bicubic aliases when shrinking)
+            x = F.interpolate(source.float(), size=(s, s), mode="bicubic", align_corners=False, antialias=True)
+            fake = self.generate(x.clamp(-1, 1), direction)
+            fake = F.interpolate(fake, size=(h, w), mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
+        else:
+            x, box = pad_to_multiple(source, self.size_multiple, self.min_size)
+            fake = crop_box(self.generate(x, direction), box)
+        return {"fake": fake, "name": batch["name"]}

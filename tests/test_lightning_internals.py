@@ -1,0 +1,73 @@
+"""The private parts of Lightning that pix2pix_lit.lightning_internals reaches: each still where it was looked up.
+
+A Lightning release that moves one fails here, by name, rather than somewhere in a training run."""
+
+import inspect
+
+import lightning
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, Strategy
+
+from pix2pix_lit import lightning_internals as li
+
+from conftest import quiet_trainer
+
+
+class _Tiny(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Linear(2, 1)
+        self.automatic_optimization = False
+        self.seen = {}
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        loss = self.w(batch).sum()
+        opt.zero_grad()
+        self.manual_backward(loss)
+        self.trainer.strategy.optimizer_step(opt.optimizer, closure=lambda: None)
+        li.count_manual_step(self.trainer)
+        self.seen.setdefault("done", []).append(li.batches_done_in_epoch(self.trainer, 4))
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+    def on_validation_end(self):
+        loop = self.trainer.fit_loop.epoch_loop.val_loop
+        self.seen["fetcher_before"] = getattr(loop, "_data_fetcher", "missing")
+        li.end_validation_workers(self.trainer)
+        self.seen["fetcher_after"] = loop._data_fetcher
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.rand(8, 2), batch_size=2)
+
+    def val_dataloader(self):
+        return torch.utils.data.DataLoader(torch.rand(4, 2), batch_size=2)
+
+
+def test_lightning_version_and_the_strategy_step():
+    assert lightning.__version__.split(".")[0] == li.CHECKED_WITH.split(".")[0]
+    params = inspect.signature(Strategy.optimizer_step).parameters
+    assert "optimizer" in params and "closure" in params
+
+
+def test_ddp_constructor_kwargs():
+    kwargs = li.ddp_constructor_kwargs(DDPStrategy(find_unused_parameters=False))
+    assert kwargs == {"find_unused_parameters": False}
+    assert li.ddp_constructor_kwargs(SingleDeviceStrategy(torch.device("cpu"))) is None
+
+
+def test_step_counting_validation_workers_and_batch_progress():
+    model = _Tiny()
+    trainer = quiet_trainer(max_epochs=1, limit_val_batches=1)
+    trainer.fit(model)
+    assert trainer.global_step == 4  # one step per batch, counted by count_manual_step
+    # inside the epoch: the batches before the current one (Lightning counts a batch as processed after its step);
+    # during the epoch's last batch nothing: a checkpoint there ends the epoch
+    assert model.seen["done"] == [0, 1, 2, 0]
+    assert model.seen["fetcher_before"] not in (None, "missing") and model.seen["fetcher_after"] is None
+    assert li.batches_done_in_epoch(trainer, 4) == 0  # at the epoch's end: nothing to leave out
