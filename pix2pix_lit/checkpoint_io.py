@@ -3,7 +3,7 @@
 Lightning's ``TorchCheckpointIO`` serialises the whole checkpoint into memory before writing it
 (``_atomic_save``: ``torch.save`` into an ``io.BytesIO``, then ``getvalue()``): for unet_256 + the basic D
 with their Adam states that is a 690 MB buffer at every save, which set the peak memory of a maps
-training (+630 MB resident when the last checkpoint was written; ``experiments/RESULTS.md``, issue 10).
+training (+630 MB resident when the last checkpoint was written; ``experiments/RESULTS.md``, the training-memory section).
 This one streams ``torch.save`` into a temporary file beside the target and renames it over the target:
 as atomic as Lightning's (a reader sees the old file or the new one, never half of one). Other
 filesystems (fsspec URLs) keep Lightning's way.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Literal, Sequence, Union, get_args
 
 import torch
 import torch.nn as nn
@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from pix2pix_lit.errors import check_choice
 
-GAN_MODES = ("vanilla", "lsgan", "hinge", "wgangp")
+GANMode = Literal["vanilla", "lsgan", "hinge", "wgangp"]
+GAN_MODES = get_args(GANMode)
 
 Prediction = Union[torch.Tensor, Sequence[torch.Tensor]]
 

@@ -56,7 +56,7 @@ class PairedDataModule(pl.LightningDataModule):
             are per process. On the CPU the step's threads use every core, so workers compete with them: on 2
             cores the maps recipe ran 0.34 s an iteration loading in the training process against 0.41 s with
             2 workers, and without the ~0.7 GB of the trainer's old pages forked workers keep
-            (experiments/RESULTS.md, "issue 10: memory").
+            (experiments/RESULTS.md, the training-memory section).
         eval_batch_size: batch size of the val/test loaders (default: ``batch_size``). Scores do not depend on it
             (the ``paper`` inference mode runs the generator one image at a time, ``eval`` uses running statistics);
             larger batches feed the FID Inception faster.

@@ -8,16 +8,16 @@ L = L_GAN(G_A, D_A) + L_GAN(G_B, D_B) + λ_A·|G_B(G_A(a)) - a| + λ_B·|G_A(G_B
 from __future__ import annotations
 
 from itertools import chain
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 
 from pix2pix_lit.errors import ConfigError, check_choice
-from pix2pix_lit.losses import GANLoss, gradient_penalty
+from pix2pix_lit.losses import GANLoss, GANMode, gradient_penalty
 from pix2pix_lit.models.base import ImageTranslationModel
 from pix2pix_lit.modes import DIRECTIONS
-from pix2pix_lit.nets import DISCRIMINATORS, GENERATORS, define_D, define_G
+from pix2pix_lit.nets import DISCRIMINATORS, GENERATORS, DiscriminatorName, GeneratorName, InitName, NormName, define_D, define_G
 from pix2pix_lit.nets.image_pool import ImagePool
 
 
@@ -54,19 +54,19 @@ class CycleGAN(ImageTranslationModel):
         self,
         input_nc: int = 3,
         output_nc: int = 3,
-        netG: Literal["resnet_9blocks", "resnet_6blocks", "resnet", "unet_256", "unet_128", "unet"] = "resnet_9blocks",
+        netG: GeneratorName = "resnet_9blocks",
         ngf: int = 64,
         num_downs: Optional[int] = None,
         n_blocks: Optional[int] = None,
         no_dropout: bool = True,
-        netD: Literal["basic", "n_layers", "pixel", "multiscale"] = "basic",
+        netD: DiscriminatorName = "basic",
         ndf: int = 64,
         n_layers_D: int = 3,
         num_D: int = 3,
-        norm: Literal["instance", "batch", "none", "syncbatch"] = "instance",
-        init_type: Literal["normal", "xavier", "kaiming", "orthogonal"] = "normal",
+        norm: NormName = "instance",
+        init_type: InitName = "normal",
         init_gain: float = 0.02,
-        gan_mode: Literal["lsgan", "vanilla", "hinge", "wgangp"] = "lsgan",
+        gan_mode: GANMode = "lsgan",
         lambda_A: float = 10.0,
         lambda_B: float = 10.0,
         lambda_identity: float = 0.5,

@@ -63,7 +63,7 @@ class Evaluation(pl.LightningModule):
     def _detach_inception(self) -> None:
         # While fit trains, the FID Inception (95 MB) is not needed: it goes when training starts and after each
         # validation, and is loaded again (~0.15 s) for the next one, so a training's peak memory does not carry
-        # it (experiments/RESULTS.md, "issue 10: memory").
+        # it (experiments/RESULTS.md, the training-memory section).
         for stage_metrics in self.eval_metrics.values():
             for m in stage_metrics.values():
                 m.set_extractor(None)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 
 from pix2pix_lit.errors import ConfigError, check_choice
-from pix2pix_lit.losses import GANLoss, feature_matching_loss, gradient_penalty
+from pix2pix_lit.losses import GANLoss, GANMode, feature_matching_loss, gradient_penalty
 from pix2pix_lit.models.base import ImageTranslationModel
-from pix2pix_lit.nets import DISCRIMINATORS, GENERATORS, define_D, define_G
+from pix2pix_lit.nets import DISCRIMINATORS, GENERATORS, DiscriminatorName, GeneratorName, InitName, NormName, define_D, define_G
 from pix2pix_lit.nets.image_pool import ImagePool
 
 log = logging.getLogger(__name__)
@@ -47,19 +47,19 @@ class Pix2Pix(ImageTranslationModel):
         self,
         input_nc: int = 3,
         output_nc: int = 3,
-        netG: Literal["unet_256", "unet_128", "unet", "resnet_9blocks", "resnet_6blocks", "resnet"] = "unet_256",
+        netG: GeneratorName = "unet_256",
         ngf: int = 64,
         num_downs: Optional[int] = None,
         n_blocks: Optional[int] = None,
         no_dropout: bool = False,
-        netD: Literal["basic", "n_layers", "pixel", "multiscale"] = "basic",
+        netD: DiscriminatorName = "basic",
         ndf: int = 64,
         n_layers_D: int = 3,
         num_D: int = 3,
-        norm: Literal["batch", "instance", "none", "syncbatch"] = "batch",
-        init_type: Literal["normal", "xavier", "kaiming", "orthogonal"] = "normal",
+        norm: NormName = "batch",
+        init_type: InitName = "normal",
         init_gain: float = 0.02,
-        gan_mode: Literal["vanilla", "lsgan", "hinge", "wgangp"] = "vanilla",
+        gan_mode: GANMode = "vanilla",
         lambda_L1: float = 100.0,
         lambda_gp: float = 10.0,
         lambda_feat: float = 0.0,

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch.nn as nn
 
 from pix2pix_lit.errors import ConfigError, check_choice
 from pix2pix_lit.nets.discriminators import MultiscaleDiscriminator, NLayerDiscriminator, PixelDiscriminator
 from pix2pix_lit.nets.generators import ResnetGenerator, UnetGenerator
-from pix2pix_lit.nets.norm import INITS, NORMS, get_norm_layer, init_weights
+from pix2pix_lit.nets.norm import INITS, NORMS, InitName, NormName, get_norm_layer, init_weights
 
-GENERATORS = ("unet_256", "unet_128", "unet", "resnet_9blocks", "resnet_6blocks", "resnet")
-DISCRIMINATORS = ("basic", "n_layers", "pixel", "multiscale")
+# the names of the networks, each defined once: the models' options take these types, the checks their values
+GeneratorName = Literal["unet_256", "unet_128", "unet", "resnet_9blocks", "resnet_6blocks", "resnet"]
+DiscriminatorName = Literal["basic", "n_layers", "pixel", "multiscale"]
+GENERATORS = get_args(GeneratorName)
+DISCRIMINATORS = get_args(DiscriminatorName)
 
 __all__ = [
     "DISCRIMINATORS",
     "GENERATORS",
     "INITS",
     "NORMS",
+    "DiscriminatorName",
+    "GeneratorName",
+    "InitName",
+    "NormName",
     "MultiscaleDiscriminator",
     "NLayerDiscriminator",
     "PixelDiscriminator",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Literal, get_args
 
 import torch
 import torch.nn as nn
@@ -13,8 +13,10 @@ from torch.nn import init
 
 from pix2pix_lit.errors import check_choice
 
-NORMS = ("batch", "instance", "none", "syncbatch")
-INITS = ("normal", "xavier", "kaiming", "orthogonal")
+NormName = Literal["batch", "instance", "none", "syncbatch"]
+InitName = Literal["normal", "xavier", "kaiming", "orthogonal"]
+NORMS = get_args(NormName)
+INITS = get_args(InitName)
 
 
 def get_norm_layer(norm: str) -> Callable[[int], nn.Module]:
