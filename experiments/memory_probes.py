@@ -1,13 +1,13 @@
 """The small measurements behind issue 10's changes, quoted in experiments/RESULTS.md (one process each, CPU).
 
-    python experiments/issue10_probes.py adam        # Adam alone on unet_256's parameters, per layout and kernel
-    python experiments/issue10_probes.py autocast    # paper-mode G under autocast: per-call weight casts vs cast once
-    python experiments/issue10_probes.py inception   # FID Inception img/s and extra peak memory by batch size
-    python experiments/issue10_probes.py memory ours|official [--at 30]   # per-process memory of a training
-    python experiments/issue10_probes.py anatomy     # the trainer's memory at steps 1/30: tensors by dtype, malloc heap
-    python experiments/issue10_probes.py workers     # 60 maps iterations per data-worker / malloc setting: speed, peak PSS
-    python experiments/issue10_probes.py val-workers # a full maps validation with no workers and with 2
-    python experiments/issue10_probes.py timeline [seconds] [fit options]  # process-tree PSS every second
+    python experiments/memory_probes.py adam        # Adam alone on unet_256's parameters, per layout and kernel
+    python experiments/memory_probes.py autocast    # paper-mode G under autocast: per-call weight casts vs cast once
+    python experiments/memory_probes.py inception   # FID Inception img/s and extra peak memory by batch size
+    python experiments/memory_probes.py memory ours|official [--at 30]   # per-process memory of a training
+    python experiments/memory_probes.py anatomy     # the trainer's memory at steps 1/30: tensors by dtype, malloc heap
+    python experiments/memory_probes.py workers     # 60 maps iterations per data-worker / malloc setting: speed, peak PSS
+    python experiments/memory_probes.py val-workers # a full maps validation with no workers and with 2
+    python experiments/memory_probes.py timeline [seconds] [fit options]  # process-tree PSS every second
 
 (The numbers quoted in RESULTS.md for issue 10 were taken with loose scripts doing these same measurements;
 this file repeats them so they can be re-run. Re-runs on a shared VM vary by ~10%.)
@@ -130,7 +130,7 @@ try:
     import lightning.pytorch as _pl
 
     class Anatomy(_pl.Callback):
-        """``--trainer.callbacks+=experiments.issue10_probes.Anatomy``: the trainer's memory at steps 1 and 30."""
+        """``--trainer.callbacks+=experiments.memory_probes.Anatomy``: the trainer's memory at steps 1 and 30."""
 
         def on_train_start(self, trainer, pl_module):
             report("train start")
@@ -183,7 +183,7 @@ def _fit_cmd(extra: list[str], steps: int = 60) -> list[str]:
 def anatomy() -> None:
     import re
 
-    out = subprocess.run(_fit_cmd(["--trainer.callbacks+=experiments.issue10_probes.Anatomy"]), cwd=REPO,
+    out = subprocess.run(_fit_cmd(["--trainer.callbacks+=experiments.memory_probes.Anatomy"]), cwd=REPO,
                          capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     print("\n".join(re.findall(r"ANATOMY [^\r\n]*", out.stdout)) or out.stderr[-2000:])
 
