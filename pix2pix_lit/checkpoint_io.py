@@ -24,7 +24,7 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from pix2pix_lit.errors import CheckpointError
+from pix2pix_lit.errors import CheckpointError, find_in_chain
 
 log = logging.getLogger(__name__)
 _PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.partial$")
@@ -68,18 +68,6 @@ def remove_stale_partials(folder: Path) -> int:
     return freed
 
 
-def _os_error(e: BaseException) -> Optional[OSError]:
-    """The OSError behind ``e``, if any: torch's writer turns a full disk into a RuntimeError raised while
-    handling it (``__context__``) or from it (``__cause__``)."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, OSError):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
-
-
 class StreamingCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
@@ -93,7 +81,8 @@ class StreamingCheckpointIO(TorchCheckpointIO):
             os.replace(partial, path)
         except BaseException as e:
             partial.unlink(missing_ok=True)
-            cause = _os_error(e)
+            # torch's writer turns a full disk into a RuntimeError raised while handling the OSError
+            cause = find_in_chain(e, OSError)
             if cause is not None:
                 raise self._save_error(path, cause, checkpoint_bytes(checkpoint)) from None
             raise

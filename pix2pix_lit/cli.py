@@ -28,7 +28,7 @@ from pix2pix_lit.callbacks import ImageGridCallback, PredictionWriter, SaveOnSig
 from pix2pix_lit.checkpoint_io import remove_stale_partials
 from pix2pix_lit.checkpoints import check_checkpoint_fits, load_checkpoint
 from pix2pix_lit.data import PairedDataModule
-from pix2pix_lit.errors import CheckpointError, ConfigError, Pix2PixLitError
+from pix2pix_lit.errors import CheckpointError, ConfigError, Pix2PixLitError, find_in_chain
 from pix2pix_lit.models import DEFAULT_MODEL, ImageTranslationModel, resolve_model_class
 from pix2pix_lit.models.base import RUNTIME_OPTIONS
 from pix2pix_lit.modes import metric_mode
@@ -357,17 +357,7 @@ def _one_line(err: BaseException) -> str:
 
 def _rejected(err: BaseException) -> Optional[BaseException]:
     """The Pix2PixLitError behind a parse error, if any (jsonargparse instantiates classes to validate)."""
-    seen = set()
-    stack = [err]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, Pix2PixLitError):
-            return e
-        stack += [e.__cause__, e.__context__]
-    return None
+    return find_in_chain(err, Pix2PixLitError)
 
 
 class _KeepRunDirOnceTrained(Callback):

@@ -29,6 +29,22 @@ class NonFiniteLossError(Pix2PixLitError, RuntimeError):
     """Training kept producing NaN/Inf losses."""
 
 
+def find_in_chain(err: BaseException, kind: type) -> "BaseException | None":
+    """The first exception of type ``kind`` in ``err``'s chain (itself, what it was raised from or while
+    handling), e.g. ours behind jsonargparse's wrapping, or the OSError behind torch's RuntimeError."""
+    seen = set()
+    stack = [err]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, kind):
+            return e
+        stack += [e.__cause__, e.__context__]
+    return None
+
+
 def check_choice(option: str, value: str, choices) -> str:
     """Return ``value`` if it is one of ``choices``; otherwise raise a ConfigError listing them."""
     choices = list(choices)
