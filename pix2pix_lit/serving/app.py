@@ -52,7 +52,7 @@ FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "MPO": "image/jpeg", "WEBP"
 PREPROCESS = ("none", "edges")
 MAX_PIXELS_CAP = 16_777_216  # 4096 x 4096: the largest image served unless --max-pixels says otherwise
 # what a pixel costs while the generator runs, for files exported before the figure was written into them:
-# above the resnet_9blocks generator's 7.4 KB measured by pix2pix_lit.serving.export.bytes_per_pixel
+# above the resnet_9blocks generator's 7.8 KB (pix2pix_lit.serving.export.bytes_per_pixel; experiments/serve_load.py)
 UNKNOWN_BYTES_PER_PIXEL = 8192
 # what a pixel costs a request outside the generator: the decoded image, the float input and its padded copy,
 # the output and its 8-bit image (3 channels: 3 + 12 + 12 + 12 + 3 bytes, rounded up for 4 channels)
