@@ -21,6 +21,19 @@ def ddp_constructor_kwargs(strategy: Any) -> Optional[dict]:
     return kwargs if isinstance(strategy, DDPStrategy) and isinstance(kwargs, dict) else None
 
 
+def allow_unused_parameters(strategy: Any) -> bool:
+    """Have a DDP strategy build ``DistributedDataParallel`` with ``find_unused_parameters=True``; True if this
+    changed it. A GAN's backward reaches only the networks of one optimizer (D's loss does not reach G, and D is
+    frozen while G's loss flows through it), so parameters go unused in a backward, or DDP stops at the next step.
+    Lightning runs ``setup`` before the strategy wraps the model; it has no public setting for it once the
+    strategy is built."""
+    kwargs = ddp_constructor_kwargs(strategy)
+    if kwargs is None or kwargs.get("find_unused_parameters"):
+        return False
+    kwargs["find_unused_parameters"] = True
+    return True
+
+
 def count_manual_step(trainer: "pl.Trainer") -> None:
     """Count one trainer step under manual optimization (``global_step`` reads this counter). Stepping through the
     LightningOptimizer would count one per optimizer; a GAN batch with two optimizers is one step."""

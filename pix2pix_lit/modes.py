@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 # which way a model translates: A -> B or B -> A (paired data swaps the images; two-way models pick a generator)
-DIRECTIONS = ("AtoB", "BtoA")
+Direction = Literal["AtoB", "BtoA"]
+DIRECTIONS: tuple[str, ...] = get_args(Direction)
 # how a generator runs at evaluation: ``paper`` = the official test.py without --eval (dropout on, every image
 # normalised with its own statistics); ``eval`` = the official --eval (dropout off, running statistics)
-INFERENCE_MODES = ("paper", "eval")
+InferenceMode = Literal["paper", "eval"]
+INFERENCE_MODES: tuple[str, ...] = get_args(InferenceMode)
 # export and serve default to ``eval``: their outputs must not be random, and ``paper`` keeps dropout on
 SERVING_INFERENCE_MODE = "eval"
 

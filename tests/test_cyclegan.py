@@ -284,7 +284,7 @@ def test_command_line_fit_validate_test_predict_export_both_ways(tmp_path, cli_e
     for direction in ("BtoA", "AtoB"):
         out = tmp_path / f"pred-{direction}"
         run(["predict", *cyclegan_cli(root, data), "--ckpt_path", last, "--data.predict_dir", str(photos),
-             "--data.direction", direction, "--predict_writer.output_dir", str(out)], cli_env, tmp_path)
+             "--model.predict_direction", direction, "--predict_writer.output_dir", str(out)], cli_env, tmp_path)
         assert Image.open(out / "p.png").size == (50, 30)
     assert not np.array_equal(np.asarray(Image.open(tmp_path / "pred-AtoB" / "p.png")),
                               np.asarray(Image.open(tmp_path / "pred-BtoA" / "p.png")))  # two generators

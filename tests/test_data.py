@@ -257,7 +257,7 @@ def test_num_workers_null_picks_by_device(tmp_path, monkeypatch):
     import lightning.pytorch as pl
 
     from pix2pix_lit import SyntheticPairedDataModule
-    from pix2pix_lit.data import datamodule
+    from pix2pix_lit.data import base as data_base
 
     def loaders(**kw):
         dm = SyntheticPairedDataModule(str(tmp_path / "data"), num_train=2, num_val=2, num_test=1, image_size=36,
@@ -270,10 +270,10 @@ def test_num_workers_null_picks_by_device(tmp_path, monkeypatch):
     dm.trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False)
     assert dm.train_dataloader().num_workers == 0
     gpu = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)), num_devices=2)
-    monkeypatch.setattr(datamodule, "suggested_max_num_workers", lambda local_world_size: 16 // local_world_size - 1)
+    monkeypatch.setattr(data_base, "suggested_max_num_workers", lambda local_world_size: 16 // local_world_size - 1)
     dm.trainer = gpu
     assert dm.num_workers == 4
-    monkeypatch.setattr(datamodule, "suggested_max_num_workers", lambda local_world_size: 1)
+    monkeypatch.setattr(data_base, "suggested_max_num_workers", lambda local_world_size: 1)
     assert dm.num_workers == 1
     dm, train, val = loaders(num_workers=1)
     assert train.num_workers == 1 and train.persistent_workers and val.num_workers == 1 and not val.persistent_workers

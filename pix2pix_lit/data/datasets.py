@@ -219,10 +219,8 @@ class FolderPairDataset(_PairedBase):
 class SingleImageDataset(Dataset):
     """Images of any size for ``predict``: ``{"source", "name", "size"}``, no resizing or cropping."""
 
-    def __init__(self, files: list[Path], root: Path, input_nc: int = 3, direction: Optional[str] = None,
-                 strict_channels: bool = False) -> None:
+    def __init__(self, files: list[Path], root: Path, input_nc: int = 3, strict_channels: bool = False) -> None:
         self.files, self.root, self.input_nc = list(files), Path(root), input_nc
-        self.direction = direction  # for two-way models: which generator translates these images
         self.strict_channels = strict_channels
         converted = 0
         for path in self.files:
@@ -239,10 +237,7 @@ class SingleImageDataset(Dataset):
         with load_image(path) as img:
             img = convert_channels(img, self.input_nc, path, "data.input_nc", self.strict_channels)
             t = to_tensor(img)
-        item = {"source": t, "name": path.relative_to(self.root).as_posix(), "size": torch.tensor(t.shape[-2:])}
-        if self.direction is not None:
-            item["direction"] = self.direction
-        return item
+        return {"source": t, "name": path.relative_to(self.root).as_posix(), "size": torch.tensor(t.shape[-2:])}
 
 
 class SeededSampler(DistributedSampler):

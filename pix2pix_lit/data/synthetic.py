@@ -13,9 +13,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from pix2pix_lit.errors import ConfigError
 
 # label colours (Cityscapes-like palette): sky, building, vegetation, road, car
 PALETTE = np.array([[70, 130, 180], [70, 70, 70], [107, 142, 35], [128, 64, 128], [0, 0, 142]], dtype=np.uint8)
@@ -107,12 +110,31 @@ def generate(root: str | os.PathLike, sizes: dict[str, int], image_size: int = 7
 
 
 class BuiltInData:
-    """Mixin for a DataModule over the built-in set: generates it into ``root`` on first use (before the
-    parent's checks), also outside a Trainer and on processes where Lightning did not call prepare_data."""
+    """Mixin for a DataModule over the built-in set, stored side by side (``layout: aligned``): generates it into
+    ``root`` on first use (before the parent's checks), also outside a Trainer and on processes where Lightning
+    did not call prepare_data.
 
-    def use_built_in(self, num_train: int, num_val: int, num_test: int, image_size: int, dataset_seed: int) -> None:
-        from pix2pix_lit.errors import ConfigError
+    Args:
+        num_train, num_val, num_test: images per split. image_size: the side of the stored images
+            (``load_size`` should match). dataset_seed: what the images are drawn from.
+        The other options are those of the data module it is mixed into, with defaults for the small images.
+    """
 
+    def __init__(
+        self,
+        root: str = "data/synthetic",
+        num_train: int = 400,
+        num_val: int = 48,
+        num_test: int = 48,
+        image_size: int = 72,
+        dataset_seed: int = 0,
+        load_size: int = 72,
+        crop_size: int = 64,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root=root, layout="aligned", load_size=load_size, crop_size=crop_size, **kwargs)
+        # under LightningCLI the hyper-parameters are the config's, which has no layout (not an option here)
+        self.hparams["layout"] = "aligned"
         if min(num_train, num_val, num_test) < 1 or image_size < 8:
             raise ConfigError("data.num_train/num_val/num_test must be >= 1 and data.image_size >= 8")
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from pix2pix_lit.data.datamodule import PairedDataModule
+from pix2pix_lit.data.base import ImageDataModule, Part
 from pix2pix_lit.data.datasets import Index, SingleImageDataset, _split_index, fingerprint
 from pix2pix_lit.data.io import (
     check_decodable,
@@ -30,7 +30,7 @@ from pix2pix_lit.data.io import (
 )
 from pix2pix_lit.data.synthetic import BuiltInData
 from pix2pix_lit.data.transforms import JointTransform
-from pix2pix_lit.errors import DataError
+from pix2pix_lit.errors import DataError, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -136,66 +136,33 @@ class DomainView(Dataset):
         return self.images.files + (self.other.files if self.split.paired else [])
 
 
-class UnpairedDataModule(PairedDataModule):
+class UnpairedDataModule(ImageDataModule):
     """Two unpaired domains A and B on disk (see the module docstring).
 
     Args:
-        root: dataset folder.
         layout: ``folders`` (default): the official ``root/trainA``, ``root/trainB``, ``testA``, ``testB``
             (``a_dir``/``b_dir`` with ``{split}``; ``valA``/``valB`` when present); ``aligned``: side-by-side A|B
             files in ``root/{train,val,test}``, the halves used as two domains.
-        direction: the way ``predict`` translates its images: ``AtoB`` (G_A) or ``BtoA`` (G_B).
-        input_nc, output_nc: channels of domain A and domain B.
-        preprocess, load_size, crop_size, no_flip, eval_load_size: as for paired data.
-        serial_batches: B image ``i mod |B|`` with A image ``i`` and no shuffling (official option).
-        val_fraction: without a val split, this part of each domain's train images is held out (seeded).
-        predict_dir: images (any size) of the direction's source domain; default: the test split's.
-        strict_channels: as for paired data (grayscale images of an RGB domain are read as RGB unless true).
+        The other options are those of :class:`~pix2pix_lit.data.base.ImageDataModule`: ``input_nc``/``output_nc``
+        are the channels of domain A and domain B; ``serial_batches``: B image ``i mod |B|`` with A image ``i``
+        and no shuffling (official option); without a val split, ``val_fraction`` of each domain's train images
+        is held out (seeded); ``predict_dir``: images (any size) of the source domain of the model's
+        ``predict_direction`` (default: the test split's images of that domain).
     """
 
     def __init__(
         self,
         root: str = "data",
         layout: Literal["folders", "aligned"] = "folders",
-        direction: Literal["AtoB", "BtoA"] = "AtoB",
-        input_nc: int = 3,
-        output_nc: int = 3,
-        preprocess: Literal["resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none"] = "resize_and_crop",
-        load_size: int = 286,
-        crop_size: int = 256,
-        no_flip: bool = False,
-        eval_load_size: Optional[int] = None,
-        batch_size: int = 1,
-        eval_batch_size: Optional[int] = None,
-        num_workers: Optional[int] = None,
-        persistent_workers: bool = True,
-        pin_memory: bool = False,
-        serial_batches: bool = False,
-        max_dataset_size: Optional[int] = None,
-        val_fraction: float = 0.1,
-        seed: int = 0,
         a_dir: str = "{split}A",
         b_dir: str = "{split}B",
-        train_split: str = "train",
-        val_split: str = "val",
-        test_split: str = "test",
-        predict_dir: Optional[str] = None,
-        strict_channels: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root=root, layout=layout, direction=direction, input_nc=input_nc, output_nc=output_nc, preprocess=preprocess,
-            load_size=load_size, crop_size=crop_size, no_flip=no_flip, eval_load_size=eval_load_size,
-            batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-            persistent_workers=persistent_workers, pin_memory=pin_memory,
-            serial_batches=serial_batches, max_dataset_size=max_dataset_size, val_fraction=val_fraction, seed=seed,
-            a_dir=a_dir, b_dir=b_dir, train_split=train_split, val_split=val_split, test_split=test_split,
-            predict_dir=predict_dir, strict_channels=strict_channels,
-        )
-        # one image at a time: the joint transform of the paired data, applied to each domain on its own
-        self.train_transform = JointTransform(preprocess, load_size, crop_size, flip=not no_flip, train=True)
+        check_choice("data.layout", layout, ("folders", "aligned"))
+        super().__init__(root=root, **kwargs)
 
-    # -- building datasets -------------------------------------------------------------------------
-    def _split_exists(self, split: str) -> bool:
+    # -- how a split is read ------------------------------------------------------------------------------
+    def split_exists(self, split: str) -> bool:
         h = self.hparams
         if h.layout == "aligned":
             return (self.root / split).is_dir()
@@ -203,8 +170,7 @@ class UnpairedDataModule(PairedDataModule):
 
     def _domains(self, split: str) -> tuple[DomainImages, DomainImages]:
         h = self.hparams
-        if not self.root.is_dir():
-            raise DataError(f"data folder {self.root} does not exist; set data.root to your dataset")
+        self.require_root()
         if h.layout == "aligned":
             files = list_images(self.root / split)[: h.max_dataset_size]
             return (DomainImages(files, h.input_nc, "data.input_nc", "left", strict_channels=h.strict_channels),
@@ -220,140 +186,68 @@ class UnpairedDataModule(PairedDataModule):
                 DomainImages(list_images(dirs[1])[: h.max_dataset_size], h.output_nc, "data.output_nc",
                              strict_channels=h.strict_channels))
 
-    def _carve(self, n: int, salt: int) -> tuple[list[int], list[int]]:
-        if n < 2:
-            raise DataError(f"{self.root}: a domain of the train split has {n} image(s); a val split needs at least 2")
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.hparams.seed + salt)).tolist()
-        n_val = max(1, round(n * self.hparams.val_fraction))
-        return sorted(perm[n_val:]), sorted(perm[:n_val])
-
-    def _split_sets(self, split: str, train: bool, part: Optional[str] = None) -> UnpairedDataset:
-        """The split's two domains; ``part`` = train | val carves a held-out val part from the train split."""
+    def make_split(self, split: str, train: bool, part: Part = None) -> UnpairedDataset:
+        """The split's two domains; ``part`` = train | val: the trained or held-out part of the train split."""
         h = self.hparams
         A, B = self._domains(split)
         paired = h.layout == "aligned"
         if part is not None:
+            keep = 0 if part == "train" else 1
+            what = "a domain of the train split"
             if paired:  # the same files in both domains: one carve-out keeps val pairs whole
-                keep_a = self._carve(len(A), 0)[0 if part == "train" else 1]
+                keep_a = self.carve(len(A), 0, what)[keep]
                 A, B = A.subset(keep_a), B.subset(keep_a)
             else:
-                A = A.subset(self._carve(len(A), 0)[0 if part == "train" else 1])
-                B = B.subset(self._carve(len(B), 1)[0 if part == "train" else 1])
+                A = A.subset(self.carve(len(A), 0, what)[keep])
+                B = B.subset(self.carve(len(B), 1, what)[keep])
         transform = self.train_transform if train else self.eval_transform
         return UnpairedDataset(A, B, transform, serial=h.serial_batches or not train, paired=paired and not train)
 
     def training_references(self) -> dict[str, tuple[Dataset, str]]:
-        """Each domain's training images (``A``, ``B``), read as evaluation reads images, with a fingerprint of
-        them: what MiFID's memorization term compares generated images with."""
-        h = self.hparams
-        split = self._split_sets(h.train_split, train=False, part=None if self._split_exists(h.val_split) else "train")
+        """Each domain's training images (``A``, ``B``), read as evaluation reads images, with their fingerprint."""
+        split = self.make_split(self.hparams.train_split, train=False, part=self.trained_part)
         views = {d: DomainView(split, d) for d in "AB"}
         return {d: (view, fingerprint(view)) for d, view in views.items()}
 
-    def _val_set(self) -> UnpairedDataset:
-        h = self.hparams
-        if self._split_exists(h.val_split):
-            return self._split_sets(h.val_split, train=False)
-        log.info("no %s split in %s: holding out part of each domain's train images for validation", h.val_split,
-                 self.root)
-        return self._split_sets(h.train_split, train=False, part="val")
+    def predict_direction(self) -> str:
+        """The model's ``predict_direction``: its source domain is the one ``predict`` reads."""
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        return getattr(model, "hparams", {}).get("predict_direction", "AtoB")
 
-    def _build(self, stage: str) -> dict[str, Any]:
+    def make_predict_dataset(self) -> Dataset:
         h = self.hparams
-        if stage == "fit":
-            carve = None if self._split_exists(h.val_split) else "train"
-            return {"train_dataset": self._split_sets(h.train_split, train=True, part=carve), "val_dataset": self._val_set()}
-        if stage == "validate":
-            return {"val_dataset": self._val_set()}
-        if stage == "test":
-            if self._split_exists(h.test_split) and h.test_split != h.val_split:
-                self.test_split_used = h.test_split
-                return {"test_dataset": self._split_sets(h.test_split, train=False)}
-            self.test_split_used = h.val_split
-            log.warning("testing on the validation split (%s): the split that chose best-*.ckpt, so these numbers are "
-                        "optimistic; name a held-out split with data.test_split", h.val_split)
-            return {"test_dataset": self._val_set()}
-        if stage == "predict":
-            return {"predict_dataset": self._predict_dataset()}
-        return {}
-
-    def _predict_dataset(self) -> Dataset:
-        h = self.hparams
-        nc = h.input_nc if h.direction == "AtoB" else h.output_nc
+        direction = self.predict_direction()
+        nc = h.input_nc if direction == "AtoB" else h.output_nc
         if h.predict_dir is not None:
             folder = Path(h.predict_dir)
-            return SingleImageDataset(list_images(folder), folder, nc, direction=h.direction, strict_channels=h.strict_channels)
-        split = h.test_split if self._split_exists(h.test_split) else h.val_split
-        if not self._split_exists(split):
-            raise DataError(f"no {h.test_split} or {h.val_split} split in {self.root} to predict; set data.predict_dir")
+            return SingleImageDataset(list_images(folder), folder, nc, strict_channels=h.strict_channels)
+        split = self.predict_split()
         A, B = self._domains(split)
-        images = A if h.direction == "AtoB" else B
-        log.info("data.predict_dir is not set: predicting the %s split's %s images", split, h.direction[0])
-        return _DomainImagesForPredict(images, h.direction)
+        log.info("data.predict_dir is not set: predicting the %s split's %s images", split, direction[0])
+        return _DomainImagesForPredict(A if direction == "AtoB" else B)
 
-    def _evaluated_sizes(self, dataset: Dataset, name: str) -> dict[str, int]:
+    def evaluated_sizes(self, dataset: Dataset, name: str) -> dict[str, int]:
         return {f"{name}'s domain {d}": len(getattr(dataset, d)) for d in "AB"}
 
-    # -- loaders -------------------------------------------------------------------------------------
-
-    def val_dataloader(self) -> list[DataLoader]:
+    def eval_datasets(self, dataset: Dataset) -> list[Dataset]:
         # two loaders: A images (translated by G_A, the reals of FID_A) and B images
-        return [self._eval_loader(DomainView(self.val_dataset, d), self.eval_batch_size) for d in "AB"]
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return [self._eval_loader(DomainView(self.test_dataset, d), self.eval_batch_size) for d in "AB"]
+        return [DomainView(dataset, d) for d in "AB"]
 
 
 class _DomainImagesForPredict(Dataset):
-    def __init__(self, images: DomainImages, direction: str) -> None:
-        self.images, self.direction = images, direction
+    def __init__(self, images: DomainImages) -> None:
+        self.images = images
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         t = to_tensor(self.images.read(index))
-        return {"source": t, "name": f"{self.images.name(index)}.png", "size": torch.tensor(t.shape[-2:]),
-                "direction": self.direction}
+        return {"source": t, "name": f"{self.images.name(index)}.png", "size": torch.tensor(t.shape[-2:])}
 
 
 class SyntheticUnpairedDataModule(BuiltInData, UnpairedDataModule):
     """The built-in data as two unpaired domains: label layouts (A) and shaded "photos" (B), each B drawn
     independently of its A in training (the files' halves are never shown as pairs). No download; the
-    val pairs give SSIM/PSNR besides FID. ``image_size``: the side of the stored images."""
-
-    def __init__(
-        self,
-        root: str = "data/synthetic",
-        num_train: int = 400,
-        num_val: int = 48,
-        num_test: int = 48,
-        image_size: int = 72,
-        dataset_seed: int = 0,
-        direction: Literal["AtoB", "BtoA"] = "AtoB",
-        input_nc: int = 3,
-        output_nc: int = 3,
-        preprocess: Literal["resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none"] = "resize_and_crop",
-        load_size: int = 72,
-        crop_size: int = 64,
-        no_flip: bool = False,
-        eval_load_size: Optional[int] = None,
-        batch_size: int = 1,
-        eval_batch_size: Optional[int] = None,
-        num_workers: Optional[int] = None,
-        persistent_workers: bool = True,
-        pin_memory: bool = False,
-        serial_batches: bool = False,
-        max_dataset_size: Optional[int] = None,
-        seed: int = 0,
-        test_split: str = "test",
-        predict_dir: Optional[str] = None,
-    ) -> None:
-        super().__init__(
-            root=root, layout="aligned", direction=direction, input_nc=input_nc, output_nc=output_nc,
-            preprocess=preprocess, load_size=load_size, crop_size=crop_size, no_flip=no_flip,
-            eval_load_size=eval_load_size, batch_size=batch_size, eval_batch_size=eval_batch_size,
-            num_workers=num_workers, persistent_workers=persistent_workers, pin_memory=pin_memory, serial_batches=serial_batches,
-            max_dataset_size=max_dataset_size, seed=seed, test_split=test_split, predict_dir=predict_dir,
-        )
-        self.use_built_in(num_train, num_val, num_test, image_size, dataset_seed)
+    val pairs give SSIM/PSNR besides FID. Options: :class:`~pix2pix_lit.data.synthetic.BuiltInData`'s and
+    :class:`UnpairedDataModule`'s."""

@@ -20,11 +20,11 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from pix2pix_lit.checkpoints import EMA_SUFFIX, align_ema_weights, collect_rng_states, set_rng_states
 from pix2pix_lit.ema import make_ema
 from pix2pix_lit.errors import ConfigError, NonFiniteLossError, check_choice
-from pix2pix_lit.lightning_internals import count_manual_step, ddp_constructor_kwargs
+from pix2pix_lit.lightning_internals import allow_unused_parameters, count_manual_step
 from pix2pix_lit.metrics import ImageQualityMetrics
 from pix2pix_lit.models.evaluation import Evaluation
 from pix2pix_lit.models.inference import Inference
-from pix2pix_lit.modes import INFERENCE_MODES
+from pix2pix_lit.modes import INFERENCE_MODES, InferenceMode
 from pix2pix_lit.nets.image_pool import ImagePool
 from pix2pix_lit.optim import LR_POLICIES, Adam, make_scheduler
 from pix2pix_lit.precision import cpu_precision_fallback, is_16bit
@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 # Options that say how a trained model is run, not what was trained: with --ckpt_path they come from
 # the command line/config, never from the checkpoint's hyper-parameters (see Pix2PixCLI).
 RUNTIME_OPTIONS = (
-    "inference_mode", "predict_fit", "predict_size", "channels_last", "compile", "fid", "kid", "mifid", "mifid_eps",
-    "inception_weights", "kid_subset_size", "max_nonfinite_steps", "use_ema_for_eval",
+    "inference_mode", "predict_fit", "predict_size", "predict_direction", "channels_last", "compile", "fid", "kid",
+    "mifid", "mifid_eps", "inception_weights", "kid_subset_size", "max_nonfinite_steps", "use_ema_for_eval",
 )
 
 
@@ -44,14 +44,21 @@ class ImageTranslationModel(Inference, Evaluation):
     ``training_step`` updates its optimizers with :meth:`toggled` and :meth:`update` and ends with
     :meth:`end_batch`.
 
-    What a subclass declares:
+    The contract with a subclass (``models/pix2pix.py`` is the shortest example):
+
+    Declared (class attributes):
         ``generator_names``: its generators (attributes), e.g. ``("G",)`` or ``("G_A", "G_B")``; each gets an
             EMA copy ``<name>_ema`` when ``ema_decay`` is set.
+        ``discriminator_names``: its discriminators, e.g. ``("D",)``.
         ``data_kind``: ``"paired"`` (batches ``source``/``target``) or ``"unpaired"`` (``A``/``B``).
         ``metric_domains``: metric name suffix per evaluated output domain (``{"out": ""}`` logs ``val/fid``,
-            ``{"B": "_B", "A": "_A"}`` logs ``val/fid_B``, ``val/fid_A``).
-        ``generator_for(direction)``, ``evaluate_batch(...)``, ``grid_rows(...)``, ``configure_optimizers``.
-
+            ``{"B": "_B", "A": "_A"}`` logs ``val/fid_B``, ``val/fid_A``); ``reference_domains``: which of the
+            data's ``training_references()`` each domain's MiFID compares with.
+    ``__init__``: ``super().__init__(**kwargs)`` first (the shared options below), then build the declared
+        networks, then :meth:`finish_networks` once.
+    Hooks (each raises until written): ``configure_optimizers`` (with :meth:`adam` and :meth:`schedulers_for`),
+        ``training_step``, :meth:`generator_for`, :meth:`evaluate_batch`, :meth:`grid_rows`; optionally
+        :meth:`image_pools` (saved for exact resume).
     Shared options (official names where the official code has them):
         lr, beta1, beta2: Adam. lr_policy: linear (n_epochs constant + n_epochs_decay to 0) | step (x0.1 every
             lr_decay_iters epochs) | plateau (x0.2 when ``plateau_monitor`` stalls 5 epochs) | cosine (over n_epochs).
@@ -70,7 +77,9 @@ class ImageTranslationModel(Inference, Evaluation):
     """
 
     generator_names: tuple[str, ...] = ("G",)
+    discriminator_names: tuple[str, ...] = ("D",)
     data_kind: str = "paired"
+    _REQUIRED_HOOKS = ("configure_optimizers", "training_step", "generator_for", "evaluate_batch", "grid_rows")
 
     def __init__(
         self,
@@ -82,7 +91,7 @@ class ImageTranslationModel(Inference, Evaluation):
         n_epochs_decay: int = 100,
         lr_decay_iters: int = 50,
         plateau_monitor: str = "val/fid",
-        inference_mode: str = "paper",
+        inference_mode: InferenceMode = "paper",
         predict_fit: str = "pad",
         predict_size: int = 256,
         channels_last: Optional[bool] = None,
@@ -122,13 +131,25 @@ class ImageTranslationModel(Inference, Evaluation):
         self.use_channels_last: bool = bool(channels_last)  # resolved against the Trainer in setup()
 
     # -- for subclasses: networks ----------------------------------------------------------------------
-    def add_ema_generators(self) -> None:
-        """Give every generator its EMA copy (``<name>_ema``), if ``ema_decay`` is set. Call after building them.
-
-        Submodules, so checkpoints hold them and DDP starts them equal on every rank."""
+    def finish_networks(self) -> None:
+        """The end of a subclass's ``__init__``, once its declared networks exist: checks them and the hooks,
+        checks ``predict_size`` against the generators, and gives every generator its EMA copy
+        (``<name>_ema``) if ``ema_decay`` is set (submodules, so checkpoints hold them and DDP starts them
+        equal on every rank)."""
+        cls = type(self).__name__
+        for name in (*self.generator_names, *self.discriminator_names):
+            if not isinstance(getattr(self, name, None), nn.Module):
+                raise TypeError(f"{cls} declares the network {name!r} but has no nn.Module attribute of that name")
+        for hook in self._REQUIRED_HOOKS:
+            if getattr(type(self), hook) is getattr(ImageTranslationModel, hook):
+                raise TypeError(f"{cls} must write {hook}() (see ImageTranslationModel)")
+        if self.hparams.predict_size % self.size_multiple:
+            raise ConfigError(f"model.predict_size={self.hparams.predict_size} must be a multiple of "
+                              f"{self.size_multiple} for netG={self.hparams.get('netG')}")
         decay = self.hparams.ema_decay
         for name in self.generator_names:
             setattr(self, f"{name}{EMA_SUFFIX}", make_ema(getattr(self, name), decay, self.hparams.ema_warmup) if decay else None)
+        self._networks_finished = True
 
     def ema_of(self, name: str):
         return getattr(self, f"{name}{EMA_SUFFIX}", None)
@@ -140,6 +161,8 @@ class ImageTranslationModel(Inference, Evaluation):
 
     # -- setup ---------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        if not getattr(self, "_networks_finished", False):
+            raise TypeError(f"{type(self).__name__}.__init__ must end with self.finish_networks()")
         self._let_ddp_skip_unused_parameters()
         self._attach_inception(stage)  # loaded now: a bad weights file stops the run before training
         self.use_channels_last = self._resolve_channels_last()
@@ -147,27 +170,14 @@ class ImageTranslationModel(Inference, Evaluation):
         for net in self.networks():
             net.to(memory_format=fmt)
         if self.hparams.compile and not getattr(self, "_compiled", False):
-            for name in (*self.generator_names, *self.discriminator_names()):
+            for name in (*self.generator_names, *self.discriminator_names):
                 getattr(self, name).compile()
             self._compiled = True
 
-    def discriminator_names(self) -> list[str]:
-        return [n for n, m in self.named_children() if n not in self.generator_names and not n.endswith(EMA_SUFFIX)
-                and not isinstance(m, (ImageQualityMetrics, nn.ModuleDict)) and any(True for _ in m.parameters())]
-
     def _let_ddp_skip_unused_parameters(self) -> None:
-        """Make every DDP spelling train (``ddp``, ``ddp_spawn``, ``devices: N``, ...).
-
-        Each backward of a GAN step reaches only the networks of one optimizer (D's loss does not reach G,
-        and D is frozen while G's loss flows through it), so DDP must be told that parameters can go
-        unused in a backward, or it stops at the next step. Lightning runs this hook before the strategy
-        wraps the model; it has no public setting for it once the strategy is built (``lightning_internals``).
-        """
-        if self._trainer is None:
-            return
-        kwargs = ddp_constructor_kwargs(self.trainer.strategy)
-        if kwargs is not None and not kwargs.get("find_unused_parameters"):
-            kwargs["find_unused_parameters"] = True
+        """Make every DDP spelling train (``ddp``, ``ddp_spawn``, ``devices: N``, ...): each backward of a GAN step
+        reaches only one optimizer's networks, which DDP must be told (``lightning_internals``)."""
+        if self._trainer is not None and allow_unused_parameters(self.trainer.strategy):
             rank_zero_info(
                 "DDP: find_unused_parameters=True (each backward of a GAN step updates only the generators or only "
                 "the discriminators), as strategy=ddp_find_unused_parameters_true"

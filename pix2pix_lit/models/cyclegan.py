@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pix2pix_lit.errors import ConfigError, check_choice
 from pix2pix_lit.losses import GANLoss, GANMode, gradient_penalty
 from pix2pix_lit.models.base import ImageTranslationModel
-from pix2pix_lit.modes import DIRECTIONS
+from pix2pix_lit.modes import DIRECTIONS, Direction
 from pix2pix_lit.nets import DISCRIMINATORS, GENERATORS, DiscriminatorName, GeneratorName, InitName, NormName, define_D, define_G
 from pix2pix_lit.nets.image_pool import ImagePool
 
@@ -43,9 +43,12 @@ class CycleGAN(ImageTranslationModel):
         lambda_identity: weight of the identity losses relative to lambda_A/lambda_B (0: off; needs
             input_nc == output_nc).
         pool_size: each image pool's size (0: D sees only the current fakes).
+        predict_direction: the way ``predict`` translates: ``AtoB`` (G_A, the data's A images) or ``BtoA``
+            (G_B, its B images).
     """
 
     generator_names = ("G_A", "G_B")
+    discriminator_names = ("D_A", "D_B")
     data_kind = "unpaired"
     metric_domains = {"B": "_B", "A": "_A"}  # val/fid_B: G_A's outputs against real B
     reference_domains = {"B": "B", "A": "A"}  # MiFID of G_A's outputs against the training B images
@@ -73,10 +76,12 @@ class CycleGAN(ImageTranslationModel):
         lambda_gp: float = 10.0,
         pool_size: int = 50,
         plateau_monitor: str = "val/fid_B",
+        predict_direction: Direction = "AtoB",
         **kwargs: Any,
     ) -> None:
         check_choice("model.netG", netG, GENERATORS)
         check_choice("model.netD", netD, DISCRIMINATORS)
+        check_choice("model.predict_direction", predict_direction, DIRECTIONS)
         if min(lambda_A, lambda_B, lambda_identity, pool_size) < 0:
             raise ConfigError("model.lambda_A, lambda_B, lambda_identity and pool_size must be >= 0")
         if lambda_identity > 0 and input_nc != output_nc:
@@ -90,13 +95,10 @@ class CycleGAN(ImageTranslationModel):
         self.G_B = define_G(output_nc, input_nc, ngf, netG, norm, use_dropout, init_type, init_gain, num_downs, n_blocks)
         self.D_A = define_D(output_nc, ndf, netD, n_layers_D, norm, init_type, init_gain, num_D)  # judges B images
         self.D_B = define_D(input_nc, ndf, netD, n_layers_D, norm, init_type, init_gain, num_D)  # judges A images
-        if self.hparams.predict_size % self.size_multiple:
-            raise ConfigError(f"model.predict_size={self.hparams.predict_size} must be a multiple of "
-                              f"{self.size_multiple} for netG={netG}")
         self.criterion_gan = GANLoss(gan_mode)
         self.fake_A_pool = ImagePool(pool_size)  # G_B's past outputs, shown to D_B
         self.fake_B_pool = ImagePool(pool_size)  # G_A's past outputs, shown to D_A
-        self.add_ema_generators()
+        self.finish_networks()
 
     # -- the paper ---------------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -46,7 +46,8 @@ class Inference(pl.LightningModule):
             )
 
     def generator_for(self, direction: str = "AtoB") -> str:
-        """The name of the generator that translates in ``direction``."""
+        """The name of the generator that translates in ``direction`` (a one-way model: its generator, the data
+        having resolved the direction)."""
         raise NotImplementedError
 
     def inference_net(self, direction: str = "AtoB") -> nn.Module:
@@ -99,6 +100,7 @@ class Inference(pl.LightningModule):
             return net(source).float()
 
     def forward(self, source: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:
+        """``model(x)``: what evaluation and predict run (:meth:`generate`), for every model the same."""
         return self.generate(source, direction)
 
     def grid_rows(self, batch: dict[str, torch.Tensor]) -> tuple[list[list[torch.Tensor]], float, str]:
@@ -108,7 +110,7 @@ class Inference(pl.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Any image size: padded to what the generator accepts (or resized), translated, brought back."""
         source = batch["source"]
-        direction = batch.get("direction", ["AtoB"])[0]
+        direction = self.hparams.get("predict_direction", "AtoB")  # one-way models: the data chose it
         h, w = source.shape[-2:]
         if self.hparams.predict_fit == "resize":
             s = self.hparams.predict_size

@@ -40,6 +40,7 @@ class Pix2Pix(ImageTranslationModel):
     """
 
     generator_names = ("G",)
+    discriminator_names = ("D",)
     data_kind = "paired"
     metric_domains = {"out": ""}
 
@@ -73,12 +74,9 @@ class Pix2Pix(ImageTranslationModel):
         super().__init__(**kwargs)
         self.G = define_G(input_nc, output_nc, ngf, netG, norm, not no_dropout, init_type, init_gain, num_downs, n_blocks)
         self.D = define_D(input_nc + output_nc, ndf, netD, n_layers_D, norm, init_type, init_gain, num_D)
-        if self.hparams.predict_size % self.size_multiple:
-            raise ConfigError(f"model.predict_size={self.hparams.predict_size} must be a multiple of "
-                              f"{self.size_multiple} for netG={netG}")
         self.criterion_gan = GANLoss(gan_mode)
         self.pool = ImagePool(pool_size)  # holds (source, fake) pairs: a pooled fake keeps its own source
-        self.add_ema_generators()
+        self.finish_networks()
 
     # -- the paper ---------------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -145,13 +143,6 @@ class Pix2Pix(ImageTranslationModel):
     def generator_for(self, direction: str = "AtoB") -> str:
         return "G"  # the data resolves the direction: G always maps source -> target
 
-    def forward(self, source: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:
-        return self.G(self.prep(source))
-
-    @property
-    def inference_G(self):
-        return self.inference_net()
-
     def evaluate_batch(self, batch, metrics, dataloader_idx):
         self.check_size(batch["source"])
         fake = self.generate(batch["source"])
@@ -164,14 +155,6 @@ class Pix2Pix(ImageTranslationModel):
         rows = [[s, f, t] for s, f, t in zip(batch["source"], fake, batch["target"])]
         l1 = (fake.float() - batch["target"].float()).abs().mean().item()
         return rows, l1, f"source | output of {self.inference_G_name} | target"
-
-    @property
-    def val_metrics(self):
-        return self.eval_metrics["val"]["out"]
-
-    @property
-    def test_metrics(self):
-        return self.eval_metrics["test"]["out"]
 
     def image_pools(self) -> dict[str, ImagePool]:
         return {"pool": self.pool}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -11,7 +11,27 @@ import torch.nn.functional as F
 from pix2pix_lit.nets.norm import uses_bias
 
 
-class NLayerDiscriminator(nn.Module):
+class _LayerStack(nn.Module):
+    """A discriminator that is one ``nn.Sequential`` (``stack``; named ``model``/``net`` as in the official
+    code, so the checkpoint keys match it)."""
+
+    stack_name = "model"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self, self.stack_name)(x)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Intermediate activations after each LeakyReLU and the final logits (for feature matching)."""
+        feats = []
+        for layer in getattr(self, self.stack_name):
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                feats.append(x)
+        feats.append(x)
+        return feats
+
+
+class NLayerDiscriminator(_LayerStack):
     """PatchGAN: ``n_layers`` strided convs; outputs a map of real/fake logits, one per receptive-field patch."""
 
     def __init__(
@@ -47,22 +67,11 @@ class NLayerDiscriminator(nn.Module):
         ]
         self.model = nn.Sequential(*sequence)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
 
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Intermediate activations after each LeakyReLU and the final logits (for feature matching)."""
-        feats = []
-        for layer in self.model:
-            x = layer(x)
-            if isinstance(layer, nn.LeakyReLU):
-                feats.append(x)
-        feats.append(x)
-        return feats
-
-
-class PixelDiscriminator(nn.Module):
+class PixelDiscriminator(_LayerStack):
     """1x1 PatchGAN (pixelGAN): judges each pixel independently."""
+
+    stack_name = "net"
 
     def __init__(self, input_nc: int, ndf: int = 64, norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d) -> None:
         super().__init__()
@@ -75,18 +84,6 @@ class PixelDiscriminator(nn.Module):
             nn.LeakyReLU(0.2, True),
             nn.Conv2d(ndf * 2, 1, kernel_size=1, stride=1, padding=0, bias=use_bias),
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = []
-        for layer in self.net:
-            x = layer(x)
-            if isinstance(layer, nn.LeakyReLU):
-                feats.append(x)
-        feats.append(x)
-        return feats
 
 
 class MultiscaleDiscriminator(nn.Module):
@@ -107,22 +104,15 @@ class MultiscaleDiscriminator(nn.Module):
             NLayerDiscriminator(input_nc, ndf, n_layers, norm_layer) for _ in range(num_D)
         )
 
-    @staticmethod
-    def _downsample(x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(x, kernel_size=3, stride=2, padding=1, count_include_pad=False)
+    def _scales(self, x: torch.Tensor) -> Iterator[tuple[NLayerDiscriminator, torch.Tensor]]:
+        """Each discriminator with its input: ``x``, then ``x`` downsampled by 2 for each next one."""
+        for i, d in enumerate(self.discriminators):
+            if i:
+                x = F.avg_pool2d(x, kernel_size=3, stride=2, padding=1, count_include_pad=False)
+            yield d, x
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs = []
-        for i, d in enumerate(self.discriminators):
-            if i:
-                x = self._downsample(x)
-            outs.append(d(x))
-        return outs
+        return [d(x) for d, x in self._scales(x)]
 
     def features(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
-        outs = []
-        for i, d in enumerate(self.discriminators):
-            if i:
-                x = self._downsample(x)
-            outs.append(d.features(x))
-        return outs
+        return [d.features(x) for d, x in self._scales(x)]
