@@ -27,7 +27,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from pix2pix_lit.callbacks import ImageGridCallback, PredictionWriter, SaveOnSigterm, TestReport
 from pix2pix_lit.checkpoint_io import remove_stale_partials
 from pix2pix_lit.checkpoints import check_checkpoint_fits, load_checkpoint
-from pix2pix_lit.data import PairedDataModule
+from pix2pix_lit.data import ImageDataModule
 from pix2pix_lit.errors import CheckpointError, ConfigError, Pix2PixLitError, find_in_chain
 from pix2pix_lit.models import DEFAULT_MODEL, ImageTranslationModel, resolve_model_class
 from pix2pix_lit.models.base import RUNTIME_OPTIONS
@@ -384,7 +384,7 @@ def build_cli(args: Optional[list[str]], argv: list[str], run: bool = True) -> P
     """The CLI as ``pix2pix-lit`` runs it: any model (``model.class_path``) and any data module."""
     return Pix2PixCLI(
         ImageTranslationModel,
-        PairedDataModule,
+        ImageDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_callback=LoggerSaveConfigCallback,
