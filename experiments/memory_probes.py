@@ -59,7 +59,7 @@ def adam() -> None:
 
 def autocast() -> None:
     from pix2pix_lit import Pix2Pix
-    from pix2pix_lit.nets.norm import batch_norm_own_statistics
+    from pix2pix_lit.nets.norm import batch_norm_per_image
     from pix2pix_lit.precision import autocast_ready_copy
 
     G = Pix2Pix(fid=False, kid=False).G.train().to(memory_format=torch.channels_last)
@@ -67,7 +67,7 @@ def autocast() -> None:
 
     def rate(g: nn.Module, n: int = 40):
         torch.manual_seed(0)  # dropout is on in paper mode
-        with torch.inference_mode(), batch_norm_own_statistics(g):
+        with torch.inference_mode(), batch_norm_per_image(g):
             for _ in range(5):
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     g(x)

@@ -16,7 +16,7 @@ import torch
 
 from pix2pix_lit import PairedDataModule, Pix2Pix
 from pix2pix_lit.metrics import ImageQualityMetrics, load_inception
-from pix2pix_lit.nets.norm import batch_norm_own_statistics
+from pix2pix_lit.nets.norm import batch_norm_per_image
 
 MAPS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "maps"
 
@@ -38,7 +38,7 @@ def main() -> None:
     for cl in (False, True):
         fmt = torch.channels_last if cl else torch.contiguous_format
         g, xi = G.to(memory_format=fmt), x.contiguous(memory_format=fmt)
-        with torch.no_grad(), batch_norm_own_statistics(g), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), batch_norm_per_image(g), torch.autocast("cpu", dtype=torch.bfloat16):
             print(f"generator unet_256, bf16, paper mode, batch 1, channels_last={cl}: "
                   f"{rate(lambda: g(xi), 1):.2f} img/s")
     net = load_inception()

@@ -121,5 +121,5 @@ class SyntheticPairedDataModule(BuiltInData, PairedDataModule):
     """The built-in dataset (label layouts -> "photos"), generated into ``root`` on first use; needs no download.
     Options: :class:`~pix2pix_lit.data.synthetic.BuiltInData`'s and :class:`PairedDataModule`'s."""
 
-    def __init__(self, batch_size: int = 4, **kwargs: Any) -> None:
-        super().__init__(batch_size=batch_size, **kwargs)
+    def __init__(self, root: str = "data/synthetic", batch_size: int = 4, **kwargs: Any) -> None:
+        super().__init__(root=root, batch_size=batch_size, **kwargs)

@@ -19,7 +19,7 @@ from pix2pix_lit.checkpoints import EMA_SUFFIX
 from pix2pix_lit.data.transforms import crop_box, pad_to_multiple
 from pix2pix_lit.errors import ConfigError
 from pix2pix_lit.modes import DIRECTIONS
-from pix2pix_lit.nets.norm import batch_norm_own_statistics
+from pix2pix_lit.nets.norm import batch_norm_per_image, has_active_dropout
 
 
 class Inference(pl.LightningModule):
@@ -78,7 +78,7 @@ class Inference(pl.LightningModule):
             context = nullcontext()
         else:  # paper: dropout on, batch norm with the statistics of the images given
             net.train()
-            context = batch_norm_own_statistics(net)
+            context = batch_norm_per_image(net)
         try:
             with context:
                 yield
@@ -89,13 +89,14 @@ class Inference(pl.LightningModule):
     def generate(self, source: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:
         """The translation of ``source`` in ``direction``, in the configured inference mode, as float in [-1, 1].
 
-        In ``paper`` mode each image goes through the generator alone: its normalisation statistics are its
-        own, as in the official test (batch size 1), whatever the eval batch size or the number of processes.
+        In ``paper`` mode every image is normalised with its own statistics, as in the official test (batch
+        size 1), whatever the eval batch size or the number of processes; with dropout, images go through one
+        after another, so a seed gives the same masks for any batch split.
         """
         source = self.prep(source)
         net = self.autocast_ready(self.inference_net(direction), source.device.type)
         with self.inference(net):
-            if self.hparams.inference_mode == "paper" and source.shape[0] > 1:
+            if self.hparams.inference_mode == "paper" and source.shape[0] > 1 and has_active_dropout(net):
                 return torch.cat([net(x.unsqueeze(0)).float() for x in source])
             return net(source).float()
 

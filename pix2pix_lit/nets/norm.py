@@ -67,25 +67,52 @@ def init_weights(net: nn.Module, init_type: str = "normal", init_gain: float = 0
     return net
 
 
-def _own_statistics_forward(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
-    # batch statistics of this call only: no running buffers read or written, no cross-process sync
-    return F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+def per_image_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """What a (Sync)BatchNorm computes in the ``paper`` inference mode: each image normalised with its own
+    statistics (as the official test's train-mode forward at batch size 1), then the BN's scale and shift.
+
+    The one definition of it: :func:`batch_norm_per_image` (``generate``) and :class:`PerImageBatchNorm`
+    (export) both call it. Running statistics are neither read nor written, nothing is synchronised
+    across processes, and any batch gives each image the answer it gets alone."""
+    return F.instance_norm(x, weight=bn.weight, bias=bn.bias, use_input_stats=True, eps=bn.eps)
+
+
+class PerImageBatchNorm(nn.Module):
+    """A BatchNorm replaced by :func:`per_image_batch_norm`, as a module (a traceable op for export)."""
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(bn.weight.detach().clone()) if bn.weight is not None else None
+        self.bias = nn.Parameter(bn.bias.detach().clone()) if bn.bias is not None else None
+        self.eps = bn.eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return per_image_batch_norm(self, x)  # type: ignore[arg-type]  # has weight, bias and eps
 
 
 @contextmanager
-def batch_norm_own_statistics(net: nn.Module) -> Iterator[None]:
-    """Inside: every (Sync)BatchNorm of ``net`` normalises with the statistics of the batch it is given.
-
-    Its running statistics are neither used nor updated, and SyncBatchNorm does not talk to other
-    processes: what the official code's train-mode test does, without its side effects.
-    """
+def batch_norm_per_image(net: nn.Module) -> Iterator[None]:
+    """Inside: every (Sync)BatchNorm of ``net`` computes :func:`per_image_batch_norm`; outside it is as before."""
     patched = []
     for m in net.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.forward = functools.partial(_own_statistics_forward, m)
+            m.forward = functools.partial(per_image_batch_norm, m)
             patched.append(m)
     try:
         yield
     finally:
         for m in patched:
             del m.forward  # back to the class's forward
+
+
+def replace_batch_norms(net: nn.Module) -> nn.Module:
+    """``net`` with each (Sync)BatchNorm replaced by a :class:`PerImageBatchNorm` (in place)."""
+    for module in list(net.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.modules.batchnorm._BatchNorm):
+                setattr(module, child_name, PerImageBatchNorm(child))
+    return net
+
+
+def has_active_dropout(net: nn.Module) -> bool:
+    return any(isinstance(m, nn.Dropout) and m.p > 0 for m in net.modules())

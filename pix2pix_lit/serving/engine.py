@@ -23,6 +23,7 @@ from PIL import Image
 from pix2pix_lit.data.io import as_viewed, to_channels, to_pil, to_tensor
 from pix2pix_lit.data.transforms import crop_box, pad_to_multiple
 from pix2pix_lit.errors import ConfigError
+from pix2pix_lit.modes import SERVING_INFERENCE_MODE
 
 log = logging.getLogger("pix2pix_lit.serve")
 
@@ -48,7 +49,7 @@ class Generator:
 
     @classmethod
     def load(cls, model: Optional[str] = None, ckpt_path: Optional[str] = None, threads: Optional[int] = None,
-             inference_mode: str = "eval", direction: str = "AtoB") -> "Generator":
+             inference_mode: str = SERVING_INFERENCE_MODE, direction: str = "AtoB") -> "Generator":
         if (model is None) == (ckpt_path is None):
             raise ConfigError("give either --model FILE (.onnx or TorchScript .pt) or --ckpt_path CKPT")
         if threads is not None:

@@ -20,14 +20,14 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from pix2pix_lit.errors import ConfigError, Pix2PixLitError
-from pix2pix_lit.modes import DIRECTIONS, INFERENCE_MODES, SERVING_INFERENCE_MODE
+from pix2pix_lit.modes import DIRECTIONS, INFERENCE_MODES, SERVING_INFERENCE_MODE, Direction, InferenceMode
+from pix2pix_lit.nets.norm import has_active_dropout, replace_batch_norms
 
 FORMATS = ("torchscript", "onnx")
 METADATA_KEY = "pix2pix_lit"
@@ -38,40 +38,20 @@ class ExportError(Pix2PixLitError):
     """The generator cannot be exported as asked, or the exported file does not match it."""
 
 
-class PerImageBatchNorm(nn.Module):
-    """A BatchNorm that normalises each image with its own statistics, with the BN's scale and shift.
-
-    What the ``paper`` inference mode computes by running one image at a time, as one traceable op
-    (instance norm with the BN's affine parameters) that any batch size gives the same answer with.
-    """
-
-    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(bn.weight.detach().clone()) if bn.weight is not None else None
-        self.bias = nn.Parameter(bn.bias.detach().clone()) if bn.bias is not None else None
-        self.eps = bn.eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.instance_norm(x, weight=self.weight, bias=self.bias, use_input_stats=True, eps=self.eps)
-
-
 class ExportableGenerator(nn.Module):
     """A frozen copy of G in one inference mode, in fp32 and contiguous memory, as ``source -> output``."""
 
-    def __init__(self, G: nn.Module, inference_mode: Literal["eval", "paper"]) -> None:
+    def __init__(self, G: nn.Module, inference_mode: InferenceMode) -> None:
         super().__init__()
         G = copy.deepcopy(G).float().to(memory_format=torch.contiguous_format).eval()
         if inference_mode == "paper":
-            if any(isinstance(m, nn.Dropout) and m.p > 0 for m in G.modules()):
+            if has_active_dropout(G):
                 raise ExportError(
                     "inference_mode=paper keeps dropout on, so the exported generator's outputs would be random "
                     "(nothing to check or serve reproducibly); export with --inference_mode eval, or train with "
                     "model.no_dropout true"
                 )
-            for name, module in list(G.named_modules()):
-                for child_name, child in list(module.named_children()):
-                    if isinstance(child, nn.modules.batchnorm._BatchNorm):
-                        setattr(module, child_name, PerImageBatchNorm(child))
+            replace_batch_norms(G)  # the paper mode's per-image statistics, as modules the exporters trace
         self.G = G.requires_grad_(False)
         # the ONNX exporter reads the top module's flag: left in train mode, batch norm is exported with
         # batch statistics even though G itself is in eval mode
@@ -174,7 +154,7 @@ def load_exported(path: Path) -> tuple[Any, dict[str, Any]]:
 
 
 def export_generator(
-    G: nn.Module, path: Path, fmt: str, inference_mode: Literal["eval", "paper"], input_nc: int, output_nc: int,
+    G: nn.Module, path: Path, fmt: str, inference_mode: InferenceMode, input_nc: int, output_nc: int,
     size_multiple: int, extra: Optional[dict[str, Any]] = None, min_size: Optional[int] = None,
 ) -> dict[str, Any]:
     """Export ``G`` to ``path`` (see module doc); returns the contract with the measured differences."""
@@ -238,7 +218,7 @@ def write_checked(net: ExportableGenerator, path: Path, fmt: str, contract: dict
 
 
 def generator_from_checkpoint(
-    ckpt_path: str, inference_mode: Literal["eval", "paper"] = "eval", use_ema: bool = True, direction: str = "AtoB",
+    ckpt_path: str, inference_mode: InferenceMode = SERVING_INFERENCE_MODE, use_ema: bool = True, direction: Direction = "AtoB",
 ) -> tuple[ExportableGenerator, dict[str, Any]]:
     """The frozen generator of a pix2pix-lit checkpoint in one inference mode, and its input contract.
 
@@ -302,8 +282,8 @@ def make_contract(input_nc: int, output_nc: int, size_multiple: int, inference_m
 
 
 def export_checkpoint(
-    ckpt_path: str, fmt: str, output: Optional[str] = None, inference_mode: Literal["eval", "paper"] = "eval",
-    use_ema: bool = True, direction: str = "AtoB",
+    ckpt_path: str, fmt: str, output: Optional[str] = None, inference_mode: InferenceMode = SERVING_INFERENCE_MODE,
+    use_ema: bool = True, direction: Direction = "AtoB",
 ) -> tuple[Path, dict[str, Any]]:
     """Export the generator of a pix2pix-lit checkpoint; returns the file written and its contract."""
     net, contract = generator_from_checkpoint(ckpt_path, inference_mode, use_ema, direction)
