@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
@@ -29,6 +29,7 @@ from pix2pix_lit.checkpoint_io import remove_stale_partials
 from pix2pix_lit.checkpoints import check_checkpoint_fits, load_checkpoint
 from pix2pix_lit.data import ImageDataModule
 from pix2pix_lit.errors import CheckpointError, ConfigError, Pix2PixLitError, find_in_chain
+from pix2pix_lit.loggers import LoggerSaveConfigCallback
 from pix2pix_lit.models import DEFAULT_MODEL, ImageTranslationModel, resolve_model_class
 from pix2pix_lit.models.base import RUNTIME_OPTIONS
 from pix2pix_lit.modes import metric_mode
@@ -59,6 +60,31 @@ SHARED_DEFAULTS = {
 }
 
 
+def given_settings(argv: list[str]) -> list[tuple[str, Any]]:
+    """The settings the config files (``-c``) and the command line give, in the order they apply, as
+    (``section.key``, value) with the value as written (a config file's YAML value, a command line's string).
+
+    Only what the CLI must know before jsonargparse parses (and changes) them: the model class and the
+    ``trainer.limit_*`` values."""
+    out: list[tuple[str, Any]] = []
+    for i, arg in enumerate(argv):
+        name, _, value = arg.partition("=")
+        if not value and i + 1 < len(argv):
+            value = argv[i + 1]
+        if name in ("-c", "--config"):
+            try:
+                config = yaml.safe_load(Path(value).read_text()) or {}
+            except (OSError, yaml.YAMLError):
+                config = {}  # jsonargparse reports an unreadable config itself
+            for section in ("model", "trainer"):
+                part = config.get(section) if isinstance(config, dict) else None
+                if isinstance(part, dict):
+                    out += [(f"{section}.{k}", v) for k, v in part.items()]
+        elif name.startswith("--"):
+            out.append((name[2:], value))
+    return out
+
+
 def model_class_path(argv: list[str]) -> str:
     """The model class the config files and command line name (the last one wins), e.g. for
     ``-c configs/cyclegan/quickstart.yaml``: ``pix2pix_lit.models.CycleGAN``; else Pix2Pix.
@@ -66,18 +92,8 @@ def model_class_path(argv: list[str]) -> str:
     It becomes the parser's default model, so a config naming CycleGAN gets CycleGAN's defaults, not
     Pix2Pix's carried over (jsonargparse keeps the previous class's values when the class changes)."""
     found = DEFAULT_MODEL
-    for i, arg in enumerate(argv):
-        name, _, value = arg.partition("=")
-        if not value and i + 1 < len(argv):
-            value = argv[i + 1]
-        if name in ("-c", "--config"):
-            try:
-                model = (yaml.safe_load(Path(value).read_text()) or {}).get("model") or {}
-            except (OSError, yaml.YAMLError, AttributeError):
-                model = {}
-            if isinstance(model, dict) and model.get("class_path"):
-                found = str(model["class_path"])
-        elif name in ("--model", "--model.class_path") and value and not value.startswith("{"):
+    for key, value in given_settings(argv):
+        if key in ("model", "model.class_path") and isinstance(value, str) and value and not value.startswith("{"):
             found = value
     model_class = resolve_model_class(found)  # a one-line ConfigError for a class that is not a model here
     return f"{model_class.__module__}.{model_class.__qualname__}"
@@ -90,61 +106,15 @@ def whole_number_limits(argv: list[str]) -> dict[str, int]:
     jsonargparse turns ``1`` into ``1.0``, which Lightning reads as 100%; a whole number means batches.
     """
     out: dict[str, int] = {}
-
-    def note(key: str, value: Any) -> None:
-        if isinstance(value, bool):
-            return
+    for key, value in given_settings(argv):
+        section, _, name = key.partition(".")
+        if section != "trainer" or name not in _LIMITS or isinstance(value, bool):
+            continue
         if isinstance(value, int) or (isinstance(value, str) and re.fullmatch(r"\d+", value.strip())):
-            out[key] = int(value)
+            out[name] = int(value)
         else:
-            out.pop(key, None)
-
-    for i, arg in enumerate(argv):
-        name, _, value = arg.partition("=")
-        if name in ("-c", "--config"):
-            path = value or (argv[i + 1] if i + 1 < len(argv) else "")
-            try:
-                trainer = (yaml.safe_load(Path(path).read_text()) or {}).get("trainer") or {}
-            except (OSError, yaml.YAMLError, AttributeError):
-                trainer = {}
-            for key in _LIMITS:
-                if key in trainer:
-                    note(key, trainer[key])
-        elif name.startswith("--trainer.limit_") and name[len("--trainer."):] in _LIMITS:
-            if not value and i + 1 < len(argv):
-                value = argv[i + 1]
-            note(name[len("--trainer."):], value)
+            out.pop(name, None)
     return out
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-    elif isinstance(d, list):
-        out[prefix[:-1]] = str(d) if any(isinstance(x, (dict, list)) for x in d) else d
-    else:
-        out[prefix[:-1]] = d
-    return out
-
-
-class LoggerSaveConfigCallback(SaveConfigCallback):
-    """Writes ``config.yaml`` to the run folder and records the whole resolved config as hyper-parameters.
-
-    validate/test/predict write ``config-<stage>.yaml`` instead, so the fit's config stays as it was.
-    """
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn (a str enum) here
-        if stage != "fit":
-            self.config_filename = f"config-{stage}.yaml"
-        super().setup(trainer, pl_module, stage)
-
-    def save_config(self, trainer, pl_module, stage: str) -> None:
-        params = {k: v for k, v in _flatten(self.config.as_dict()).items() if not k.startswith("config")}
-        for logger in trainer.loggers:
-            logger.log_hyperparams(params)
 
 
 class Pix2PixCLI(LightningCLI):
@@ -237,33 +207,48 @@ class Pix2PixCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
-        root = cfg.trainer.default_root_dir or os.getcwd()
-        sweep, run_id = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
-        if self.subcommand == "fit" and sweep and run_id:  # a W&B sweep trial: one run folder each
-            root = cfg.trainer.default_root_dir = os.path.join(root, f"sweep-{sweep}", run_id)
+        root = self._run_dir(cfg)
         if self.subcommand == "fit":
             self._check_run_length(cfg.trainer)
         if not os.path.exists(root) and _is_launching_process():
             _NEW_RUN_DIR["path"] = os.path.abspath(root)
+        self._place_checkpoints(cfg, root)
+        self._fall_back_precision(cfg)
+        self._refuse_unsupported_strategy(cfg.trainer.strategy)
+        self._place_loggers(cfg, root)
+
+    def _run_dir(self, cfg) -> str:
+        """``trainer.default_root_dir``; a W&B sweep trial gets a folder of its own below it."""
+        root = cfg.trainer.default_root_dir or os.getcwd()
+        sweep, run_id = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
+        if self.subcommand == "fit" and sweep and run_id:
+            root = cfg.trainer.default_root_dir = os.path.join(root, f"sweep-{sweep}", run_id)
+        return root
+
+    def _place_checkpoints(self, cfg, root: str) -> None:
+        """Checkpoints in ``<run>/checkpoints``; the best one by the metric the model logs, in its direction."""
         for key in ("checkpoint", "periodic_checkpoint", "best_checkpoint"):
             if cfg[key].dirpath is None:
                 cfg[key].dirpath = os.path.join(root, "checkpoints")
-        model_args = cfg.model.init_args
         if cfg.best_checkpoint.monitor == "val/fid":
-            self._default_monitor(cfg, model_args)
+            self._default_monitor(cfg, cfg.model.init_args)
         if cfg.best_checkpoint.monitor:
             # best is the lowest FID/KID/L1/loss and the highest SSIM/PSNR, whatever the metric asked for
             mode = metric_mode(cfg.best_checkpoint.monitor)
             if cfg.best_checkpoint.mode != mode and mode == "max":
                 log.info("best_checkpoint: %s is higher-is-better: keeping its maximum", cfg.best_checkpoint.monitor)
             cfg.best_checkpoint.mode = mode
-        self._fall_back_precision(cfg)
-        strategy = cfg.trainer.strategy
+
+    @staticmethod
+    def _refuse_unsupported_strategy(strategy: Any) -> None:
         if isinstance(strategy, str) and strategy.startswith(_UNSUPPORTED_STRATEGIES):
             raise ConfigError(
                 f"trainer.strategy={strategy} is not supported: the GANs here step two optimizers by hand, which "
                 "pix2pix-lit runs and tests with DDP only; use --trainer.strategy ddp (or leave it auto)"
             )
+
+    def _place_loggers(self, cfg, root: str) -> None:
+        """The loggers write into the run folder; W&B names the run after it; evaluation keeps ``csv/`` apart."""
         loggers = cfg.trainer.logger
         if loggers in (False, None, []) and isinstance(cfg.trainer.callbacks, list):
             # the configs' LearningRateMonitor refuses to run without a logger: with logging off it has nothing to do

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import yaml
 
+from pix2pix_lit.loggers import flatten_config
 from pix2pix_lit.modes import higher_is_better
 
 DEFAULT_METRICS = ("val/fid", "val/kid_mean", "val/ssim", "val/psnr", "val/l1", "train/loss_G_L1")
@@ -26,21 +27,12 @@ class CompareError(Exception):
     pass
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
-
-
 def read_run(run_dir: Path) -> dict[str, Any]:
     """{"name", "config": flat dict, "history": {metric: [(step, value)]}} of one run folder."""
     if not run_dir.is_dir():
         raise CompareError(f"run folder {run_dir} does not exist")
     cfg_path = run_dir / "config.yaml"
-    config = _flatten(yaml.safe_load(cfg_path.read_text())) if cfg_path.is_file() else {}
+    config = flatten_config(yaml.safe_load(cfg_path.read_text())) if cfg_path.is_file() else {}
     files = sorted((run_dir / "csv").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[-1]))
     if not files:
         raise CompareError(f"{run_dir} has no csv/version_*/metrics.csv; was it trained with the CSVLogger of the shipped configs?")

@@ -7,6 +7,7 @@ import netrc
 import os
 from typing import Any, Optional
 
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger as _CSVLogger
 from lightning.pytorch.loggers import WandbLogger as _WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
@@ -61,3 +62,34 @@ class CSVLogger(_CSVLogger):
 
     def __init__(self, save_dir: Optional[str] = None, name: str = "csv", version: Optional[int | str] = None, **kwargs: Any):
         super().__init__(save_dir=save_dir or ".", name=name, version=version, **kwargs)
+
+
+def flatten_config(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"model.init_args.lr": 0.0002, ...}`` (lists of sections as one string)."""
+    out: dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten_config(v, f"{prefix}{k}."))
+    elif isinstance(d, list):
+        out[prefix[:-1]] = str(d) if any(isinstance(x, (dict, list)) for x in d) else d
+    else:
+        out[prefix[:-1]] = d
+    return out
+
+
+class LoggerSaveConfigCallback(SaveConfigCallback):
+    """Writes ``config.yaml`` to the run folder and records the whole resolved config as hyper-parameters.
+
+    validate/test/predict write ``config-<stage>.yaml`` instead, so the fit's config stays as it was.
+    """
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn (a str enum) here
+        if stage != "fit":
+            self.config_filename = f"config-{stage}.yaml"
+        super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        params = {k: v for k, v in flatten_config(self.config.as_dict()).items() if not k.startswith("config")}
+        for logger in trainer.loggers:
+            logger.log_hyperparams(params)

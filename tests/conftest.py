@@ -1,9 +1,16 @@
-"""Shared fixtures: small datasets the tests make themselves, tiny models, a quiet Trainer."""
+"""What the tests share: small datasets they make themselves, tiny models, a quiet Trainer, the command line
+as users run it (``run``, ``tiny``, ``one_error_line``) and the HTTP service as a client sees it
+(``start_server``, ``png_bytes``, ...). Test files in subfolders import them with ``from conftest import ...``."""
 
 from __future__ import annotations
 
+import io
 import os
+import signal
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +83,114 @@ def cli_env(tmp_path: Path) -> dict:
     env = dict(os.environ)
     env.update(WANDB_MODE="offline", WANDB_SILENT="true", PYTHONWARNINGS="ignore")
     return env
+
+
+# -- the command line, as users run it ---------------------------------------------------------------
+CLI = [sys.executable, "-m", "pix2pix_lit"]
+
+
+
+def run(args, env, cwd, check=True, timeout=600):
+    proc = subprocess.run(CLI + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+
+def tiny(root: Path, data: Path, *extra) -> list[str]:
+    return [
+        "-c", str(REPO / "configs" / "quickstart.yaml"),
+        "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
+        "--data.root", str(data), "--data.num_train", "8", "--data.num_val", "4", "--data.num_test", "4",
+        "--data.image_size", "36", "--data.load_size", "36", "--data.crop_size", "32", "--data.num_workers", "0",
+        "--model.num_downs", "5", "--model.ngf", "8", "--model.ndf", "8", "--model.kid_subset_size", "4",
+        "--image_grid.every_n_epochs", "1", "--trainer.log_every_n_steps", "1", *extra,
+    ]
+
+
+
+def cyclegan_cli(root, data, *extra):
+    return [
+        "-c", str(REPO / "configs" / "cyclegan" / "quickstart.yaml"),
+        "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
+        "--data.root", str(data), "--data.num_train", "6", "--data.num_val", "4", "--data.num_test", "4",
+        "--data.image_size", "36", "--data.load_size", "36", "--data.crop_size", "32", "--data.num_workers", "0",
+        "--model.ngf", "8", "--model.ndf", "8", "--model.kid_subset_size", "4", "--trainer.log_every_n_steps", "1",
+        *extra,
+    ]
+
+
+
+def one_error_line(proc) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("pix2pix-lit: error:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
+
+
+
+# -- the HTTP service, as a client sees it ---------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args: list[str], cwd: Path, threads: int = 1) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = free_port()
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, "-m", "pix2pix_lit", "serve", *args, "--port", str(port), "--threads", str(threads)],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode}: {proc.stdout.read()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.3)
+    proc.kill()
+    raise AssertionError("server did not answer /health in 120 s")
+
+
+def stop_server(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return out
+
+
+def png_bytes(img: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def drawing(w: int, h: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    a = np.full((h, w), 255, np.uint8)
+    for _ in range(6):
+        y, x = rng.integers(0, h), rng.integers(0, w)
+        a[max(0, y - 1):y + 2, : x] = 0
+    return Image.fromarray(a, "L")
+
+
+def expected(model_file: Path, img: Image.Image) -> np.ndarray:
+    """The file's own answer for ``img`` with predict's padding rule, computed here without the server."""
+    import torch
+
+    from pix2pix_lit.data.io import to_pil, to_tensor
+    from pix2pix_lit.data.transforms import crop_box, pad_to_multiple
+    from pix2pix_lit.serving.export import load_exported
+
+    run, contract = load_exported(model_file)
+    x, box = pad_to_multiple(to_tensor(img.convert("L"))[None], contract["input"]["size_multiple"])
+    out = torch.from_numpy(run(x))
+    return np.asarray(to_pil(crop_box(out, box)[0]))

@@ -1,11 +1,9 @@
 """The command line as a user runs it: fit / validate / test / predict / compare, W&B run read back, errors."""
 
+import csv
 import io
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,28 +11,10 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import REPO
+from pix2pix_lit.errors import ConfigError
+
+from conftest import REPO, cyclegan_cli, one_error_line, run, tiny
 from wandb_reader import read_run
-
-CLI = [sys.executable, "-m", "pix2pix_lit"]
-
-
-def run(args, env, cwd, check=True, timeout=600):
-    proc = subprocess.run(CLI + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def tiny(root: Path, data: Path, *extra) -> list[str]:
-    return [
-        "-c", str(REPO / "configs" / "quickstart.yaml"),
-        "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
-        "--data.root", str(data), "--data.num_train", "8", "--data.num_val", "4", "--data.num_test", "4",
-        "--data.image_size", "36", "--data.load_size", "36", "--data.crop_size", "32", "--data.num_workers", "0",
-        "--model.num_downs", "5", "--model.ngf", "8", "--model.ndf", "8", "--model.kid_subset_size", "4",
-        "--image_grid.every_n_epochs", "1", "--trainer.log_every_n_steps", "1", *extra,
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -122,30 +102,24 @@ def test_compare_prints_table_and_writes_plot(trained):
     assert bad.returncode == 2 and "nothing does not exist" in bad.stderr
 
 
-def _one_error_line(proc) -> str:
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("pix2pix-lit: error:")]
-    assert len(lines) == 1, proc.stderr[-3000:]
-    return lines[0]
-
-
 def test_cli_bad_input_one_line_no_output(trained, tmp_path):
     _, env = trained
     missing = run(["fit", "-c", str(REPO / "configs" / "maps.yaml"), "--data.root", str(tmp_path / "nope"),
                    "--trainer.default_root_dir", str(tmp_path / "r")], env, tmp_path, check=False)
     assert missing.returncode == 2
-    assert "nope does not exist; set data.root" in _one_error_line(missing)
+    assert "nope does not exist; set data.root" in one_error_line(missing)
     assert not (tmp_path / "r").exists()  # no checkpoint, config, CSV or W&B run of a run that never started
     odd = tmp_path / "odd" / "train"
     odd.mkdir(parents=True)
     Image.new("RGB", (65, 32)).save(odd / "a.png")
     proc = run(["fit", "-c", str(REPO / "configs" / "maps.yaml"), "--data.root", str(odd.parent),
                 "--trainer.default_root_dir", str(tmp_path / "r")], env, tmp_path, check=False)
-    assert proc.returncode == 2 and "a.png is 65 pixels wide, an odd width" in _one_error_line(proc)
+    assert proc.returncode == 2 and "a.png is 65 pixels wide, an odd width" in one_error_line(proc)
     assert proc.stderr.strip().splitlines()[-1].startswith("pix2pix-lit: error:")
     assert not (tmp_path / "r").exists()
     crop = run(["fit", "-c", str(REPO / "configs" / "maps.yaml"), "--data.crop_size", "300",
                 "--trainer.default_root_dir", str(tmp_path / "r")], env, tmp_path, check=False)
-    assert crop.returncode == 2 and "crop_size=300 is larger than data.load_size=286" in _one_error_line(crop)
+    assert crop.returncode == 2 and "crop_size=300 is larger than data.load_size=286" in one_error_line(crop)
 
 
 def test_cli_unknown_names_list_choices(trained, tmp_path):
@@ -170,7 +144,7 @@ def test_truncated_jpeg_stops_before_the_run_starts(trained, tmp_path):
     proc = run(["fit", *tiny(tmp_path / "r", data, "--trainer.max_epochs", "1", "--model.fid", "false",
                               "--model.kid", "false", "--data.num_workers", "1")], env, tmp_path, check=False)
     assert proc.returncode == 2
-    line = _one_error_line(proc)
+    line = one_error_line(proc)
     assert "00003.jpg cannot be decoded" in line and "Traceback" not in proc.stderr
     assert not (tmp_path / "r").exists()  # no W&B run, CSV, config or checkpoint
 
@@ -193,7 +167,7 @@ def test_bad_checkpoints_are_one_line_and_write_nothing(trained, tmp_path):
         for ckpt, message in cases:
             proc = run([command, *tiny(tmp_path / "r", tmp / "syn"), "--ckpt_path", str(ckpt)], env, tmp_path, check=False)
             assert proc.returncode == 2, (command, ckpt, proc.stderr[-2000:])
-            assert message in _one_error_line(proc) and "Traceback" not in proc.stderr
+            assert message in one_error_line(proc) and "Traceback" not in proc.stderr
             assert not (tmp_path / "r").exists()
 
 
@@ -331,7 +305,8 @@ def test_every_shipped_config_parses_and_builds(config, tmp_path, monkeypatch):
 def test_sketch_to_photo_walkthrough(trained, tmp_path):
     """The README's path: photos -> prepare edges -> prepare combine -> prepare split -> fit -> export -> serve."""
     import httpx
-    from test_serve import png_bytes, start_server, stop_server
+
+    from conftest import png_bytes, start_server, stop_server
 
     tmp, env = trained
     photos = tmp_path / "photos"
@@ -363,25 +338,6 @@ def test_sketch_to_photo_walkthrough(trained, tmp_path):
             stop_server(proc)
 
 
-def test_a_checkpoint_from_before_these_changes_still_works(trained, tmp_path):
-    """tests/data/pix2pix-fc12e82.ckpt was written by commit fc12e82 (see tests/data/README.md)."""
-    tmp, env = trained
-    old = tmp_path / "old.ckpt"
-    old.write_bytes((REPO / "tests" / "data" / "pix2pix-fc12e82.ckpt").read_bytes())
-    small = ["--model.num_downs", "5", "--model.ngf", "4", "--model.ndf", "4", "--model.pool_size", "2",
-             "--model.fid", "false", "--model.kid", "false"]
-    run(["test", *tiny(tmp_path / "run", tmp / "syn"), *small, "--ckpt_path", str(old)], env, tmp_path)
-    assert json.loads((tmp_path / "metrics.json").read_text())["num_images"] == 4
-    run(["predict", *tiny(tmp_path / "run", tmp / "syn"), *small, "--ckpt_path", str(old),
-         "--predict_writer.output_dir", str(tmp_path / "pred")], env, tmp_path)
-    assert len(list((tmp_path / "pred").glob("*.png"))) == 4
-    # resume: its image pool held lone fakes (no sources), which cannot be paired again: dropped with a warning
-    proc = run(["fit", *tiny(tmp_path / "run", tmp / "syn"), *small, "--ckpt_path", str(old), "--trainer.max_epochs", "2",
-                "--trainer.logger", "false"], env, tmp_path)
-    assert "image pool holds fakes without their sources" in proc.stderr + proc.stdout
-    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
-
-
 @pytest.mark.slow
 def test_plain_ddp_as_users_type_it(trained, tmp_path):
     tmp, env = trained
@@ -392,5 +348,69 @@ def test_plain_ddp_as_users_type_it(trained, tmp_path):
     ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 1  # 2 batches shared by 2 processes: one step each
     bad = run(["fit", *tiny(tmp_path / "fsdp", tmp / "syn", "--trainer.strategy", "fsdp")], env, tmp_path, check=False)
-    assert bad.returncode == 2 and "trainer.strategy=fsdp is not supported" in _one_error_line(bad)
+    assert bad.returncode == 2 and "trainer.strategy=fsdp is not supported" in one_error_line(bad)
     assert not (tmp_path / "fsdp").exists()
+
+
+@pytest.mark.slow
+def test_command_line_fit_validate_test_predict_export_both_ways(tmp_path, cli_env):
+    root, data = tmp_path / "run", tmp_path / "syn"
+    run(["fit", *cyclegan_cli(root, data, "--trainer.max_epochs", "2")], cli_env, tmp_path)
+    ckpts = {p.name for p in (root / "checkpoints").glob("*.ckpt")}
+    assert "last.ckpt" in ckpts and any(n.startswith("best-") for n in ckpts)  # best by val/fid_B
+    rows = list(csv.DictReader(open(root / "csv" / "version_0" / "metrics.csv")))
+    fid_B = [(int(r["step"]), float(r["val/fid_B"])) for r in rows if r.get("val/fid_B")]
+    # the config's full sanity check scores the untrained generators (step 0), then each epoch
+    assert len(fid_B) == 3 and fid_B[0][0] == 0 and all(f > 0 for _, f in fid_B)
+    assert any(r.get("train/loss_cycle_A") for r in rows) and any(r.get("val/ssim_A") for r in rows)
+    grid = Image.open(sorted((root / "images").glob("val_epoch*.png"))[0])
+    assert grid.size == (3 * 34 + 2, 8 * 34 + 2)  # 4 A rows and 4 B rows: real | translated | back
+    (wandb_run,) = list((root / "wandb").glob("offline-run-*"))
+    tracked = read_run(wandb_run)
+    keys = set().union(*tracked["history"])
+    assert {"val/fid_B", "val/fid_A", "train/loss_cycle_B", "train/loss_idt_A", "images/val/_type"} <= keys
+    assert tracked["config"]["model.class_path"].endswith("CycleGAN")
+    compared = run(["compare", str(root), "--output", str(tmp_path / "c.png")], cli_env, tmp_path)
+    assert "best val/fid_B" in compared.stdout and "best val/fid_A" in compared.stdout
+    last = str(root / "checkpoints" / "last.ckpt")
+
+    val = run(["validate", *cyclegan_cli(root, data), "--ckpt_path", last], cli_env, tmp_path)
+    assert "val/fid_A" in val.stdout and "val/fid_B" in val.stdout
+    run(["test", *cyclegan_cli(root, data), "--ckpt_path", last], cli_env, tmp_path)
+    report = json.loads((root / "checkpoints" / "metrics.json").read_text())
+    assert {"fid_A", "fid_B", "kid_mean_A", "ssim_B", "psnr_A"} <= set(report["metrics"])
+    assert report["protocol"]["generator"] == "G_A+G_B" and report["num_images"] == 8
+    per_image = list(csv.DictReader(open(root / "checkpoints" / "per_image.csv")))
+    assert {r["direction"] for r in per_image} == {"AtoB", "BtoA"} and all(r["ssim"] for r in per_image)
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)).save(photos / "p.png")
+    for direction in ("BtoA", "AtoB"):
+        out = tmp_path / f"pred-{direction}"
+        run(["predict", *cyclegan_cli(root, data), "--ckpt_path", last, "--data.predict_dir", str(photos),
+             "--model.predict_direction", direction, "--predict_writer.output_dir", str(out)], cli_env, tmp_path)
+        assert Image.open(out / "p.png").size == (50, 30)
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "pred-AtoB" / "p.png")),
+                              np.asarray(Image.open(tmp_path / "pred-BtoA" / "p.png")))  # two generators
+
+    export = run(["export", "--ckpt_path", last, "--format", "onnx", "--direction", "BtoA"], cli_env, tmp_path)
+    assert "G_B" in export.stdout and (root / "checkpoints" / "last.G_B.eval.onnx").is_file()
+
+    wrong = run(["test", "-c", str(REPO / "configs" / "quickstart.yaml"), "--data.root", str(data),
+                 "--ckpt_path", last, "--trainer.default_root_dir", str(tmp_path / "wrong")], cli_env, tmp_path,
+                check=False)
+    assert wrong.returncode == 2 and "holds a CycleGAN model" in wrong.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "wrong").exists()
+
+
+def test_the_model_class_comes_from_the_configs_and_command_line():
+    from pix2pix_lit.cli import model_class_path
+
+    cyclegan_config = str(REPO / "configs" / "cyclegan" / "quickstart.yaml")
+    assert model_class_path([]).endswith(".Pix2Pix")  # configs from before the models/ layer name none
+    assert model_class_path(["fit", "-c", cyclegan_config]).endswith(".CycleGAN")
+    assert model_class_path(["fit", "-c", cyclegan_config, "--model", "Pix2Pix"]).endswith(".Pix2Pix")
+    assert model_class_path(["fit", "--model.class_path=pix2pix_lit.module.Pix2Pix"]).endswith(".Pix2Pix")
+    with pytest.raises(ConfigError, match="'Nope' is not an image-translation model"):
+        model_class_path(["fit", "--model", "Nope"])

@@ -61,6 +61,15 @@ def test_ddp_constructor_kwargs():
     assert li.ddp_constructor_kwargs(SingleDeviceStrategy(torch.device("cpu"))) is None
 
 
+def test_allow_unused_parameters_sets_the_ddp_flag_once():
+    strategy = DDPStrategy(find_unused_parameters=False)
+    assert li.allow_unused_parameters(strategy) is True
+    assert li.ddp_constructor_kwargs(strategy) == {"find_unused_parameters": True}
+    assert li.allow_unused_parameters(strategy) is False  # already set: nothing to say
+    assert li.allow_unused_parameters(DDPStrategy(find_unused_parameters=True)) is False
+    assert li.allow_unused_parameters(SingleDeviceStrategy(torch.device("cpu"))) is False
+
+
 def test_step_counting_validation_workers_and_batch_progress():
     model = _Tiny()
     trainer = quiet_trainer(max_epochs=1, limit_val_batches=1)

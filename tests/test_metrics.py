@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 from PIL import Image
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
@@ -17,6 +18,7 @@ from pix2pix_lit.metrics import (
     _fid_helper_file,
     find_inception_weights,
     load_inception,
+    memorization_distance,
 )
 
 SHARED_KEYMAP = Path(__file__).resolve().parents[2] / "shared" / "reference" / "fid-inception-key-map.txt"
@@ -256,3 +258,41 @@ def test_model_metrics_hold_no_fid_sums_before_evaluating():
     model = Pix2Pix(netG="unet_128", ngf=8, ndf=8)
     fids = [m for m in model.modules() if type(m).__name__ == "CompactFID"]
     assert len(fids) == 2 and all(_sum_bytes(f) < 1024 for f in fids)
+
+
+def _numpy_fid(f1, f2):
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def _kaggle_distance(fake, real, eps=0.1):
+    """The Kaggle MiFID code's cosine distance: per generated image, the closest real one; thresholded."""
+    nf = fake / np.linalg.norm(fake, axis=1, keepdims=True)
+    nr = real / np.linalg.norm(real, axis=1, keepdims=True)
+    d = np.mean(np.min(1.0 - np.abs(nf @ nr.T), axis=1))
+    return d if d < eps else 1.0
+
+
+@pytest.mark.parametrize("memorized", [False, True])
+def test_mifid_equals_a_numpy_computation(memorized):
+    rng = np.random.default_rng(0)
+    real = rng.uniform(-0.9, 0.9, (60, 2048))  # inside [-1, 1]: images are clamped there
+    train = rng.uniform(-0.9, 0.9, (50, 2048))  # what the generator was trained on: MiFID's reference
+    fake = train[:40] + rng.normal(0, 0.01, (40, 2048)) if memorized else rng.uniform(-0.8, 1, (40, 2048))
+    m = ImageQualityMetrics(fid=True, kid=True, kid_subset_size=10, mifid=True)
+    m.features = lambda images: images.flatten(1)  # fixed features in place of the Inception's
+    m.update_real(torch.tensor(real, dtype=torch.float32).view(60, 2048, 1, 1))
+    m.update_fake(torch.tensor(fake, dtype=torch.float32).view(40, 2048, 1, 1))
+    m.set_training_reference(torch.tensor(train, dtype=torch.float32), "train")
+    out = m.compute()
+    f32 = lambda x: torch.tensor(x, dtype=torch.float32).double().numpy()  # noqa: E731 - the features as stored
+    fid, dist = _numpy_fid(f32(fake), f32(real)), _kaggle_distance(f32(fake), f32(train))
+    assert (dist < 0.1) == memorized
+    assert _kaggle_distance(f32(fake), f32(real)) >= 0.1  # against the val images no memorization could show
+    assert out["fid"].item() == pytest.approx(fid, rel=1e-3)
+    assert out["mifid_train"].item() == pytest.approx(fid / (dist + 1e-15), rel=1e-3)
+    assert memorization_distance(torch.tensor(fake), torch.tensor(real)).item() == pytest.approx(
+        _kaggle_distance(fake, real), rel=1e-9)
+    assert "ssim" not in out  # no pairs were given

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_cli import _one_error_line, run, tiny
 
 from pix2pix_lit import Pix2Pix
 from pix2pix_lit.checkpoint_io import StreamingCheckpointIO, remove_stale_partials
@@ -27,7 +26,7 @@ from pix2pix_lit.errors import CheckpointError, DataError
 from pix2pix_lit.modes import higher_is_better, metric_mode
 from pix2pix_lit.prepare import main as prepare_main
 
-from conftest import REPO, TINY_MODEL, noise_image, quiet_trainer, write_aligned, write_folders
+from conftest import REPO, TINY_MODEL, noise_image, one_error_line, quiet_trainer, run, tiny, write_aligned, write_folders
 
 
 # -- images as they come ---------------------------------------------------------------------------------
@@ -207,7 +206,7 @@ def test_runs_that_cannot_start_leave_nothing(tmp_path, env):
     for extra, message in cases:
         proc = run(["fit", *tiny(tmp_path / "r", data, "--model.fid", "false", "--model.kid", "false"), *extra], env,
                    tmp_path, check=False)
-        assert proc.returncode == 2 and message in _one_error_line(proc), (extra, proc.stderr[-2000:])
+        assert proc.returncode == 2 and message in one_error_line(proc), (extra, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr and not (tmp_path / "r").exists(), extra
 
 

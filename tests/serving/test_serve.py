@@ -4,10 +4,8 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,46 +17,11 @@ import torch
 from PIL import Image
 
 from pix2pix_lit import Pix2Pix
-from pix2pix_lit.data.io import to_pil, to_tensor
-from pix2pix_lit.data.transforms import crop_box, pad_to_multiple
-from pix2pix_lit.serving.export import export_generator, load_exported
+from pix2pix_lit.serving.export import export_generator
+
+from conftest import drawing, expected, png_bytes, start_server, stop_server
 
 LIMITS = ["--max-bytes", "300000", "--max-pixels", "250000", "--max-batch", "8", "--max-wait-ms", "100"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(args: list[str], cwd: Path, threads: int = 1) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen([sys.executable, "-m", "pix2pix_lit", "serve", *args, "--port", str(port), "--threads", str(threads)],
-                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited {proc.returncode}: {proc.stdout.read()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.3)
-    proc.kill()
-    raise AssertionError("server did not answer /health in 120 s")
-
-
-def stop_server(proc: subprocess.Popen) -> str:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        out, _ = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -75,29 +38,6 @@ def server(model_file):
     proc, url = start_server(["--model", str(model_file), *LIMITS], model_file.parent)
     yield url
     stop_server(proc)
-
-
-def png_bytes(img: Image.Image, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    return buf.getvalue()
-
-
-def drawing(w: int, h: int, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    a = np.full((h, w), 255, np.uint8)
-    for _ in range(6):
-        y, x = rng.integers(0, h), rng.integers(0, w)
-        a[max(0, y - 1):y + 2, : x] = 0
-    return Image.fromarray(a, "L")
-
-
-def expected(model_file: Path, img: Image.Image) -> np.ndarray:
-    """The file's own answer for ``img`` with predict's padding rule, computed here without the server."""
-    run, contract = load_exported(model_file)
-    x, box = pad_to_multiple(to_tensor(img.convert("L"))[None], contract["input"]["size_multiple"])
-    out = torch.from_numpy(run(x))
-    return np.asarray(to_pil(crop_box(out, box)[0]))
 
 
 def test_translate_returns_the_model_output_at_the_input_size(server, model_file):

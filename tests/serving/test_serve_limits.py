@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 from starlette.testclient import TestClient
-from test_serve import drawing, expected, png_bytes, start_server, stop_server
 
 from pix2pix_lit import Pix2Pix
 from pix2pix_lit.data.io import to_pil, to_tensor
@@ -27,6 +26,8 @@ from pix2pix_lit.serving.app import (
 )
 from pix2pix_lit.serving.engine import Batcher, Generator, Overloaded
 from pix2pix_lit.serving.export import export_generator, load_exported
+
+from conftest import drawing, expected, png_bytes, start_server, stop_server
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,102 @@
+"""The contract with a model (``ImageTranslationModel``): the README's example model works end to end through the
+CLI, and a model that breaks the contract is told how at construction or setup, not deep inside a run."""
+
+import json
+import re
+
+import pytest
+import torch
+import torch.nn as nn
+
+from pix2pix_lit.models import Pix2Pix
+from pix2pix_lit.models.base import ImageTranslationModel
+
+from conftest import REPO, TINY_MODEL, run, tiny
+
+
+def readme_blocks(language: str) -> list[str]:
+    section = (REPO / "README.md").read_text().split("### Add your own model", 1)[1].split("\n### ", 1)[0]
+    return re.findall(rf"```{language}\n(.*?)```", section, re.S)
+
+
+def test_the_readme_model_trains_evaluates_resumes_and_predicts(tmp_path, cli_env):
+    (code,) = readme_blocks("python")
+    (config,) = readme_blocks("yaml")
+    (tmp_path / "l1_baseline.py").write_text(code)
+    # the README's config, with the module where this test saved it
+    (tmp_path / "l1.yaml").write_text(config.replace("pix2pix_lit.models.l1_baseline.", "l1_baseline."))
+    env = dict(cli_env, PYTHONPATH=f"{tmp_path}:{cli_env.get('PYTHONPATH', '')}")
+    small = ["-c", str(tmp_path / "l1.yaml"), "--model.netG", "unet", "--model.num_downs", "5", "--model.ngf", "8",
+             "--model.ema_decay", "0.9", "--model.fid", "false", "--model.kid", "false", "--trainer.logger", "false"]
+    args = [*tiny(tmp_path / "run", tmp_path / "syn"), *small]
+    run(["fit", *args, "--trainer.max_epochs", "1"], env, tmp_path)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    assert ckpt["global_step"] == 2 and ckpt["hyper_parameters"]["_class_path"] == "l1_baseline.L1Baseline"
+    assert any(k.startswith("G_ema.") for k in ckpt["state_dict"])
+    assert any(n.startswith("best-") for n in (p.name for p in last.parent.iterdir()))  # by val/ssim (no FID)
+    run(["fit", *args, "--trainer.max_epochs", "2", "--ckpt_path", str(last)], env, tmp_path)
+    assert torch.load(last, weights_only=True)["global_step"] == 4
+    run(["test", *args, "--ckpt_path", str(last)], env, tmp_path)
+    report = json.loads((last.parent / "metrics.json").read_text())
+    assert report["protocol"]["generator"] == "G_ema" and {"ssim", "psnr"} <= set(report["metrics"])
+    run(["predict", *args, "--ckpt_path", str(last), "--predict_writer.output_dir", str(tmp_path / "pred")],
+        env, tmp_path)
+    assert len(list((tmp_path / "pred").glob("*.png"))) == 4
+
+
+class _Half(ImageTranslationModel):
+    """A model that declares a generator; each test removes one part of the contract."""
+
+    discriminator_names = ()
+
+    def __init__(self, build: bool = True, finish: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if build:
+            self.G = nn.Conv2d(3, 3, 1)
+            self.G.size_multiple = 1
+        if finish:
+            self.finish_networks()
+
+    def configure_optimizers(self):
+        return self.adam(self.G.parameters())
+
+    def training_step(self, batch, batch_idx):
+        return None
+
+    def generator_for(self, direction="AtoB"):
+        return "G"
+
+    def evaluate_batch(self, batch, metrics, dataloader_idx):
+        return {}
+
+
+class _Whole(_Half):
+    def grid_rows(self, batch):
+        return [], 0.0, ""
+
+
+def test_a_model_that_breaks_the_contract_is_told_how():
+    with pytest.raises(TypeError, match="_Half must write grid_rows"):
+        _Half(fid=False, kid=False)
+    with pytest.raises(TypeError, match="declares the network 'G' but has no nn.Module attribute"):
+        _Whole(build=False, fid=False, kid=False)
+    unfinished = _Whole(finish=False, fid=False, kid=False)
+    with pytest.raises(TypeError, match=r"must end with self.finish_networks\(\)"):
+        unfinished.setup("fit")
+    whole = _Whole(fid=False, kid=False, ema_decay=0.9)
+    assert isinstance(whole.G_ema.module, nn.Conv2d) and whole(torch.zeros(1, 3, 4, 4)).shape == (1, 3, 4, 4)
+
+
+def test_model_call_means_inference_for_every_model():
+    """``model(x)`` is what evaluation runs (the EMA generator in the inference mode), for every model."""
+    torch.manual_seed(0)
+    model = Pix2Pix(**{**TINY_MODEL, "ema_decay": 0.5, "inference_mode": "eval"})
+    with torch.no_grad():
+        for p in model.G_ema.module.parameters():
+            p.add_(0.1)  # the EMA copy now differs from G
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.equal(model(x), model.generate(x))
+    with torch.no_grad():
+        raw = model.G.eval()(x)
+    assert not torch.allclose(model(x), raw, atol=1e-4)

@@ -1,0 +1,69 @@
+"""Checkpoints written by earlier code (``tests/fixtures/README.md`` says by which command and commit) still test,
+predict and resume with today's code: what they trained comes from the checkpoint, how they run from the command
+line."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import REPO, cyclegan_cli, run, tiny
+
+FIXTURES = REPO / "tests" / "fixtures"
+NO_INCEPTION = ["--model.fid", "false", "--model.kid", "false"]
+
+
+def copy(name: str, tmp_path):
+    path = tmp_path / name
+    path.write_bytes((FIXTURES / name).read_bytes())
+    return str(path)
+
+
+@pytest.mark.slow
+def test_pix2pix_from_fc12e82(tmp_path, cli_env):
+    old = copy("pix2pix-fc12e82.ckpt", tmp_path)
+    # before the models/ layer the checkpoint named no class and held 4-channel networks as hyper-parameters
+    small = ["--model.num_downs", "5", "--model.ngf", "4", "--model.ndf", "4", "--model.pool_size", "2", *NO_INCEPTION]
+    args = tiny(tmp_path / "run", tmp_path / "syn")
+    run(["test", *args, *small, "--ckpt_path", old], cli_env, tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text())["num_images"] == 4
+    run(["predict", *args, *small, "--ckpt_path", old, "--predict_writer.output_dir", str(tmp_path / "pred")],
+        cli_env, tmp_path)
+    assert len(list((tmp_path / "pred").glob("*.png"))) == 4
+    # resume: its image pool held lone fakes (no sources), which cannot be paired again: dropped with a warning
+    proc = run(["fit", *args, *small, "--ckpt_path", old, "--trainer.max_epochs", "2", "--trainer.logger", "false"],
+               cli_env, tmp_path)
+    assert "image pool holds fakes without their sources" in proc.stderr + proc.stdout
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+
+@pytest.mark.slow
+def test_pix2pix_with_ema_from_b98c3a6(tmp_path, cli_env):
+    old = copy("pix2pix-ema-b98c3a6.ckpt", tmp_path)
+    args = [*tiny(tmp_path / "run", tmp_path / "syn"), *NO_INCEPTION, "--ckpt_path", old]
+    run(["test", *args], cli_env, tmp_path)
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["num_images"] == 4 and report["protocol"]["generator"] == "G_ema"
+    run(["predict", *args, "--predict_writer.output_dir", str(tmp_path / "pred")], cli_env, tmp_path)
+    assert len(list((tmp_path / "pred").glob("*.png"))) == 4
+    run(["fit", *args, "--trainer.max_epochs", "2", "--trainer.logger", "false"], cli_env, tmp_path)
+    resumed = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 4 and len(resumed["pix2pix_lit"]["image_pools"]["pool"]) == 2
+    assert any(k.startswith("G_ema.") for k in resumed["state_dict"])
+
+
+@pytest.mark.slow
+def test_cyclegan_from_b98c3a6(tmp_path, cli_env):
+    old = copy("cyclegan-b98c3a6.ckpt", tmp_path)
+    args = [*cyclegan_cli(tmp_path / "run", tmp_path / "syn"), *NO_INCEPTION, "--ckpt_path", old]
+    run(["test", *args], cli_env, tmp_path)
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["num_images"] == 8 and report["protocol"]["generator"] == "G_A_ema+G_B_ema"
+    for direction in ("AtoB", "BtoA"):  # the direction was a data option when it was written; now the model's
+        out = tmp_path / f"pred-{direction}"
+        run(["predict", *args, "--model.predict_direction", direction, "--predict_writer.output_dir", str(out)],
+            cli_env, tmp_path)
+        assert len(list(out.glob("*.png"))) == 4
+    assert (tmp_path / "pred-AtoB" / "00000.png").read_bytes() != (tmp_path / "pred-BtoA" / "00000.png").read_bytes()
+    run(["fit", *args, "--trainer.max_epochs", "2", "--trainer.logger", "false"], cli_env, tmp_path)
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
