@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
-import resource
 import subprocess
 import sys
 import time
@@ -36,6 +34,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from measure import cpu_kind, cpu_report, memory_kb, official_step, peak_rss_mb, process_tree, table
 
 REPO = Path(__file__).resolve().parents[1]
 MAPS = REPO.parent / "shared" / "datasets" / "maps"
@@ -55,73 +54,10 @@ def datamodule(batch_size: int = 1, num_workers: Optional[int] = None):
     ), "built-in"
 
 
-def cpu_report() -> str:
-    """CPU model, the SIMD/matrix features that decide bf16 speed, and what PyTorch makes of them."""
-    from pix2pix_lit.precision import cpu_bf16_support
-
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    have = ", ".join(f for f in wanted if f in flags) or "none of " + "/".join(wanted)
-    return (f"{model}, {os.cpu_count()} cores ({have}); torch {torch.__version__}, kernels "
-            f"{torch.backends.cpu.get_cpu_capability()}, bf16 support: {cpu_bf16_support()}")
-
-
-def cpu_kind() -> str:
-    """``amx``, ``avx512_bf16`` or ``avx2`` (no bf16 kernels): the three kinds of machine issue 10 sets targets for."""
-    flags = set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    return "amx" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else "avx2"
-
-
 def slow_bf16(precision: str) -> bool:
     from pix2pix_lit.precision import cpu_precision_fallback
 
     return cpu_precision_fallback("cpu", precision) is not None
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants (DataLoader workers, the W&B service), from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo += children.get(p, [])
-    return tree
-
-
-def memory_kb(pid: int, field: str) -> int:
-    """``Rss`` or ``Pss`` (shared pages split between the processes sharing them) of one process, in kB."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def run_watched(cmd: list[str], env: dict) -> dict:
@@ -130,7 +66,9 @@ def run_watched(cmd: list[str], env: dict) -> dict:
     import threading
 
     t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=dict(env, BENCH_T0=repr(t0)), stdout=subprocess.PIPE,
+    # a fit that imports experiments.bench (its MarkIterations callback) finds this folder's measure.py too
+    path = os.pathsep.join(p for p in (str(REPO / "experiments"), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=dict(env, BENCH_T0=repr(t0), PYTHONPATH=path), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     peak = {"tree_rss": 0, "tree_pss": 0, "largest_rss": 0, "processes": 0}
 
@@ -262,34 +200,6 @@ def run_train(precision: str, channels_last: bool, steps: int, warmup: int, ema_
     }
 
 
-def official_step():
-    """The official ``Pix2PixModel.optimize_parameters`` for unet_256 + basic D (seeded): fp32, NCHW, torch's
-    default Adam; returns ``step(batch)``."""
-    from pix2pix_lit.nets import define_D, define_G
-
-    torch.manual_seed(0)
-    G, D = define_G(3, 3, 64, "unet_256"), define_D(6, 64, "basic")
-    opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    bce, l1 = torch.nn.BCEWithLogitsLoss(), torch.nn.L1Loss()
-
-    def step(batch: dict) -> None:
-        real_a, real_b = batch["source"], batch["target"]
-        fake_b = G(real_a)
-        D.requires_grad_(True)
-        opt_d.zero_grad()
-        pred_fake, pred_real = D(torch.cat([real_a, fake_b], 1).detach()), D(torch.cat([real_a, real_b], 1))
-        (0.5 * (bce(pred_fake, torch.zeros_like(pred_fake)) + bce(pred_real, torch.ones_like(pred_real)))).backward()
-        opt_d.step()
-        D.requires_grad_(False)
-        opt_g.zero_grad()
-        pred_fake = D(torch.cat([real_a, fake_b], 1))
-        (bce(pred_fake, torch.ones_like(pred_fake)) + 100.0 * l1(fake_b, real_b)).backward()
-        opt_g.step()
-
-    return step
-
-
 def run_plain(steps: int, warmup: int) -> dict:
     """The official code's step (``Pix2PixModel.optimize_parameters``) as a plain PyTorch loop, fp32, NCHW.
 
@@ -303,7 +213,7 @@ def run_plain(steps: int, warmup: int) -> dict:
     compute, wait, n, last = 0.0, 0.0, 0, time.perf_counter()
     for i, batch in enumerate(dm.train_dataloader()):
         start = time.perf_counter()
-        step(batch)
+        step(batch["source"], batch["target"])
         end = time.perf_counter()
         if i >= warmup:
             compute, wait, n = compute + end - start, wait + start - last, n + 1
@@ -325,7 +235,7 @@ def official_train(iterations: int) -> None:
     it = 0
     while it < iterations:
         for batch in dm.train_dataloader():
-            step(batch)
+            step(batch["source"], batch["target"])
             it += 1
             mark(it)
             if it >= iterations:
@@ -581,13 +491,6 @@ def spawn(args: argparse.Namespace, **kw) -> dict:
         res["note"] = "no bf16 kernels: reference conv"
     print(json.dumps(res), flush=True)
     return res
-
-
-def table(rows: list[dict], cols: list[str]) -> str:
-    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -63,14 +62,11 @@ def main() -> list[str]:
         train(args.worker[0], Path(args.worker[1]), args.steps)
         return []
     import torch
+    from measure import cpu_model
 
     from pix2pix_lit.precision import cpu_bf16_support
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     print(f"CPU: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, bf16 kernels: {cpu_bf16_support()}")
     print(f"{'spelling':36s} {'s/step (rank 0)':>16s} {'images/s':>10s} {'vs 1 process':>13s}")
     base, rows = None, []

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from measure import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 MAPS = REPO.parent / "shared" / "datasets" / "maps"
@@ -118,8 +118,7 @@ def main() -> None:
         screened.unlink()
         report = json.loads((out / "metrics.json").read_text())
         rows.append((f"G_ema ({decay})", "paper", report["num_images"], report["metrics"]))
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.machine())
+    cpu = cpu_model()
     steps = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"]
     command = f"python experiments/ema_compare.py {args.recipe}" + (f" --steps {args.steps}" if args.recipe == "maps" else "")
     screened = f" --extra-decays {args.extra_decays}" if extra else ""

@@ -1,4 +1,5 @@
-"""The small measurements behind issue 10's changes, quoted in experiments/RESULTS.md (one process each, CPU).
+"""The small measurements behind the Adam kernel, autocast weight cache, Inception batch and training-memory
+choices, quoted in experiments/RESULTS.md (one process each, CPU).
 
     python experiments/memory_probes.py adam        # Adam alone on unet_256's parameters, per layout and kernel
     python experiments/memory_probes.py autocast    # paper-mode G under autocast: per-call weight casts vs cast once
@@ -9,7 +10,7 @@
     python experiments/memory_probes.py val-workers # a full maps validation with no workers and with 2
     python experiments/memory_probes.py timeline [seconds] [fit options]  # process-tree PSS every second
 
-(The numbers quoted in RESULTS.md for issue 10 were taken with loose scripts doing these same measurements;
+(The numbers quoted in RESULTS.md for these choices were taken with loose scripts doing these same measurements;
 this file repeats them so they can be re-run. Re-runs on a shared VM vary by ~10%.)
 """
 
@@ -107,7 +108,7 @@ def inception_one(bs: int) -> None:
 
 def memory(who: str, at: float) -> None:
     sys.path.insert(0, str(REPO / "experiments"))
-    from bench import memory_kb, process_tree
+    from measure import memory_kb, process_tree
 
     if who == "ours":
         cmd = _fit_cmd([], steps=200)
@@ -177,7 +178,7 @@ def _fit_cmd(extra: list[str], steps: int = 60) -> list[str]:
     from bench import MAPS
 
     return [sys.executable, "-m", "pix2pix_lit", "fit", "-c", "configs/maps.yaml", "--data.root", str(MAPS),
-            "--trainer.max_steps", str(steps), "--trainer.default_root_dir", "/tmp/issue10-probe", *extra]
+            "--trainer.max_steps", str(steps), "--trainer.default_root_dir", "/tmp/memory-probe", *extra]
 
 
 def anatomy() -> None:
@@ -223,7 +224,7 @@ def val_workers() -> None:
 
 def timeline(seconds: float, extra: list[str]) -> None:
     sys.path.insert(0, str(REPO / "experiments"))
-    from bench import memory_kb, process_tree
+    from measure import memory_kb, process_tree
 
     t0 = time.time()
     p = subprocess.Popen(_fit_cmd(extra, steps=100000), cwd=REPO, env=dict(os.environ, PYTHONWARNINGS="ignore"),

@@ -12,12 +12,9 @@ channels_last weights handed over as contiguous views). Random 256x256 inputs: d
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
-
-from pix2pix_lit.nets import define_D, define_G
-from pix2pix_lit.optim import Adam
+from measure import PhaseTimer, cpu_report, official_step
 
 VARIANTS = {  # name: (bf16 autocast, channels_last, optimizer)
     "fp32-nchw-default": (False, False, "default"),
@@ -28,57 +25,17 @@ VARIANTS = {  # name: (bf16 autocast, channels_last, optimizer)
 }
 
 
-def adam(params, kind: str):
-    if kind == "ours":
-        return Adam(params, lr=2e-4, betas=(0.5, 0.999))
-    return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999), fused=True if kind == "fused" else None)
-
-
 def run(name: str, steps: int = 10, warmup: int = 5) -> dict[str, float]:
     bf16, cl, kind = VARIANTS[name]
-    torch.manual_seed(0)
-    fmt = torch.channels_last if cl else torch.contiguous_format
-    G, D = define_G(3, 3, 64, "unet_256").to(memory_format=fmt), define_D(6, 64, "basic").to(memory_format=fmt)
-    opt_g, opt_d = adam(G.parameters(), kind), adam(D.parameters(), kind)
-    bce, l1 = torch.nn.BCEWithLogitsLoss(), torch.nn.L1Loss()
-    a = (torch.rand(1, 3, 256, 256) * 2 - 1).contiguous(memory_format=fmt)
-    b = (torch.rand(1, 3, 256, 256) * 2 - 1).contiguous(memory_format=fmt)
-    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
-    total: dict[str, float] = {}
-
-    def tick(key: str, t: float) -> float:
-        now = time.perf_counter()
-        total[key] = total.get(key, 0.0) + now - t
-        return now
-
+    timer = PhaseTimer()
+    step = official_step(bf16, cl, kind, phase=timer)
+    a, b = torch.rand(1, 3, 256, 256) * 2 - 1, torch.rand(1, 3, 256, 256) * 2 - 1
     for i in range(warmup + steps):
         if i == warmup:
-            total.clear()
-        t = time.perf_counter()
-        with autocast():
-            fake = G(a)
-        t = tick("G forward", t)
-        opt_d.zero_grad()
-        with autocast():
-            pred_fake, pred_real = D(torch.cat([a, fake], 1).detach()), D(torch.cat([a, b], 1))
-            loss_d = 0.5 * (bce(pred_fake, torch.zeros_like(pred_fake)) + bce(pred_real, torch.ones_like(pred_real)))
-        t = tick("D forward", t)
-        loss_d.backward()
-        t = tick("D backward", t)
-        opt_d.step()
-        t = tick("D Adam", t)
-        D.requires_grad_(False)
-        opt_g.zero_grad()
-        with autocast():
-            pred_fake = D(torch.cat([a, fake], 1))
-            loss_g = bce(pred_fake, torch.ones_like(pred_fake)) + 100 * l1(fake, b)
-        t = tick("G loss forward", t)
-        loss_g.backward()
-        t = tick("G backward", t)
-        opt_g.step()
-        tick("G Adam", t)
-        D.requires_grad_(True)
-    out = {k: 1000 * v / steps for k, v in total.items()}
+            timer.reset()
+        timer.start()
+        step(a, b)
+    out = {k: 1000 * v / steps for k, v in timer.total.items()}
     out["step"] = sum(out.values())
     return out
 
@@ -88,6 +45,7 @@ def main() -> None:
     p.add_argument("--variant", choices=list(VARIANTS), action="append")
     p.add_argument("--steps", type=int, default=10)
     args = p.parse_args()
+    print(cpu_report())
     rows = {name: run(name, args.steps) for name in args.variant or VARIANTS}
     cols = list(next(iter(rows.values())))
     print("| variant | " + " | ".join(f"{c} ms" for c in cols) + " |")
