@@ -25,6 +25,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
+from pix2pix_lit.checkpoints import EMA_SUFFIX
 from pix2pix_lit.errors import ConfigError, Pix2PixLitError
 from pix2pix_lit.modes import DIRECTIONS, INFERENCE_MODES, SERVING_INFERENCE_MODE, Direction, InferenceMode
 from pix2pix_lit.nets.norm import has_active_dropout, replace_batch_norms
@@ -257,7 +258,9 @@ def generator_from_checkpoint(
         in_nc, out_nc, model.size_multiple, inference_mode, min_size=model.min_size,
         bytes_per_pixel=bytes_per_pixel(net, in_nc, model.size_multiple, model.min_size),
         model=model_class.__name__, netG=hparams.get("netG"), generator=model.inference_net_name(direction),
-        direction=direction if two_way else data.get("direction"),
+        # one meaning for every model: the way the file translates between the training data's domains A and B
+        # (a one-way model: the data's direction as trained; a two-way model: the generator chosen)
+        direction=direction if two_way else data.get("direction", DIRECTIONS[0]),
         checkpoint=Path(ckpt_path).name,
         global_step=ckpt.get("global_step"), config_sha256=config_digest(hparams),
         data={k: data.get(k) for k in ("preprocess", "load_size", "crop_size") if k in data},
@@ -288,7 +291,7 @@ def export_checkpoint(
     """Export the generator of a pix2pix-lit checkpoint; returns the file written and its contract."""
     net, contract = generator_from_checkpoint(ckpt_path, inference_mode, use_ema, direction)
     suffix = ".onnx" if fmt == "onnx" else ".torchscript.pt"
-    which = contract["generator"].removesuffix("_ema")
+    which = contract["generator"].removesuffix(EMA_SUFFIX)
     path = Path(output) if output else Path(ckpt_path).with_name(f"{Path(ckpt_path).stem}.{which}.{inference_mode}{suffix}")
     return path, write_checked(net, path, fmt, contract)
 
