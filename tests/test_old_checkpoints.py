@@ -19,6 +19,18 @@ def copy(name: str, tmp_path):
     return str(path)
 
 
+def tested_by(args: list[str], env: dict, cwd) -> dict:
+    """``test`` with ``args``: the metrics.json it wrote beside the checkpoint."""
+    run(["test", *args], env, cwd)
+    return json.loads((cwd / "metrics.json").read_text())
+
+
+def resumed_by(args: list[str], env: dict, cwd, epochs: int = 2) -> dict:
+    """``fit`` resumed with ``args`` up to ``epochs``: the last checkpoint it wrote."""
+    run(["fit", *args, "--trainer.max_epochs", str(epochs), "--trainer.logger", "false"], env, cwd)
+    return torch.load(cwd / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+
+
 @pytest.mark.slow
 def test_pix2pix_from_fc12e82(tmp_path, cli_env):
     old = copy("pix2pix-fc12e82.ckpt", tmp_path)
@@ -41,13 +53,11 @@ def test_pix2pix_from_fc12e82(tmp_path, cli_env):
 def test_pix2pix_with_ema_from_b98c3a6(tmp_path, cli_env):
     old = copy("pix2pix-ema-b98c3a6.ckpt", tmp_path)
     args = [*tiny(tmp_path / "run", tmp_path / "syn"), *NO_INCEPTION, "--ckpt_path", old]
-    run(["test", *args], cli_env, tmp_path)
-    report = json.loads((tmp_path / "metrics.json").read_text())
+    report = tested_by(args, cli_env, tmp_path)
     assert report["num_images"] == 4 and report["protocol"]["generator"] == "G_ema"
     run(["predict", *args, "--predict_writer.output_dir", str(tmp_path / "pred")], cli_env, tmp_path)
     assert len(list((tmp_path / "pred").glob("*.png"))) == 4
-    run(["fit", *args, "--trainer.max_epochs", "2", "--trainer.logger", "false"], cli_env, tmp_path)
-    resumed = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = resumed_by(args, cli_env, tmp_path)
     assert resumed["global_step"] == 4 and len(resumed["pix2pix_lit"]["image_pools"]["pool"]) == 2
     assert any(k.startswith("G_ema.") for k in resumed["state_dict"])
 
@@ -56,8 +66,7 @@ def test_pix2pix_with_ema_from_b98c3a6(tmp_path, cli_env):
 def test_cyclegan_from_b98c3a6(tmp_path, cli_env):
     old = copy("cyclegan-b98c3a6.ckpt", tmp_path)
     args = [*cyclegan_cli(tmp_path / "run", tmp_path / "syn"), *NO_INCEPTION, "--ckpt_path", old]
-    run(["test", *args], cli_env, tmp_path)
-    report = json.loads((tmp_path / "metrics.json").read_text())
+    report = tested_by(args, cli_env, tmp_path)
     assert report["num_images"] == 8 and report["protocol"]["generator"] == "G_A_ema+G_B_ema"
     for direction in ("AtoB", "BtoA"):  # the direction was a data option when it was written; now the model's
         out = tmp_path / f"pred-{direction}"
@@ -65,5 +74,4 @@ def test_cyclegan_from_b98c3a6(tmp_path, cli_env):
             cli_env, tmp_path)
         assert len(list(out.glob("*.png"))) == 4
     assert (tmp_path / "pred-AtoB" / "00000.png").read_bytes() != (tmp_path / "pred-BtoA" / "00000.png").read_bytes()
-    run(["fit", *args, "--trainer.max_epochs", "2", "--trainer.logger", "false"], cli_env, tmp_path)
-    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
+    assert resumed_by(args, cli_env, tmp_path)["global_step"] == 12
