@@ -53,7 +53,7 @@ def check_checkpoint_fits(model: torch.nn.Module, ckpt: dict[str, Any], path: st
         detail = f"{len(missing)} tensor(s) missing (e.g. {missing[:1]}), {len(unexpected)} unknown (e.g. {unexpected[:1]})"
     raise CheckpointError(
         f"checkpoint {path} was made for another architecture than this config ({detail}); use the config the "
-        "checkpoint was trained with (data.input_nc/output_nc, model.netG/netD/ngf/ndf/norm...)"
+        "checkpoint was trained with (data.input_nc/output_nc/label_nc/no_instance, model.netG/netD/ngf/ndf/norm...)"
     )
 
 

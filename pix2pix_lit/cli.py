@@ -38,6 +38,8 @@ from pix2pix_lit.precision import cpu_precision_fallback
 log = logging.getLogger("pix2pix_lit")
 
 _RUN_DIR_LOGGERS = ("WandbLogger", "CSVLogger", "TensorBoardLogger")
+# model options the data decides (linked from data.init_args): the channels and the label-map source
+DATA_LINKED = ("input_nc", "output_nc", "label_nc", "contain_dontcare_label", "no_instance")
 _LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches")
 # ckpt_path values that Lightning resolves itself (to a file it finds later)
 _SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
@@ -146,7 +148,7 @@ class Pix2PixCLI(LightningCLI):
                 f"checkpoint {ckpt_path} holds a {trained.__name__} model but the config runs "
                 f"{configured.rsplit('.', 1)[-1]}; use the config it was trained with (e.g. -c configs/cyclegan/...)"
             )
-        for key in (*RUNTIME_OPTIONS, "input_nc", "output_nc"):  # channels are linked from the data
+        for key in (*RUNTIME_OPTIONS, *DATA_LINKED):  # what the data gives comes from the data
             hparams.pop(key, None)
         if hparams:
             self.config = self.parser.parse_object(
@@ -165,8 +167,8 @@ class Pix2PixCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         # channels are a property of the data: the model takes them from there
-        parser.link_arguments("data.init_args.input_nc", "model.init_args.input_nc")
-        parser.link_arguments("data.init_args.output_nc", "model.init_args.output_nc")
+        for option in DATA_LINKED:
+            parser.link_arguments(f"data.init_args.{option}", f"model.init_args.{option}")
         parser.set_defaults({"model": {"class_path": self._model_class_path, "init_args": {}}, **SHARED_DEFAULTS})
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(

@@ -4,7 +4,9 @@
   from two folders matched by name, in parallel, with a report of the unmatched names;
 - ``edges SRC OUT --method canny|xdog``: one-channel sketch-like images (black lines on white) from
   photos, with OpenCV's filters, to train edges -> photo models (drawing -> picture);
-- ``split SRC OUT --val 0.1 --test 0.1 --seed 0``: the ``train/val/test`` layout, seeded.
+- ``split SRC OUT --val 0.1 --test 0.1 --seed 0``: the ``train/val/test`` layout, seeded;
+- ``labels SRC OUT --palette cityscapes|FILE``: colour renderings of label maps turned into id maps (PNG, one
+  class id per pixel) by exact colour match, for ``data.label_nc`` (an unknown colour is an error naming it).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pix2pix_lit.data.io import (
     save_image_atomic,
     to_channels,
 )
+from pix2pix_lit.data.labels import colours_to_ids, load_palette
 from pix2pix_lit.errors import ConfigError, DataError, Pix2PixLitError
 
 log = logging.getLogger(__name__)
@@ -158,6 +161,29 @@ def edges_folder(src: Path, out: Path, method: str = "canny", workers: Optional[
     return len(files)
 
 
+# -- labels ----------------------------------------------------------------------------------------
+def labels_folder(src: Path, out: Path, palette: str = "cityscapes", workers: Optional[int] = None) -> tuple[int, int]:
+    """Every colour rendering under ``src`` as an id map under ``out`` (same relative names, ``.png``; mode ``L``
+    for up to 256 classes, else 16-bit); returns (files, classes in the palette)."""
+    src, out = Path(src), Path(out)
+    colours = load_palette(palette)
+    _free_output(out, src)
+    files = list_images(src)
+    check_decodable(files)
+
+    with _staged(out) as stage:
+        def one(path: Path) -> None:
+            with load_image(path) as img:
+                rgb = np.asarray(to_channels(img, 3))
+            ids = colours_to_ids(rgb, colours, path)
+            stored = Image.fromarray(ids.astype(np.uint8), "L") if len(colours) <= 256 else Image.fromarray(
+                ids.astype(np.uint16))
+            save_image_atomic(stored, (stage / path.relative_to(src)).with_suffix(".png"))
+
+        _parallel(one, files, workers)
+    return len(files), len(colours)
+
+
 # -- split -----------------------------------------------------------------------------------------
 def split(src: Path, out: Path, val: float = 0.1, test: float = 0.1, seed: int = 0) -> dict[str, int]:
     """Copy the images of ``src`` into ``out/{train,val,test}`` (a seeded shuffle; empty splits are skipped)."""
@@ -203,6 +229,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     s.add_argument("--val", type=float, default=0.1)
     s.add_argument("--test", type=float, default=0.1)
     s.add_argument("--seed", type=int, default=0)
+    lab = sub.add_parser("labels", help="id maps (one class id per pixel) from colour renderings of labels")
+    lab.add_argument("src", type=Path)
+    lab.add_argument("out", type=Path)
+    lab.add_argument("--palette", default="cityscapes",
+                     help="cityscapes (its *_gtFine_color.png colours), or a file: a JSON list of [r, g, b] per id, "
+                     "or one 'r g b' line per id")
+    lab.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -213,6 +246,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                 if names:
                     print(f"{len(names)} name(s) only in {side}, left out: {', '.join(names[:10])}"
                           f"{' ...' if len(names) > 10 else ''}")
+        elif args.command == "labels":
+            n, classes = labels_folder(args.src, args.out, args.palette, args.workers)
+            print(f"wrote {n} id map(s) ({classes} classes in the palette) to {args.out}")
         elif args.command == "edges":
             n = edges_folder(args.src, args.out, args.method, args.workers, low=args.low, high=args.high, sigma=args.sigma)
             print(f"wrote {n} {args.method} sketch(es) to {args.out}")

@@ -194,3 +194,29 @@ def expected(model_file: Path, img: Image.Image) -> np.ndarray:
     x, box = pad_to_multiple(to_tensor(img.convert("L"))[None], contract["input"]["size_multiple"])
     out = torch.from_numpy(run(x))
     return np.asarray(to_pil(crop_box(out, box)[0]))
+
+
+# -- label maps ----------------------------------------------------------------------------------------------
+def write_cityscapes(root: Path, split: str = "train", cities=("aachen", "bremen"), per_city: int = 2,
+                     size=(64, 32), seed: int = 0) -> list[str]:
+    """A tiny folder in the Cityscapes download layout: ``gtFine/{split}/{city}/*_gtFine_labelIds.png`` (ids 0..33),
+    ``*_gtFine_instanceIds.png`` (16-bit: class * 1000 + k for cars, else the class id), ``*_gtFine_color.png`` (left
+    out of training by its suffix) and ``leftImg8bit/{split}/{city}/*_leftImg8bit.png``; returns the names."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    names = []
+    for city in cities:
+        for k in range(per_city):
+            name = f"{city}_{k:06d}_000019"
+            labels = np.repeat(rng.integers(0, 34, (h // 8, w // 8)), 8, 0).repeat(8, 1).astype(np.uint8)
+            instances = labels.astype(np.uint16)
+            instances[labels == 26] = 26000 + np.arange((labels == 26).sum()) // 64  # cars: one object per block
+            gt, photo_dir = root / "gtFine" / split / city, root / "leftImg8bit" / split / city
+            gt.mkdir(parents=True, exist_ok=True)
+            photo_dir.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(labels, "L").save(gt / f"{name}_gtFine_labelIds.png")
+            Image.fromarray(instances).save(gt / f"{name}_gtFine_instanceIds.png")
+            Image.fromarray(noise_image(rng, w, h)).save(gt / f"{name}_gtFine_color.png")
+            Image.fromarray(noise_image(rng, w, h)).save(photo_dir / f"{name}_leftImg8bit.png")
+            names.append(f"{city}/{name}")
+    return names

@@ -28,7 +28,7 @@ from pix2pix_lit.lightning_internals import batches_done_in_epoch
 
 log = logging.getLogger(__name__)
 
-Preprocess = Literal["resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none"]
+Preprocess = Literal["resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none", "fixed"]
 # which part of the train split a dataset holds when there is no val split: the trained part or the held-out one
 Part = Optional[Literal["train", "val"]]
 
@@ -47,7 +47,8 @@ class ImageDataModule(pl.LightningDataModule):
         root: dataset folder.
         input_nc, output_nc: channels of the source (domain A) and target (domain B) images: 1 = grayscale,
             3 = RGB, 4 = RGBA.
-        preprocess, load_size, crop_size, no_flip: the official preprocessing of training images.
+        preprocess, load_size, crop_size, no_flip: the official preprocessing of training images; ``fixed`` (SPADE's)
+            resizes every image to ``crop_size`` x ``crop_size / aspect_ratio`` (Cityscapes: 512 and 2.0).
         eval_load_size: the load size of val/test images. ``null`` (default): the official test protocol,
             ``load_size = crop_size``: the whole image resized to ``crop_size``, no crop (as published numbers).
             A larger value (e.g. 286) resizes to it and takes the centre ``crop_size`` crop. Never flipped.
@@ -67,6 +68,10 @@ class ImageDataModule(pl.LightningDataModule):
         seed: drives the split and the per-sample augmentation (see ``SeededSampler``).
         train_split, val_split, test_split: the split names (folders, or the ``{split}`` of ``a_dir``/``b_dir``).
         predict_dir: folder of single images (any size) for ``predict``; default: the test split's sources.
+        label_nc: the sources are label maps of this many classes (PNGs of integer ids, read exactly and resized
+            nearest-neighbour; see ``data/labels.py``); 0 (default): they are images. contain_dontcare_label: id 255
+            ("unlabelled") is one more class. no_instance: label maps come without instance maps (no boundary
+            channel). The model takes these three from the data (one-hot classes + edges as its input).
         strict_channels: refuse grayscale images where 3 channels are read (default false: they are read as RGB,
             as the official code reads every image, with one log line counting them). Images deeper than 8 bits
             (16-bit PNGs) are scaled to 8 bits and EXIF orientations applied, as viewers show them.
@@ -96,8 +101,14 @@ class ImageDataModule(pl.LightningDataModule):
         test_split: str = "test",
         predict_dir: Optional[str] = None,
         strict_channels: bool = False,
+        label_nc: int = 0,
+        contain_dontcare_label: bool = False,
+        no_instance: bool = False,
+        aspect_ratio: float = 1.0,
     ) -> None:
         super().__init__()
+        if label_nc < 0 or label_nc > 65535:
+            raise ConfigError(f"data.label_nc={label_nc}: give the number of classes of the label maps, or 0 for images")
         check_channels_option("data.input_nc", input_nc)
         check_channels_option("data.output_nc", output_nc)
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
@@ -111,9 +122,11 @@ class ImageDataModule(pl.LightningDataModule):
         # every __init__ of the class chain (a child's layout, the built-in data's sizes) is recorded
         self.save_hyperparameters(logger=False)
         self.root = Path(root)
-        self.train_transform = JointTransform(preprocess, load_size, crop_size, flip=not no_flip, train=True)
+        self.train_transform = JointTransform(preprocess, load_size, crop_size, flip=not no_flip, train=True,
+                                              aspect_ratio=aspect_ratio)
         # the official test.py: "to avoid cropping, the load_size should be the same as crop_size"
-        self.eval_transform = JointTransform(preprocess, eval_load_size or crop_size, crop_size, flip=False, train=False)
+        self.eval_transform = JointTransform(preprocess, eval_load_size or crop_size, crop_size, flip=False, train=False,
+                                             aspect_ratio=aspect_ratio)
         self.test_split_used: Optional[str] = None
         self.train_dataset: Optional[Dataset] = None
         self.val_dataset: Optional[Dataset] = None

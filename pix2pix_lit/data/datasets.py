@@ -131,7 +131,7 @@ def _key(path: Path, folder: Path, suffix: str) -> str | None:
     return rel.rsplit(".", 1)[0]
 
 
-def _keyed(folder: Path, suffix: str) -> dict[str, Path]:
+def keyed_images(folder: Path, suffix: str) -> dict[str, Path]:
     """The images of ``folder`` by pairing name; two files with one name (``x.jpg``, ``x.png``) are an error."""
     out: dict[str, Path] = {}
     for path in list_images(folder):
@@ -152,8 +152,8 @@ def match_pairs(dir_a: Path, dir_b: Path, a_suffix: str = "", b_suffix: str = ""
     Cityscapes, for instance: ``a_suffix="_gtFine_color.png"``, ``b_suffix="_leftImg8bit.png"``.
     Unmatched files are reported in the log; no match at all is a DataError.
     """
-    files_a = _keyed(dir_a, a_suffix)
-    files_b = _keyed(dir_b, b_suffix)
+    files_a = keyed_images(dir_a, a_suffix)
+    files_b = keyed_images(dir_b, b_suffix)
     keys = sorted(files_a.keys() & files_b.keys())
     only_a, only_b = sorted(files_a.keys() - files_b.keys()), sorted(files_b.keys() - files_a.keys())
     for side, names, folder in (("A", only_a, dir_b), ("B", only_b, dir_a)):
@@ -238,6 +238,20 @@ class SingleImageDataset(Dataset):
             img = convert_channels(img, self.input_nc, path, "data.input_nc", self.strict_channels)
             t = to_tensor(img)
         return {"source": t, "name": path.relative_to(self.root).as_posix(), "size": torch.tensor(t.shape[-2:])}
+
+
+class SeededSubset(Subset):
+    """A Subset that takes the ``(index, seed)`` pairs of :class:`SeededSampler` as its dataset does (torch's
+    Subset indexes its list with the pair and fails)."""
+
+    def __getitem__(self, index: Index) -> Any:  # type: ignore[override]
+        if isinstance(index, tuple):
+            i, seed = index
+            return self.dataset[(self.indices[i], seed)]
+        return self.dataset[self.indices[index]]
+
+    def __getitems__(self, indices: list[Index]) -> list[Any]:  # the DataLoader's batched fetch
+        return [self[i] for i in indices]
 
 
 class SeededSampler(DistributedSampler):

@@ -195,9 +195,10 @@ def save_image_atomic(img: Image.Image, path: Path) -> None:
             tmp.unlink()
 
 
-def _decoded_cache_dir() -> Path:
+def data_cache_dir(kind: str) -> Path:
+    """Where checks of data files are remembered between runs (``decoded``, ``label-ids``)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "pix2pix-lit" / "decoded"
+    return Path(base) / "pix2pix-lit" / kind
 
 
 def _decode(path: Path) -> Optional[str]:
@@ -217,7 +218,7 @@ def check_decodable(paths: list[Path], cache_dir: Optional[Path] = None) -> None
     remembered by path, size and modification time under ``~/.cache/pix2pix-lit/decoded``, so a second
     run on the same data pays nothing; a changed file is decoded again.
     """
-    cache_dir = cache_dir or _decoded_cache_dir()
+    cache_dir = cache_dir or data_cache_dir("decoded")
     by_folder: dict[Path, list[Path]] = {}
     for path in paths:
         by_folder.setdefault(path.parent, []).append(path)

@@ -1,7 +1,10 @@
 """A built-in paired dataset: flat-coloured label layouts (A) -> textured, shaded "street photos" (B).
 
 Generated procedurally and deterministically from a seed, written in the official on-disk format
-(side-by-side A|B PNG files in ``root/{train,val,test}``) so the whole file path is exercised. The
+(side-by-side A|B PNG files in ``root/{train,val,test}``) so the whole file path is exercised. Its label
+form (``form="labels"``) writes the same scenes as id maps: ``{split}/labels`` (class ids, ``CLASSES``),
+``{split}/instances`` (16-bit instance ids: class * 1000 + the object's number, as Cityscapes) and
+``{split}/photos``. The
 photo is mostly a function of the layout (class colours, textures tied to position, light from the
 left, darker object borders), so a few CPU minutes of training visibly lower the L1 to the target.
 """
@@ -23,29 +26,48 @@ from pix2pix_lit.errors import ConfigError
 # label colours (Cityscapes-like palette): sky, building, vegetation, road, car
 PALETTE = np.array([[70, 130, 180], [70, 70, 70], [107, 142, 35], [128, 64, 128], [0, 0, 142]], dtype=np.uint8)
 SKY, BUILDING, TREE, ROAD, CAR = range(5)
+CLASSES = ("sky", "building", "vegetation", "road", "car")
 
 
 def make_layout(rng: np.random.Generator, size: int) -> np.ndarray:
     """A (size, size) int map of classes: sky on top, buildings, trees, a road and cars at the bottom."""
+    return make_scene(rng, size)[0]
+
+
+def make_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The layout (class ids) and its instance ids: every building, tree and car an object of its own
+    (``class * 1000 + k``), sky and road one region each (their class id)."""
     lab = np.full((size, size), SKY, dtype=np.int64)
+    inst = np.full((size, size), SKY, dtype=np.int64)
+    count = {BUILDING: 0, TREE: 0, CAR: 0}
+
+    def put(mask: np.ndarray, cls: int) -> None:
+        lab[mask] = cls
+        inst[mask] = cls * 1000 + count[cls]
+        count[cls] += 1
+
     yy, xx = np.mgrid[0:size, 0:size]
     horizon = int(size * rng.uniform(0.55, 0.75))
-    lab[horizon:] = ROAD
+    lab[horizon:] = inst[horizon:] = ROAD
     x = int(rng.integers(-size // 8, size // 8))
     while x < size:  # a row of buildings of random widths and heights
         w = int(rng.integers(size // 6, size // 3))
         top = int(rng.integers(size // 8, horizon - size // 8))
-        lab[top:horizon, max(x, 0):x + w] = BUILDING
+        mask = np.zeros((size, size), dtype=bool)
+        mask[top:horizon, max(x, 0):x + w] = True
+        put(mask, BUILDING)
         x += w + int(rng.integers(0, size // 10))
     for _ in range(int(rng.integers(1, 4))):  # round trees in front of the buildings
         cx, cy = rng.integers(0, size), horizon - rng.integers(size // 10, size // 4)
         r = rng.integers(size // 14, size // 7)
-        lab[(xx - cx) ** 2 + ((yy - cy) * 1.3) ** 2 < r**2] = TREE
+        put((xx - cx) ** 2 + ((yy - cy) * 1.3) ** 2 < r**2, TREE)
     for _ in range(int(rng.integers(0, 3))):  # cars on the road
         cx, cy = int(rng.integers(0, size)), int(rng.integers(horizon + 2, size - 2))
         w, h = size // 6, size // 14 + 1
-        lab[max(cy - h, horizon):cy, max(cx - w // 2, 0):cx + w // 2] = CAR
-    return lab
+        mask = np.zeros((size, size), dtype=bool)
+        mask[max(cy - h, horizon):cy, max(cx - w // 2, 0):cx + w // 2] = True
+        put(mask, CAR)
+    return lab, inst
 
 
 def render_photo(lab: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -80,14 +102,37 @@ def make_pair(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     return PALETTE[lab], (render_photo(lab, rng) * 255 + 0.5).astype(np.uint8)
 
 
-def generate(root: str | os.PathLike, sizes: dict[str, int], image_size: int = 72, seed: int = 0) -> Path:
-    """Write the dataset to ``root`` (``{split}/{i}.png``, A|B side by side) unless it is already there.
+def make_labelled(seed: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(class ids uint8, instance ids uint16, photo uint8 RGB) of the scene :func:`make_pair` draws for ``seed``."""
+    rng = np.random.default_rng(seed)
+    lab, inst = make_scene(rng, size)
+    return lab.astype(np.uint8), inst.astype(np.uint16), (render_photo(lab, rng) * 255 + 0.5).astype(np.uint8)
+
+
+def _write_sample(folder: Path, i: int, seed: int, size: int, form: str) -> None:
+    if form == "labels":
+        lab, inst, photo = make_labelled(seed, size)
+        for sub, img in (("labels", Image.fromarray(lab, "L")), ("instances", Image.fromarray(inst)),
+                         ("photos", Image.fromarray(photo))):
+            (folder / sub).mkdir(exist_ok=True)
+            img.save(folder / sub / f"{i:05d}.png")
+    else:
+        a, b = make_pair(seed, size)
+        Image.fromarray(np.concatenate([a, b], axis=1)).save(folder / f"{i:05d}.png")
+
+
+def generate(root: str | os.PathLike, sizes: dict[str, int], image_size: int = 72, seed: int = 0,
+             form: str = "pairs") -> Path:
+    """Write the dataset to ``root`` unless it is already there: ``{split}/{i}.png`` (A|B side by side), or with
+    ``form="labels"`` ``{split}/labels|instances|photos/{i}.png``.
 
     Written to a temporary folder and renamed into place, so an interrupted run leaves nothing
     half-made; ``root/dataset.json`` records the parameters, and a different request regenerates it.
     """
     root = Path(root)
     params = {"sizes": sizes, "image_size": image_size, "seed": seed, "version": 1}
+    if form != "pairs":
+        params["form"] = form
     marker = root / "dataset.json"
     if marker.is_file() and json.loads(marker.read_text()) == params:
         return root
@@ -97,8 +142,7 @@ def generate(root: str | os.PathLike, sizes: dict[str, int], image_size: int = 7
         for split_no, (split, n) in enumerate(sorted(sizes.items())):
             (tmp / split).mkdir()
             for i in range(n):
-                a, b = make_pair(seed * 1_000_003 + split_no * 100_000 + i, image_size)
-                Image.fromarray(np.concatenate([a, b], axis=1)).save(tmp / split / f"{i:05d}.png")
+                _write_sample(tmp / split, i, seed * 1_000_003 + split_no * 100_000 + i, image_size, form)
         (tmp / "dataset.json").write_text(json.dumps(params))
         if root.exists():
             shutil.rmtree(root)
@@ -120,6 +164,8 @@ class BuiltInData:
         The other options are those of the data module it is mixed into, with defaults for the small images.
     """
 
+    built_in_form = "pairs"  # what generate() writes: "pairs" (side by side) or "labels"
+
     def __init__(
         self,
         root: str = "data/synthetic",
@@ -132,22 +178,20 @@ class BuiltInData:
         crop_size: int = 64,
         **kwargs: Any,
     ) -> None:
-        super().__init__(root=root, layout="aligned", load_size=load_size, crop_size=crop_size, **kwargs)
-        # under LightningCLI the hyper-parameters are the config's, which has no layout (not an option here)
-        self.hparams["layout"] = "aligned"
+        super().__init__(root=root, load_size=load_size, crop_size=crop_size, **kwargs)
         if min(num_train, num_val, num_test) < 1 or image_size < 8:
             raise ConfigError("data.num_train/num_val/num_test must be >= 1 and data.image_size >= 8")
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.image_size, self.dataset_seed = image_size, dataset_seed
 
     def prepare_data(self) -> None:
-        generate(self.root, self.sizes, self.image_size, self.dataset_seed)
+        generate(self.root, self.sizes, self.image_size, self.dataset_seed, self.built_in_form)
         super().prepare_data()
 
     def setup(self, stage: str) -> None:
-        generate(self.root, self.sizes, self.image_size, self.dataset_seed)
+        generate(self.root, self.sizes, self.image_size, self.dataset_seed, self.built_in_form)
         super().setup(stage)
 
     def evaluation_sizes(self, stage: str) -> dict[str, int]:
-        generate(self.root, self.sizes, self.image_size, self.dataset_seed)
+        generate(self.root, self.sizes, self.image_size, self.dataset_seed, self.built_in_form)
         return super().evaluation_sizes(stage)

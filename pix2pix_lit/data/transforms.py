@@ -10,8 +10,9 @@ from PIL import Image
 
 from pix2pix_lit.errors import ConfigError, check_choice
 
-PREPROCESS = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+PREPROCESS = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none", "fixed")
 _BICUBIC = Image.Resampling.BICUBIC
+_NEAREST = Image.Resampling.NEAREST
 
 
 class JointTransform:
@@ -19,30 +20,37 @@ class JointTransform:
 
     ``train=True`` draws the crop position and flip from ``rng`` like the official ``get_params``;
     ``train=False`` (val/test) takes the centre crop and never flips, so metrics are repeatable.
+    ``fixed`` (SPADE's): every image resized to ``crop_size`` x ``crop_size / aspect_ratio`` (e.g. Cityscapes
+    512x256), no crop. Images named in ``nearest`` (label and instance maps) are resized nearest-neighbour.
     """
 
     def __init__(
         self, preprocess: str = "resize_and_crop", load_size: int = 286, crop_size: int = 256, flip: bool = True,
-        train: bool = True,
+        train: bool = True, aspect_ratio: float = 1.0,
     ) -> None:
         check_choice("data.preprocess", preprocess, PREPROCESS)
         if load_size < 1 or crop_size < 1:
             raise ConfigError(f"data.load_size={load_size} and data.crop_size={crop_size} must be positive")
+        if aspect_ratio <= 0:
+            raise ConfigError(f"data.aspect_ratio={aspect_ratio} must be positive (width / height, e.g. 2.0)")
         if preprocess in ("resize_and_crop", "scale_width_and_crop") and crop_size > load_size:
             raise ConfigError(
                 f"data.crop_size={crop_size} is larger than data.load_size={load_size}; "
                 f"set crop_size <= load_size (e.g. load_size {crop_size + crop_size // 8}, crop_size {crop_size})"
             )
         self.preprocess, self.load_size, self.crop_size = preprocess, load_size, crop_size
-        self.flip, self.train = flip, train
+        self.flip, self.train, self.aspect_ratio = flip, train, aspect_ratio
 
     def __repr__(self) -> str:
+        ratio = f", aspect_ratio={self.aspect_ratio}" if self.preprocess == "fixed" else ""
         return (f"JointTransform({self.preprocess}, load_size={self.load_size}, crop_size={self.crop_size}, "
-                f"flip={self.flip}, train={self.train})")
+                f"flip={self.flip}, train={self.train}{ratio})")
 
     def _resized_size(self, w: int, h: int) -> tuple[int, int]:
         if self.preprocess == "resize_and_crop":
             return self.load_size, self.load_size
+        if self.preprocess == "fixed":
+            return self.crop_size, round(self.crop_size / self.aspect_ratio)
         if "scale_width" in self.preprocess:
             if w == self.load_size and h >= self.crop_size:
                 return w, h
@@ -59,28 +67,31 @@ class JointTransform:
         flip = self.flip and rng.random() > 0.5
         return x, y, flip
 
-    def apply(self, img: Image.Image, x: int, y: int, flip: bool) -> Image.Image:
+    def apply(self, img: Image.Image, x: int, y: int, flip: bool, ids: bool = False) -> Image.Image:
+        """``img`` resized, cropped at (x, y) and flipped; ``ids``: an id map (resized nearest-neighbour)."""
+        resample = _NEAREST if ids else _BICUBIC
         w, h = img.size
         new_w, new_h = self._resized_size(w, h)
         if (new_w, new_h) != (w, h):
-            img = img.resize((new_w, new_h), _BICUBIC)
+            img = img.resize((new_w, new_h), resample)
         if "crop" in self.preprocess and (new_w > self.crop_size or new_h > self.crop_size):
             img = img.crop((x, y, x + self.crop_size, y + self.crop_size))
         if self.preprocess == "none":
-            img = _make_multiple(img, 4)
+            img = _make_multiple(img, 4, resample)
         if flip:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return img
 
-    def __call__(self, images: list[Image.Image], rng: random.Random) -> list[Image.Image]:
+    def __call__(self, images: list[Image.Image], rng: random.Random, nearest: tuple[int, ...] = ()) -> list[Image.Image]:
+        """The same crop and flip for every image; those at the indices ``nearest`` are id maps."""
         x, y, flip = self.params(images[0].size, rng)
-        return [self.apply(img, x, y, flip) for img in images]
+        return [self.apply(img, x, y, flip, ids=i in nearest) for i, img in enumerate(images)]
 
 
-def _make_multiple(img: Image.Image, base: int) -> Image.Image:
+def _make_multiple(img: Image.Image, base: int, resample: Image.Resampling = _BICUBIC) -> Image.Image:
     ow, oh = img.size
     w, h = max(base, int(round(ow / base) * base)), max(base, int(round(oh / base) * base))
-    return img if (w, h) == (ow, oh) else img.resize((w, h), _BICUBIC)
+    return img if (w, h) == (ow, oh) else img.resize((w, h), resample)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int = 1) -> tuple[torch.Tensor, tuple[int, int, int, int]]:

@@ -30,7 +30,7 @@ from pix2pix_lit.data.io import (
 )
 from pix2pix_lit.data.synthetic import BuiltInData
 from pix2pix_lit.data.transforms import JointTransform
-from pix2pix_lit.errors import DataError, check_choice
+from pix2pix_lit.errors import ConfigError, DataError, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,9 @@ class UnpairedDataModule(ImageDataModule):
         **kwargs: Any,
     ) -> None:
         check_choice("data.layout", layout, ("folders", "aligned"))
+        if kwargs.get("label_nc", 0):
+            raise ConfigError("data.label_nc: label maps are paired with their photos; use "
+                              "pix2pix_lit.data.PairedDataModule (data.layout folders, cityscapes or ade20k)")
         super().__init__(root=root, **kwargs)
 
     # -- how a split is read ------------------------------------------------------------------------------
@@ -251,3 +254,8 @@ class SyntheticUnpairedDataModule(BuiltInData, UnpairedDataModule):
     independently of its A in training (the files' halves are never shown as pairs). No download; the
     val pairs give SSIM/PSNR besides FID. Options: :class:`~pix2pix_lit.data.synthetic.BuiltInData`'s and
     :class:`UnpairedDataModule`'s."""
+
+    def __init__(self, root: str = "data/synthetic", **kwargs: Any) -> None:
+        super().__init__(root=root, layout="aligned", **kwargs)
+        # under LightningCLI the hyper-parameters are the config's, which has no layout (not an option here)
+        self.hparams["layout"] = "aligned"

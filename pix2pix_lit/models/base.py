@@ -74,6 +74,9 @@ class ImageTranslationModel(Inference, Evaluation):
         max_nonfinite_steps: stop after this many consecutive batches with NaN/Inf losses (they are skipped).
         ema_decay, ema_warmup: an exponential moving average of each generator (``<name>_ema``), updated after
             every generator step (``null``: none, as the official code). use_ema_for_eval: evaluate/predict/export it.
+        label_nc, contain_dontcare_label, no_instance: the sources are label maps (linked from the data, as the
+            channels): the networks see them one-hot (+ a don't-care class) (+ the instance edges), see
+            :meth:`network_input`; ``label_nc`` 0: the sources are images of ``input_nc`` channels.
     """
 
     generator_names: tuple[str, ...] = ("G",)
@@ -106,8 +109,13 @@ class ImageTranslationModel(Inference, Evaluation):
         ema_decay: Optional[float] = None,
         ema_warmup: bool = True,
         use_ema_for_eval: bool = True,
+        label_nc: int = 0,
+        contain_dontcare_label: bool = False,
+        no_instance: bool = False,
     ) -> None:
         super().__init__()
+        if label_nc < 0:
+            raise ConfigError(f"model.label_nc={label_nc}: the number of classes of label-map sources, or 0 for images")
         check_choice("model.lr_policy", lr_policy, LR_POLICIES)
         check_choice("model.inference_mode", inference_mode, INFERENCE_MODES)
         check_choice("model.predict_fit", predict_fit, ("pad", "resize"))

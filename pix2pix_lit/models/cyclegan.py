@@ -89,6 +89,9 @@ class CycleGAN(ImageTranslationModel):
                 f"model.lambda_identity={lambda_identity} needs as many channels in A as in B (input_nc={input_nc}, "
                 f"output_nc={output_nc}): G_A(b) must be comparable to b; set model.lambda_identity 0"
             )
+        if kwargs.get("label_nc", 0):
+            raise ConfigError("model.label_nc: CycleGAN translates unpaired images; label maps -> photos is paired "
+                              "(Pix2Pix or SPADE on pix2pix_lit.data.PairedDataModule)")
         super().__init__(plateau_monitor=plateau_monitor, **kwargs)
         use_dropout = not no_dropout
         self.G_A = define_G(input_nc, output_nc, ngf, netG, norm, use_dropout, init_type, init_gain, num_downs, n_blocks)

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pix2pix_lit.checkpoints import EMA_SUFFIX
+from pix2pix_lit.data.labels import colorize, one_hot, semantic_channels
 from pix2pix_lit.data.transforms import crop_box, pad_to_multiple
 from pix2pix_lit.errors import ConfigError
 from pix2pix_lit.modes import DIRECTIONS
@@ -35,6 +36,34 @@ class Inference(pl.LightningModule):
         """The smallest image side every generator accepts (a multiple of :attr:`size_multiple`)."""
         side = max(getattr(getattr(self, n), "min_size", 1) for n in self.generator_names)
         return side + (-side % self.size_multiple)
+
+    def source_channels(self, input_nc: int) -> int:
+        """The channels of :meth:`network_input`: ``input_nc`` for images; for label maps one per class
+        (+ don't-care) (+ the instance edges)."""
+        h = self.hparams
+        if not h.get("label_nc"):
+            return input_nc
+        return semantic_channels(h.label_nc, h.contain_dontcare_label, not h.no_instance)
+
+    def network_input(self, batch: dict[str, Any]) -> torch.Tensor:
+        """What the generator (and a conditional discriminator) sees of a batch's ``source``: the image, or the
+        label map one-hot encoded here (the data keeps the small ids) with the instance edges stacked on."""
+        source, h = batch["source"], self.hparams
+        if not h.get("label_nc"):
+            return source
+        x = one_hot(source.to(self.device), h.label_nc + int(h.contain_dontcare_label))
+        if not h.no_instance:
+            if "edges" not in batch:
+                raise ConfigError("this model takes instance edges (model.no_instance false) but the data gives none; "
+                                  "give the data instance maps (data.instance_dir) or train with data.no_instance true")
+            x = torch.cat([x, batch["edges"].to(x.device, x.dtype)], 1)
+        return x
+
+    def shown_source(self, batch: dict[str, Any]) -> torch.Tensor:
+        """A batch's sources as images in [-1, 1] for the grids (label maps in a fixed palette)."""
+        if not self.hparams.get("label_nc"):
+            return batch["source"]
+        return colorize(batch["source"])
 
     def check_size(self, x: torch.Tensor) -> None:
         h, w = x.shape[-2:]
@@ -110,14 +139,17 @@ class Inference(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Any image size: padded to what the generator accepts (or resized), translated, brought back."""
-        source = batch["source"]
+        source = self.network_input(batch)
         direction = self.hparams.get("predict_direction", "AtoB")  # one-way models: the data chose it
         h, w = source.shape[-2:]
         if self.hparams.predict_fit == "resize":
             s = self.hparams.predict_size
-            # antialiased bicubic, as PIL resizes the training images (plain bicubic aliases when shrinking)
-            x = F.interpolate(source.float(), size=(s, s), mode="bicubic", align_corners=False, antialias=True)
-            fake = self.generate(x.clamp(-1, 1), direction)
+            if self.hparams.get("label_nc"):  # one-hot classes and edges stay 0/1
+                x = F.interpolate(source.float(), size=(s, s), mode="nearest")
+            else:  # antialiased bicubic, as PIL resizes the training images (plain bicubic aliases when shrinking)
+                x = F.interpolate(source.float(), size=(s, s), mode="bicubic", align_corners=False,
+                                  antialias=True).clamp(-1, 1)
+            fake = self.generate(x, direction)
             fake = F.interpolate(fake, size=(h, w), mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
         else:
             x, box = pad_to_multiple(source, self.size_multiple, self.min_size)

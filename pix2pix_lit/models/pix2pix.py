@@ -30,7 +30,8 @@ class Pix2Pix(ImageTranslationModel):
     ``val_check_interval`` and checkpoint ``every_n_train_steps`` are in batches.
 
     Args:
-        input_nc, output_nc: channels of source and target (linked from the data in the CLI).
+        input_nc, output_nc: channels of source and target (linked from the data in the CLI). Label-map sources
+            (``label_nc``, also linked from the data) are seen one-hot with their instance edges, as pix2pixHD.
         netG: unet_256 | unet_128 | unet (with num_downs) | resnet_9blocks | resnet_6blocks | resnet (n_blocks).
         netD: basic (70x70 PatchGAN) | n_layers (n_layers_D) | pixel | multiscale (num_D PatchGANs).
         norm: batch | instance | none | syncbatch; init_type/init_gain: weight init.
@@ -72,8 +73,9 @@ class Pix2Pix(ImageTranslationModel):
         if lambda_L1 < 0 or pool_size < 0:
             raise ConfigError("model.lambda_L1 and model.pool_size must be >= 0")
         super().__init__(**kwargs)
-        self.G = define_G(input_nc, output_nc, ngf, netG, norm, not no_dropout, init_type, init_gain, num_downs, n_blocks)
-        self.D = define_D(input_nc + output_nc, ndf, netD, n_layers_D, norm, init_type, init_gain, num_D)
+        source_nc = self.source_channels(input_nc)  # label maps: one-hot classes (+ instance edges)
+        self.G = define_G(source_nc, output_nc, ngf, netG, norm, not no_dropout, init_type, init_gain, num_downs, n_blocks)
+        self.D = define_D(source_nc + output_nc, ndf, netD, n_layers_D, norm, init_type, init_gain, num_D)
         self.criterion_gan = GANLoss(gan_mode)
         self.pool = ImagePool(pool_size)  # holds (source, fake) pairs: a pooled fake keeps its own source
         self.finish_networks()
@@ -124,7 +126,7 @@ class Pix2Pix(ImageTranslationModel):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
-        source, target = self.prep(batch["source"]), self.prep(batch["target"])
+        source, target = self.prep(self.network_input(batch)), self.prep(batch["target"])
         self.check_size(source)
         fake = self.G(source)
 
@@ -144,15 +146,16 @@ class Pix2Pix(ImageTranslationModel):
         return "G"  # the data resolves the direction: G always maps source -> target
 
     def evaluate_batch(self, batch, metrics, dataloader_idx):
-        self.check_size(batch["source"])
-        fake = self.generate(batch["source"])
+        source = self.network_input(batch)
+        self.check_size(source)
+        fake = self.generate(source)
         if metrics is not None:
             metrics["out"].update(fake, batch["target"])
         return {"fake": fake, "name": batch["name"], "target": batch["target"]}
 
     def grid_rows(self, batch):
-        fake = self.generate(batch["source"].to(self.device)).cpu()
-        rows = [[s, f, t] for s, f, t in zip(batch["source"], fake, batch["target"])]
+        fake = self.generate(self.network_input({k: v.to(self.device) for k, v in batch.items() if torch.is_tensor(v)})).cpu()
+        rows = [[s, f, t] for s, f, t in zip(self.shown_source(batch), fake, batch["target"])]
         l1 = (fake.float() - batch["target"].float()).abs().mean().item()
         return rows, l1, f"source | output of {self.inference_G_name} | target"
 
@@ -161,7 +164,7 @@ class Pix2Pix(ImageTranslationModel):
 
     def restore_pools(self, state: dict[str, Any]) -> None:
         pool = list(state.get("image_pools", {}).get("pool", state.get("image_pool", [])))  # older: "image_pool"
-        pair_channels = self.hparams.input_nc + self.hparams.output_nc
+        pair_channels = self.source_channels(self.hparams.input_nc) + self.hparams.output_nc
         if pool and pool[0].shape[1] != pair_channels:
             # written before the pool held (source, fake) pairs: its lone fakes cannot be paired again
             log.warning("the checkpoint's image pool holds fakes without their sources; starting with an empty pool")

@@ -235,6 +235,9 @@ def generator_from_checkpoint(
     ckpt = load_checkpoint(ckpt_path)
     hparams = dict(ckpt.get("hyper_parameters") or {})
     model_class = resolve_model_class(hparams.get("_class_path", DEFAULT_MODEL))  # older checkpoints: pix2pix
+    if hparams.get("label_nc"):
+        raise ExportError(f"checkpoint {Path(ckpt_path).name} takes label maps ({hparams['label_nc']} classes): export "
+                          "and serve take image inputs only in this version; run it with `pix2pix-lit predict`")
     arch = {k: v for k, v in hparams.items() if k not in RUNTIME_OPTIONS and not k.startswith("_")}
     try:
         model = model_class(**arch, fid=False, kid=False, use_ema_for_eval=use_ema)
