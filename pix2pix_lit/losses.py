@@ -1,8 +1,9 @@
-"""Adversarial losses on logits (autocast-safe) and the WGAN-GP gradient penalty."""
+"""Adversarial losses on logits (autocast-safe), the WGAN-GP gradient penalty, feature matching and the VGG perceptual
+loss (bring-your-own ImageNet weights)."""
 
 from __future__ import annotations
 
-from typing import Literal, Sequence, Union, get_args
+from typing import Literal, Optional, Sequence, Union, get_args
 
 import torch
 import torch.nn as nn
@@ -76,3 +77,75 @@ def feature_matching_loss(real_feats: Sequence, fake_feats: Sequence) -> torch.T
         for r, f in zip(rf[:-1], ff[:-1]):
             total = total + F.l1_loss(f.float(), r.detach().float())
     return total / len(real_feats)
+
+
+# where VGG-19's relu1_1, relu2_1, relu3_1, relu4_1 and relu5_1 end in torchvision's ``vgg19().features``, and the
+# weight of each in pix2pixHD's and SPADE's perceptual loss
+VGG_SLICES = (2, 7, 12, 21, 30)
+VGG_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)
+VGG19_SOURCE = ("torchvision's ImageNet VGG-19: torchvision.models.vgg19(weights='IMAGENET1K_V1').state_dict(), "
+                "saved with torch.save on a machine with internet (download.pytorch.org/models/vgg19-dcbb9e9d.pth)")
+
+
+class VGGLoss(nn.Module):
+    """pix2pixHD/SPADE's perceptual loss: L1 between VGG-19 activations of the fake and the real image at five
+    depths, weighted 1/32 ... 1. The images go in as they are, in [-1, 1] (as the official code feeds them).
+
+    The ImageNet weights cannot be downloaded here: ``weights`` is a local file (a torchvision ``vgg19`` state
+    dict, or its ``features`` part), checked by its tensors' names and shapes and, with ``sha256``, its digest.
+    """
+
+    def __init__(self, weights: str, sha256: Optional[str] = None) -> None:
+        super().__init__()
+        from torchvision.models import vgg19
+
+        features = vgg19(weights=None).features[: VGG_SLICES[-1]]
+        state = load_vgg19_features(weights, sha256, features.state_dict())
+        features.load_state_dict(state)
+        self.slices = nn.ModuleList(features[a:b] for a, b in zip((0, *VGG_SLICES[:-1]), VGG_SLICES))
+        self.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> "VGGLoss":  # a fixed feature extractor: never in training mode
+        return super().train(False)
+
+    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        x, y = fake.float(), real.float()
+        loss = x.new_zeros(())
+        for weight, part in zip(VGG_WEIGHTS, self.slices):
+            x, y = part(x), part(y)
+            loss = loss + weight * F.l1_loss(x, y.detach())
+        return loss
+
+
+def load_vgg19_features(path: str, sha256: Optional[str], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ``features.*`` tensors of a VGG-19 state dict file, named as ``expected`` (``0.weight`` ...), checked."""
+    import hashlib
+    from pathlib import Path
+
+    from pix2pix_lit.errors import ConfigError
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"model.vgg_weights={path} does not exist; it must be {VGG19_SOURCE}")
+    if sha256:
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        if digest != sha256.lower():
+            raise ConfigError(f"model.vgg_weights={path} has sha256 {digest[:16]}..., not the expected "
+                              f"{sha256[:16]}...; the file is another network or damaged")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same one-line error
+        raise ConfigError(f"model.vgg_weights={path} is not a PyTorch state dict ({type(e).__name__}); it must be "
+                          f"{VGG19_SOURCE}") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"model.vgg_weights={path} holds a {type(state).__name__}, not a state dict; it must be "
+                          f"{VGG19_SOURCE}")
+    state = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
+    picked = {k: state.get(k) for k in expected}
+    wrong = [k for k, v in picked.items() if not isinstance(v, torch.Tensor) or v.shape != expected[k].shape]
+    if wrong:
+        k = wrong[0]
+        got = tuple(picked[k].shape) if isinstance(picked[k], torch.Tensor) else "missing"
+        raise ConfigError(f"model.vgg_weights={path} is not VGG-19: features.{k} is {got}, expected "
+                          f"{tuple(expected[k].shape)}; it must be {VGG19_SOURCE}")
+    return picked

@@ -3,8 +3,9 @@
 from pix2pix_lit.models.base import ImageTranslationModel
 from pix2pix_lit.models.cyclegan import CycleGAN
 from pix2pix_lit.models.pix2pix import Pix2Pix
+from pix2pix_lit.models.spade import SPADE
 
-__all__ = ["DEFAULT_MODEL", "CycleGAN", "ImageTranslationModel", "Pix2Pix", "resolve_model_class"]
+__all__ = ["DEFAULT_MODEL", "SPADE", "CycleGAN", "ImageTranslationModel", "Pix2Pix", "resolve_model_class"]
 
 # checkpoints from before the models/ layer name no class: they are pix2pix
 DEFAULT_MODEL = "pix2pix_lit.models.Pix2Pix"
@@ -23,5 +24,5 @@ def resolve_model_class(path: str) -> type:
         model_class = None
     if not (isinstance(model_class, type) and issubclass(model_class, ImageTranslationModel)):
         raise ConfigError(f"model class {path!r} is not an image-translation model of pix2pix-lit; use e.g. "
-                          "pix2pix_lit.models.Pix2Pix or pix2pix_lit.models.CycleGAN")
+                          "pix2pix_lit.models.Pix2Pix, CycleGAN or SPADE")
     return model_class

@@ -206,10 +206,11 @@ class ImageTranslationModel(Inference, Evaluation):
         return x
 
     # -- optimizers and the training-step helpers --------------------------------------------------------
-    def adam(self, params) -> torch.optim.Adam:
-        """The official Adam (lr, β1, β2), on torch's fused kernel (``pix2pix_lit.optim``: same update, faster)."""
+    def adam(self, params, lr: Optional[float] = None) -> torch.optim.Adam:
+        """The official Adam (``lr`` or model.lr, β1, β2), on torch's fused kernel (``pix2pix_lit.optim``: same
+        update, faster)."""
         h = self.hparams
-        return Adam(params, lr=h.lr, betas=(h.beta1, h.beta2))
+        return Adam(params, lr=h.lr if lr is None else lr, betas=(h.beta1, h.beta2))
 
     def schedulers_for(self, optimizers: dict[str, torch.optim.Optimizer]) -> list[dict[str, Any]]:
         """The LR policy for each optimizer, logged as ``lr/<name>``; stepped once per epoch (official)."""

@@ -70,7 +70,7 @@ class Inference(pl.LightningModule):
         m = self.size_multiple
         if h % m or w % m:
             raise ConfigError(
-                f"images are {h}x{w} but netG={self.hparams.netG} needs sides divisible by {m}; "
+                f"images are {h}x{w} but netG={self.hparams.get('netG', type(self).__name__)} needs sides divisible by {m}; "
                 f"set data.crop_size to a multiple of {m} (or choose another netG)"
             )
 
@@ -104,15 +104,21 @@ class Inference(pl.LightningModule):
         was_training = net.training
         if self.hparams.inference_mode == "eval":
             net.eval()
-            context = nullcontext()
+            context, buffers = nullcontext(), {}
         else:  # paper: dropout on, batch norm with the statistics of the images given
             net.train()
             context = batch_norm_per_image(net)
+            # a train-mode forward also steps what else keeps state (spectral norm's power iteration): put it back
+            buffers = {name: b.clone() for name, b in net.named_buffers()}
         try:
             with context:
                 yield
         finally:
             net.train(was_training)
+            with torch.no_grad():
+                for name, b in net.named_buffers():
+                    if name in buffers:
+                        b.copy_(buffers[name])
 
     @torch.no_grad()
     def generate(self, source: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -96,13 +96,15 @@ class MultiscaleDiscriminator(nn.Module):
         n_layers: int = 3,
         norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
         num_D: int = 3,
+        make: Optional[Callable[[], nn.Module]] = None,
     ) -> None:
+        """``make``: builds each scale's discriminator (default: an :class:`NLayerDiscriminator`); it has
+        ``forward`` (logits) and ``features`` (activations, logits last)."""
         super().__init__()
         if num_D < 1:
             raise ValueError(f"num_D={num_D} must be >= 1")
-        self.discriminators = nn.ModuleList(
-            NLayerDiscriminator(input_nc, ndf, n_layers, norm_layer) for _ in range(num_D)
-        )
+        make = make or (lambda: NLayerDiscriminator(input_nc, ndf, n_layers, norm_layer))
+        self.discriminators = nn.ModuleList(make() for _ in range(num_D))
 
     def _scales(self, x: torch.Tensor) -> Iterator[tuple[NLayerDiscriminator, torch.Tensor]]:
         """Each discriminator with its input: ``x``, then ``x`` downsampled by 2 for each next one."""

@@ -1,0 +1,180 @@
+"""SPADE / GauGAN (Park et al., CVPR 2019): label maps -> photos with a generator whose every normalisation is
+modulated by the labels. L_G = hinge(D(m, G(m))) + λ_feat·FM(D) [+ λ_vgg·VGG(G(m), x)];
+L_D = hinge(D(m, x), real) + hinge(D(m, G(m)), fake); two time-scale Adam (G at lr/2, D at 2·lr, β = (0, 0.9)).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from pix2pix_lit.errors import ConfigError
+from pix2pix_lit.losses import VGG19_SOURCE, GANLoss, GANMode, VGGLoss, feature_matching_loss
+from pix2pix_lit.models.base import ImageTranslationModel
+from pix2pix_lit.modes import InferenceMode
+from pix2pix_lit.nets.norm import init_weights
+from pix2pix_lit.nets.spade import PARAM_FREE_NORMS, SPADEGenerator, UpsamplingLayers, spade_discriminator
+
+log = logging.getLogger(__name__)
+
+NORM_G = re.compile(r"(spectral)?spade(" + "|".join(PARAM_FREE_NORMS) + r")3x3")
+
+
+class SPADE(ImageTranslationModel):
+    """SPADE with the NVlabs/SPADE options and defaults (``--netG spade --netD multiscale``).
+
+    The data must give label maps (``data.label_nc``; the model takes ``label_nc``, ``contain_dontcare_label`` and
+    ``no_instance`` from it): G and D see them one-hot with the instance edges.
+
+    Args:
+        output_nc: the photos' channels (linked from the data). input_nc: unused (the labels decide).
+        ngf: G's width (its blocks run at 16·ngf down to ngf). num_upsampling_layers: normal | more (Cityscapes) |
+            most. norm_G: ``spectralspadesyncbatch3x3`` (spectral norm on G's convs, SPADE over a parameter-free
+            synchronised batch norm, 3x3 SPADE convs) or the ``batch``/``instance`` variants, with or without
+            ``spectral``.
+        ndf, n_layers_D, num_D: the multi-scale discriminator (2 PatchGANs of 4 groups, spectral instance norm).
+        gan_mode: hinge (official) | vanilla | lsgan | wgangp. lambda_feat: feature matching on D's layers
+            (``no_ganFeat_loss`` switches it off). lambda_vgg: the VGG-19 perceptual loss, on only with
+            ``vgg_weights`` (a local torchvision VGG-19 state dict; optional ``vgg_sha256``); ``no_vgg_loss``.
+        no_TTUR: one learning rate for both (else G at lr/2 and D at 2·lr, the two time-scale update rule).
+        init_type, init_variance: the official xavier init with gain 0.02.
+        inference_mode: ``eval`` (the official test.py calls ``model.eval()``: batch norm with running statistics).
+    Shared options (lr 2e-4, β1 0, β2 0.9 here, the LR policy, metrics, EMA) are the base's.
+    """
+
+    generator_names = ("G",)
+    discriminator_names = ("D",)
+    data_kind = "paired"
+    metric_domains = {"out": ""}
+
+    def __init__(
+        self,
+        input_nc: int = 3,
+        output_nc: int = 3,
+        ngf: int = 64,
+        num_upsampling_layers: UpsamplingLayers = "normal",
+        norm_G: str = "spectralspadesyncbatch3x3",
+        ndf: int = 64,
+        n_layers_D: int = 4,
+        num_D: int = 2,
+        gan_mode: GANMode = "hinge",
+        lambda_feat: float = 10.0,
+        no_ganFeat_loss: bool = False,
+        lambda_vgg: float = 10.0,
+        no_vgg_loss: bool = False,
+        vgg_weights: Optional[str] = None,
+        vgg_sha256: Optional[str] = None,
+        no_TTUR: bool = False,
+        init_type: str = "xavier",
+        init_variance: float = 0.02,
+        beta1: float = 0.0,
+        beta2: float = 0.9,
+        inference_mode: InferenceMode = "eval",
+        **kwargs: Any,
+    ) -> None:
+        norm = NORM_G.fullmatch(norm_G)
+        if norm is None:
+            raise ConfigError(f"model.norm_G={norm_G!r} is not known; use e.g. spectralspadesyncbatch3x3, "
+                              f"spadebatch3x3, spectralspadeinstance3x3")
+        if min(lambda_feat, lambda_vgg) < 0:
+            raise ConfigError("model.lambda_feat and model.lambda_vgg must be >= 0")
+        if not kwargs.get("label_nc", 0):
+            raise ConfigError("SPADE turns label maps into photos: give the data label maps (data.label_nc > 0, e.g. "
+                              "pix2pix_lit.data.SyntheticLabelDataModule or data.layout cityscapes)")
+        super().__init__(beta1=beta1, beta2=beta2, inference_mode=inference_mode, **kwargs)
+        semantic_nc = self.source_channels(input_nc)
+        self.G = init_weights(SPADEGenerator(semantic_nc, output_nc, ngf, num_upsampling_layers, norm=norm.group(2),
+                                             spectral=bool(norm.group(1))), init_type, init_variance)
+        self.D = init_weights(spade_discriminator(semantic_nc + output_nc, ndf, n_layers_D, num_D),
+                              init_type, init_variance)
+        self.criterion_gan = GANLoss(gan_mode)
+        # kept out of the module tree: fixed ImageNet weights, not part of the model (nor of its checkpoints)
+        self.__dict__["vgg"] = self._vgg_loss(lambda_vgg, no_vgg_loss, vgg_weights, vgg_sha256)
+        self.finish_networks()
+
+    @staticmethod
+    def _vgg_loss(weight: float, off: bool, path: Optional[str], sha256: Optional[str]) -> Optional[VGGLoss]:
+        if off or weight == 0:
+            return None
+        if path is None:
+            log.warning("the VGG perceptual loss (lambda_vgg) is off: it needs model.vgg_weights, %s", VGG19_SOURCE)
+            return None
+        return VGGLoss(path, sha256)
+
+    # -- the paper ---------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        h = self.hparams
+        lr_g, lr_d = (h.lr, h.lr) if h.no_TTUR else (h.lr / 2, h.lr * 2)  # two time-scale update rule
+        opt_g, opt_d = self.adam(self.G.parameters(), lr_g), self.adam(self.D.parameters(), lr_d)
+        return [opt_g, opt_d], self.schedulers_for({"G": opt_g, "D": opt_d})
+
+    def discriminate(self, labels: torch.Tensor, fake: torch.Tensor, real: torch.Tensor):
+        """D's activations for (labels, fake) and (labels, real), in one batch as the official code runs them."""
+        both = self.prep(torch.cat([torch.cat([labels, fake], 1), torch.cat([labels, real], 1)], 0))
+        feats = self.D.features(both)
+        n = fake.shape[0]
+        return [[f[:n] for f in scale] for scale in feats], [[f[n:] for f in scale] for scale in feats]
+
+    def generator_loss(self, labels, real, fake) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Fool D (hinge) + λ_feat · feature matching on D's layers [+ λ_vgg · VGG(fake, real)]."""
+        h = self.hparams
+        feats_fake, feats_real = self.discriminate(labels, fake, real)
+        loss_gan = self.criterion_gan([f[-1] for f in feats_fake], True, for_discriminator=False)
+        logs = {"loss_G_GAN": loss_gan}
+        loss = loss_gan
+        if not h.no_ganFeat_loss:
+            logs["loss_G_feat"] = feature_matching_loss(feats_real, feats_fake) * h.lambda_feat
+            loss = loss + logs["loss_G_feat"]
+        if self.vgg is not None:
+            logs["loss_G_VGG"] = self.vgg.to(fake.device)(fake, real) * h.lambda_vgg
+            loss = loss + logs["loss_G_VGG"]
+        return loss, {**logs, "loss_G": loss}
+
+    def discriminator_loss(self, labels, real, fake) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """hinge(D(m, fake), fake) + hinge(D(m, real), real) (the official D loss: a sum, not halved)."""
+        feats_fake, feats_real = self.discriminate(labels, fake.detach(), real)
+        loss_fake = self.criterion_gan([f[-1] for f in feats_fake], False, for_discriminator=True)
+        loss_real = self.criterion_gan([f[-1] for f in feats_real], True, for_discriminator=True)
+        loss = loss_fake + loss_real
+        return loss, {"loss_D_fake": loss_fake, "loss_D_real": loss_real, "loss_D": loss}
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        opt_g, opt_d = self.optimizers()
+        labels, real = self.prep(self.network_input(batch)), self.prep(batch["target"])
+        self.check_size(labels)
+
+        with self.toggled(opt_g):  # G first, as the official trainer
+            loss_G, logs_G = self.generator_loss(labels, real, self.G(labels))
+            if self.update(opt_g, loss_G, "loss_G"):
+                self.update_ema()
+
+        with self.toggled(opt_d):  # then D, on a fake of the updated G
+            with torch.no_grad():
+                fake = self.G(labels)
+            loss_D, logs_D = self.discriminator_loss(labels, real, fake)
+            self.update(opt_d, loss_D, "loss_D")
+
+        self.end_batch({**logs_G, **logs_D}, batch_size=labels.shape[0], progress="loss_G_GAN")
+
+    # -- plumbing the base asks for -----------------------------------------------------------------------
+    def generator_for(self, direction: str = "AtoB") -> str:
+        return "G"
+
+    def evaluate_batch(self, batch, metrics, dataloader_idx):
+        labels = self.network_input(batch)
+        self.check_size(labels)
+        fake = self.generate(labels)
+        if metrics is not None:
+            metrics["out"].update(fake, batch["target"])
+        return {"fake": fake, "name": batch["name"], "target": batch["target"]}
+
+    def grid_rows(self, batch):
+        on_device = {k: v.to(self.device) for k, v in batch.items() if torch.is_tensor(v)}
+        fake = self.generate(self.network_input(on_device)).cpu()
+        rows = [[s, f, t] for s, f, t in zip(self.shown_source(batch), fake, batch["target"])]
+        l1 = F.l1_loss(fake.float(), batch["target"].float()).item()
+        return rows, l1, f"labels | output of {self.inference_G_name} | photo"
