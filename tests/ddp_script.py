@@ -12,8 +12,8 @@ import lightning.pytorch as pl
 import torch
 
 from pix2pix_lit import Pix2Pix, SyntheticPairedDataModule
-from pix2pix_lit.data import SyntheticUnpairedDataModule
-from pix2pix_lit.models import CycleGAN
+from pix2pix_lit.data import SyntheticLabelDataModule, SyntheticUnpairedDataModule
+from pix2pix_lit.models import SPADE, CycleGAN
 
 # no dropout: validation runs in the default 'paper' inference mode (per-image batch statistics), and its
 # numbers must then equal a 1-process run exactly, whatever the number of processes and eval batch size.
@@ -27,8 +27,15 @@ CYCLEGAN = dict(netG="resnet_6blocks", ngf=8, ndf=8, kid_subset_size=5, n_epochs
                 ema_decay=0.9)
 
 
+# SPADE with its default synchronised batch norm (plain batch norm on CPU processes), scored in the paper mode
+# (per-image statistics: the same on every rank, unlike each rank's running statistics)
+SPADE_MODEL = dict(ngf=4, ndf=4, label_nc=5, kid_subset_size=5, n_epochs=1, n_epochs_decay=1, ema_decay=0.9,
+                   inference_mode="paper")
+
+
 def make_model(kind: str):
-    return CycleGAN(**CYCLEGAN) if kind == "cyclegan" else Pix2Pix(**MODEL)
+    return {"cyclegan": lambda: CycleGAN(**CYCLEGAN), "spade": lambda: SPADE(**SPADE_MODEL)}.get(
+        kind, lambda: Pix2Pix(**MODEL))()
 
 
 def networks(kind: str) -> tuple[str, ...]:
@@ -36,9 +43,10 @@ def networks(kind: str) -> tuple[str, ...]:
 
 
 def datamodule(root: str, kind: str = "pix2pix"):
-    make = SyntheticUnpairedDataModule if kind == "cyclegan" else SyntheticPairedDataModule
-    return make(root, num_train=8, num_val=5, num_test=2, image_size=36, load_size=36, crop_size=32, batch_size=2,
-                num_workers=0)
+    make = {"cyclegan": SyntheticUnpairedDataModule, "spade": SyntheticLabelDataModule}.get(kind, SyntheticPairedDataModule)
+    size = dict(image_size=72, load_size=72, crop_size=64) if kind == "spade" else dict(image_size=36, load_size=36,
+                                                                                      crop_size=32)
+    return make(root, num_train=8, num_val=5, num_test=2, batch_size=2, num_workers=0, **size)
 
 
 class SaveEachRank(pl.Callback):

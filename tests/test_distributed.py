@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 # every way users spell multi-process training; "auto" with devices=2 lets Lightning choose
 @pytest.mark.parametrize("strategy,kind", [("ddp", "pix2pix"), ("ddp_spawn", "pix2pix"),
                                            ("ddp_find_unused_parameters_true", "pix2pix"), ("auto", "pix2pix"),
-                                           ("ddp", "cyclegan")])
+                                           ("ddp", "cyclegan"), ("ddp", "spade")])
 def test_ddp_ranks_agree_and_metrics_equal_single_process(tmp_path, strategy, kind):
     env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONPATH=str(Path(__file__).parent))
     script = Path(__file__).with_name("ddp_script.py")

@@ -39,3 +39,38 @@ def test_feature_matching_ignores_logits():
     fake = [torch.ones(1, 2), torch.full((1, 1), 9.0)]
     assert feature_matching_loss(real, fake).item() == pytest.approx(1.0)
     assert feature_matching_loss([real, real], [fake, real]).item() == pytest.approx(0.5)
+
+
+def test_vgg_loss_takes_a_local_vgg19_file_and_checks_it(tmp_path):
+    """Bring-your-own VGG-19: a randomly initialised torchvision VGG-19 saved to a file loads (as a whole state dict or
+    its features), gives the pix2pixHD/SPADE weighted sum of L1 distances, and a wrong file is one line."""
+    import hashlib
+
+    from torchvision.models import vgg19
+
+    from pix2pix_lit.errors import ConfigError
+    from pix2pix_lit.losses import VGG_SLICES, VGG_WEIGHTS, VGGLoss
+
+    torch.manual_seed(0)
+    features = vgg19(weights=None).features[: VGG_SLICES[-1]]
+    path = tmp_path / "vgg19.pth"
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
+    loss = VGGLoss(str(path), hashlib.sha256(path.read_bytes()).hexdigest())
+    x, y = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
+    want, a, b, start = 0.0, x, y, 0
+    for weight, end in zip(VGG_WEIGHTS, VGG_SLICES):  # by hand: the same slices of the same network
+        a, b = features[start:end](a), features[start:end](b)
+        want += weight * (a - b).abs().mean().item()
+        start = end
+    assert loss(x, y).item() == pytest.approx(want, rel=1e-5)
+    assert loss(x, x).item() == 0.0 and not any(p.requires_grad for p in loss.parameters())
+    with pytest.raises(ConfigError, match="has sha256 .*, not the expected"):
+        VGGLoss(str(path), "0" * 64)
+    torch.save({"0.weight": torch.zeros(3, 3)}, tmp_path / "other.pth")
+    with pytest.raises(ConfigError, match=r"is not VGG-19: features.0.weight is \(3, 3\), expected \(64, 3, 3, 3\)"):
+        VGGLoss(str(tmp_path / "other.pth"))
+    with pytest.raises(ConfigError, match="model.vgg_weights=.*nope.pth does not exist; it must be torchvision's"):
+        VGGLoss(str(tmp_path / "nope.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="is not a PyTorch state dict"):
+        VGGLoss(str(tmp_path / "junk.pth"))

@@ -3,7 +3,8 @@
 An algorithm (``models/pix2pix.py``, ``models/cyclegan.py``) subclasses :class:`ImageTranslationModel`,
 builds its networks and writes a ``training_step`` that reads like its paper. This class owns setup (memory
 format, compile, DDP), the optimizer and step helpers (one batch = one step), the EMA generators and the
-checkpoint state; evaluation (``models/evaluation.py``) and inference (``models/inference.py``) are its parts.
+EMA generators; evaluation (``models/evaluation.py``), inference (``models/inference.py``) and the state a checkpoint
+holds for exact resume (``models/training_state.py``) are its parts.
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ import torch.nn as nn
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from pix2pix_lit.checkpoints import EMA_SUFFIX, align_ema_weights, collect_rng_states, set_rng_states
+from pix2pix_lit.checkpoints import EMA_SUFFIX
 from pix2pix_lit.ema import make_ema
 from pix2pix_lit.errors import ConfigError, NonFiniteLossError, check_choice
 from pix2pix_lit.lightning_internals import allow_unused_parameters, count_manual_step
 from pix2pix_lit.metrics import ImageQualityMetrics
 from pix2pix_lit.models.evaluation import Evaluation
 from pix2pix_lit.models.inference import Inference
+from pix2pix_lit.models.training_state import TrainingState
 from pix2pix_lit.modes import INFERENCE_MODES, InferenceMode
-from pix2pix_lit.nets.image_pool import ImagePool
+from pix2pix_lit.nets.norm import plain_batch_norms
 from pix2pix_lit.optim import LR_POLICIES, Adam, make_scheduler
 from pix2pix_lit.precision import cpu_precision_fallback, is_16bit
 
@@ -39,7 +41,7 @@ RUNTIME_OPTIONS = (
 )
 
 
-class ImageTranslationModel(Inference, Evaluation):
+class ImageTranslationModel(TrainingState, Inference, Evaluation):
     """Base class of the GANs here (see the module docstring). Manual optimization: a subclass's
     ``training_step`` updates its optimizers with :meth:`toggled` and :meth:`update` and ends with
     :meth:`end_batch`.
@@ -172,6 +174,10 @@ class ImageTranslationModel(Inference, Evaluation):
         if not getattr(self, "_networks_finished", False):
             raise TypeError(f"{type(self).__name__}.__init__ must end with self.finish_networks()")
         self._let_ddp_skip_unused_parameters()
+        if self._trainer is not None and self.trainer.world_size > 1 and self.trainer.strategy.root_device.type == "cpu":
+            if plain_batch_norms(self):
+                rank_zero_warn("synchronised batch norm runs only between GPU processes: on these CPU processes each "
+                               "normalises with its own batch (norm syncbatch -> batch)")
         self._attach_inception(stage)  # loaded now: a bad weights file stops the run before training
         self.use_channels_last = self._resolve_channels_last()
         fmt = torch.channels_last if self.use_channels_last else torch.contiguous_format
@@ -303,46 +309,8 @@ class ImageTranslationModel(Inference, Evaluation):
                 "reference code, about 30x slower than precision=32 here"
             )
 
-    # -- checkpoints ---------------------------------------------------------------------------------
-    def image_pools(self) -> dict[str, ImagePool]:
-        """The algorithm's image pools by name (saved in checkpoints for exact resume)."""
-        return {}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Lightning does not store RNG states; dropout and the image pools draw from them, so exact resume
-        # needs them. The data order and augmentation are seeded per epoch (SeededSampler).
-        # which model class this is, also for models built in Python (LightningCLI writes it for its own)
-        checkpoint.setdefault("hyper_parameters", {}).setdefault(
-            "_class_path", f"{type(self).__module__}.{type(self).__qualname__}")
-        checkpoint["pix2pix_lit"] = {
-            "rng_states": collect_rng_states(),
-            "image_pools": {k: [t.cpu() for t in pool.images] for k, pool in self.image_pools().items()},
-            "nonfinite_total": self.nonfinite_total,
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        weights = checkpoint.get("state_dict", {})
-        for name in self.generator_names:
-            done = align_ema_weights(weights, name, self.ema_of(name) is not None)
-            if done:
-                log.info(done)
-        state = checkpoint.get("pix2pix_lit", {})
-        self._rng_to_restore = state.get("rng_states")
-        self.restore_pools(state)
-        self.nonfinite_total = int(state.get("nonfinite_total", 0))
-
-    def restore_pools(self, state: dict[str, Any]) -> None:
-        saved = state.get("image_pools", {})
-        for name, pool in self.image_pools().items():
-            pool.images = list(saved.get(name, []))
-
     def on_train_start(self) -> None:
-        # after the sanity check, so the RNG continues exactly where the interrupted run left it
-        if self._rng_to_restore is not None:
-            set_rng_states(self._rng_to_restore)
-            self._rng_to_restore = None
-        for pool in self.image_pools().values():
-            pool.images = [t.to(self.device) for t in pool.images]
+        self.resume_training_state()  # after the sanity check: the RNG goes on where the interrupted run left it
         self._detach_inception()  # loaded at setup (or kept from the sanity check): not needed until validation
 
 

@@ -121,8 +121,9 @@ class Inference(pl.LightningModule):
                         b.copy_(buffers[name])
 
     @torch.no_grad()
-    def generate(self, source: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:
-        """The translation of ``source`` in ``direction``, in the configured inference mode, as float in [-1, 1].
+    def generate(self, source: torch.Tensor, direction: str = "AtoB", **inputs: torch.Tensor) -> torch.Tensor:
+        """The translation of ``source`` in ``direction``, in the configured inference mode, as float in [-1, 1];
+        ``inputs`` go to the generator too (SPADE's style code ``z``).
 
         In ``paper`` mode every image is normalised with its own statistics, as in the official test (batch
         size 1), whatever the eval batch size or the number of processes; with dropout, images go through one
@@ -132,8 +133,9 @@ class Inference(pl.LightningModule):
         net = self.autocast_ready(self.inference_net(direction), source.device.type)
         with self.inference(net):
             if self.hparams.inference_mode == "paper" and source.shape[0] > 1 and has_active_dropout(net):
-                return torch.cat([net(x.unsqueeze(0)).float() for x in source])
-            return net(source).float()
+                return torch.cat([net(x.unsqueeze(0), **{k: v[i:i + 1] for k, v in inputs.items()}).float()
+                                  for i, x in enumerate(source)])
+            return net(source, **inputs).float()
 
     def forward(self, source: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:
         """``model(x)``: what evaluation and predict run (:meth:`generate`), for every model the same."""

@@ -1,6 +1,7 @@
 """SPADE / GauGAN (Park et al., CVPR 2019): label maps -> photos with a generator whose every normalisation is
 modulated by the labels. L_G = hinge(D(m, G(m))) + λ_feat·FM(D) [+ λ_vgg·VGG(G(m), x)];
 L_D = hinge(D(m, x), real) + hinge(D(m, G(m)), fake); two time-scale Adam (G at lr/2, D at 2·lr, β = (0, 0.9)).
+With the VAE (``use_vae``) G also takes a style code z = E(x) and L_G gains λ_kld·KL(E(x) || N(0, 1)).
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from pix2pix_lit.losses import VGG19_SOURCE, GANLoss, GANMode, VGGLoss, feature_
 from pix2pix_lit.models.base import ImageTranslationModel
 from pix2pix_lit.modes import InferenceMode
 from pix2pix_lit.nets.norm import init_weights
-from pix2pix_lit.nets.spade import PARAM_FREE_NORMS, SPADEGenerator, UpsamplingLayers, spade_discriminator
+from pix2pix_lit.nets.spade import (
+    PARAM_FREE_NORMS,
+    ConvEncoder,
+    SPADEGenerator,
+    UpsamplingLayers,
+    kl_divergence,
+    spade_discriminator,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,10 @@ class SPADE(ImageTranslationModel):
             ``vgg_weights`` (a local torchvision VGG-19 state dict; optional ``vgg_sha256``); ``no_vgg_loss``.
         no_TTUR: one learning rate for both (else G at lr/2 and D at 2·lr, the two time-scale update rule).
         init_type, init_variance: the official xavier init with gain 0.02.
+        use_vae, z_dim, lambda_kld: the image encoder E (the VAE): G starts from a style code z (z_dim 256) drawn
+            from E's posterior for the photo (KL term λ 0.05); validation and test take each photo's style (as the
+            official test), ``predict`` a random one. crop_size, aspect_ratio: the size G is built for with the
+            VAE (its grid is fixed; set them as the data's).
         inference_mode: ``eval`` (the official test.py calls ``model.eval()``: batch norm with running statistics).
     Shared options (lr 2e-4, β1 0, β2 0.9 here, the LR policy, metrics, EMA) are the base's.
     """
@@ -74,6 +86,11 @@ class SPADE(ImageTranslationModel):
         beta1: float = 0.0,
         beta2: float = 0.9,
         inference_mode: InferenceMode = "eval",
+        use_vae: bool = False,
+        z_dim: int = 256,
+        lambda_kld: float = 0.05,
+        crop_size: int = 256,
+        aspect_ratio: float = 1.0,
         **kwargs: Any,
     ) -> None:
         norm = NORM_G.fullmatch(norm_G)
@@ -87,8 +104,10 @@ class SPADE(ImageTranslationModel):
                               "pix2pix_lit.data.SyntheticLabelDataModule or data.layout cityscapes)")
         super().__init__(beta1=beta1, beta2=beta2, inference_mode=inference_mode, **kwargs)
         semantic_nc = self.source_channels(input_nc)
-        self.G = init_weights(SPADEGenerator(semantic_nc, output_nc, ngf, num_upsampling_layers, norm=norm.group(2),
-                                             spectral=bool(norm.group(1))), init_type, init_variance)
+        self.G = init_weights(SPADEGenerator(semantic_nc, output_nc, ngf, num_upsampling_layers, crop_size, aspect_ratio,
+                                             use_vae, z_dim, norm=norm.group(2), spectral=bool(norm.group(1))),
+                              init_type, init_variance)
+        self.E = init_weights(ConvEncoder(output_nc, ngf, crop_size, z_dim), init_type, init_variance) if use_vae else None
         self.D = init_weights(spade_discriminator(semantic_nc + output_nc, ndf, n_layers_D, num_D),
                               init_type, init_variance)
         self.criterion_gan = GANLoss(gan_mode)
@@ -109,8 +128,19 @@ class SPADE(ImageTranslationModel):
     def configure_optimizers(self):
         h = self.hparams
         lr_g, lr_d = (h.lr, h.lr) if h.no_TTUR else (h.lr / 2, h.lr * 2)  # two time-scale update rule
-        opt_g, opt_d = self.adam(self.G.parameters(), lr_g), self.adam(self.D.parameters(), lr_d)
+        g_params = list(self.G.parameters()) + (list(self.E.parameters()) if self.E is not None else [])
+        opt_g, opt_d = self.adam(g_params, lr_g), self.adam(self.D.parameters(), lr_d)
         return [opt_g, opt_d], self.schedulers_for({"G": opt_g, "D": opt_d})
+
+    def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The VAE: a style code z ~ N(mu, exp(logvar)) for ``image`` (reparameterised), with mu and logvar."""
+        mu, logvar = self.E(image)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return z, mu, logvar
+
+    def style_of(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What G takes besides the labels: ``{"z": E's code for image}`` with the VAE, else nothing."""
+        return {"z": self.encode(image)[0]} if self.E is not None else {}
 
     def discriminate(self, labels: torch.Tensor, fake: torch.Tensor, real: torch.Tensor):
         """D's activations for (labels, fake) and (labels, real), in one batch as the official code runs them."""
@@ -148,13 +178,19 @@ class SPADE(ImageTranslationModel):
         self.check_size(labels)
 
         with self.toggled(opt_g):  # G first, as the official trainer
-            loss_G, logs_G = self.generator_loss(labels, real, self.G(labels))
+            kld, style = 0.0, {}
+            if self.E is not None:
+                z, mu, logvar = self.encode(real)
+                kld, style = kl_divergence(mu.float(), logvar.float()) * self.hparams.lambda_kld, {"z": z}
+            loss_G, logs_G = self.generator_loss(labels, real, self.G(labels, **style))
+            if self.E is not None:
+                loss_G, logs_G = loss_G + kld, {**logs_G, "loss_G_KLD": kld, "loss_G": loss_G + kld}
             if self.update(opt_g, loss_G, "loss_G"):
                 self.update_ema()
 
         with self.toggled(opt_d):  # then D, on a fake of the updated G
             with torch.no_grad():
-                fake = self.G(labels)
+                fake = self.G(labels, **self.style_of(real))
             loss_D, logs_D = self.discriminator_loss(labels, real, fake)
             self.update(opt_d, loss_D, "loss_D")
 
@@ -167,14 +203,18 @@ class SPADE(ImageTranslationModel):
     def evaluate_batch(self, batch, metrics, dataloader_idx):
         labels = self.network_input(batch)
         self.check_size(labels)
-        fake = self.generate(labels)
+        with torch.no_grad():  # with the VAE, each photo's own style (as the official test)
+            style = self.style_of(self.prep(batch["target"]))
+        fake = self.generate(labels, **style)
         if metrics is not None:
             metrics["out"].update(fake, batch["target"])
         return {"fake": fake, "name": batch["name"], "target": batch["target"]}
 
     def grid_rows(self, batch):
         on_device = {k: v.to(self.device) for k, v in batch.items() if torch.is_tensor(v)}
-        fake = self.generate(self.network_input(on_device)).cpu()
+        with torch.no_grad():
+            style = self.style_of(on_device["target"])
+        fake = self.generate(self.network_input(on_device), **style).cpu()
         rows = [[s, f, t] for s, f, t in zip(self.shown_source(batch), fake, batch["target"])]
         l1 = F.l1_loss(fake.float(), batch["target"].float()).item()
         return rows, l1, f"labels | output of {self.inference_G_name} | photo"

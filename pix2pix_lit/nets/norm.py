@@ -116,3 +116,22 @@ def replace_batch_norms(net: nn.Module) -> nn.Module:
 
 def has_active_dropout(net: nn.Module) -> bool:
     return any(isinstance(m, nn.Dropout) and m.p > 0 for m in net.modules())
+
+
+def plain_batch_norms(net: nn.Module) -> int:
+    """Replace every SyncBatchNorm of ``net`` by a BatchNorm2d with the same state (in place); returns how many.
+
+    torch synchronises batch norm only between GPU processes (a CPU one raises at its first training forward):
+    CPU processes then normalise with their own batch's statistics, as each would alone. The parameters and
+    buffers are the same, so checkpoints load either way."""
+    replaced = 0
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.SyncBatchNorm):
+                plain = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                       child.track_running_stats)
+                plain.load_state_dict(child.state_dict())
+                plain.train(child.training)
+                setattr(module, name, plain.to(next(iter(child.state_dict().values()), torch.empty(0)).device))
+                replaced += 1
+    return replaced

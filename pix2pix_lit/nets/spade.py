@@ -1,7 +1,7 @@
 """SPADE (Park et al., "Semantic Image Synthesis with Spatially-Adaptive Normalization", CVPR 2019): the
 generator whose every normalisation takes its scale and shift from the label map, its discriminator and the
 optional VAE image encoder, with the NVlabs/SPADE options and defaults (parameter counts pinned by
-``tests/nets/test_spade.py`` against the official code).
+``tests/nets/test_spade_networks.py`` against the official code).
 """
 
 from __future__ import annotations
@@ -199,19 +199,21 @@ def spade_discriminator(input_nc: int, ndf: int = 64, n_layers: int = 4, num_D: 
 
 class ConvEncoder(nn.Module):
     """SPADE's image encoder for the VAE: the image resized to 256x256, six (five below ``crop_size`` 256) stride-2
-    3x3 convs with spectral instance norm, then the mean and log-variance of a ``z_dim`` style code."""
+    3x3 convs with spectral instance norm, then the mean and log-variance of a ``z_dim`` style code. Below
+    ``crop_size`` 256 the image is resized to 128x128 (the official code would end at 8x8 there and not run)."""
 
     def __init__(self, input_nc: int = 3, ngf: int = 64, crop_size: int = 256, z_dim: int = 256) -> None:
         super().__init__()
         widths = [input_nc, ngf, 2 * ngf, 4 * ngf, 8 * ngf, 8 * ngf] + ([8 * ngf] if crop_size >= 256 else [])
         self.layers = nn.ModuleList(_spectral_instance(nn.Conv2d(a, b, 3, 2, 1)) for a, b in zip(widths, widths[1:]))
+        self.side = 256 if crop_size >= 256 else 128  # 4x4 after the convs either way
         self.fc_mu = nn.Linear(8 * ngf * 4 * 4, z_dim)
         self.fc_var = nn.Linear(8 * ngf * 4 * 4, z_dim)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = image
-        if x.shape[-2:] != (256, 256):
-            x = F.interpolate(x, size=(256, 256), mode="bilinear")
+        if x.shape[-2:] != (self.side, self.side):
+            x = F.interpolate(x, size=(self.side, self.side), mode="bilinear")
         for i, layer in enumerate(self.layers):
             x = layer(F.leaky_relu(x, 0.2) if i else x)
         x = F.leaky_relu(x, 0.2).flatten(1)

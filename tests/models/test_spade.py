@@ -71,6 +71,18 @@ def test_exact_resume_equals_uninterrupted_run(tmp_path, ema):
         assert torch.equal(a, b), k  # spectral norm's u/v and batch-norm statistics included
 
 
+def test_without_vgg_weights_the_vgg_loss_is_off_and_the_log_says_where_to_get_them(caplog):
+    with caplog.at_level("WARNING"):
+        model = SPADE(**TINY)
+    lines = [r.getMessage() for r in caplog.records if "VGG" in r.getMessage()]
+    assert len(lines) == 1 and "needs model.vgg_weights" in lines[0] and "vgg19-dcbb9e9d.pth" in lines[0]
+    assert model.vgg is None and "vgg" not in dict(model.named_children())
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        SPADE(**TINY, no_vgg_loss=True)
+    assert not [r for r in caplog.records if "VGG" in r.getMessage()]
+
+
 def test_spade_needs_label_maps_and_says_so():
     with pytest.raises(ConfigError, match="SPADE turns label maps into photos"):
         SPADE(ngf=4, ndf=4, fid=False, kid=False)
@@ -100,3 +112,28 @@ def test_cityscapes_download_layout_trains_with_the_official_configuration(tmp_p
     assert official_count(ckpt["state_dict"], "G.") == 93_048_003
     assert official_count(ckpt["state_dict"], "D.") == 5_601_410
     assert ckpt["hyper_parameters"]["label_nc"] == 35 and not ckpt["hyper_parameters"]["no_instance"]
+
+
+def test_vae_trains_the_encoder_and_validation_takes_each_photos_style(tmp_path):
+    torch.manual_seed(0)
+    model = SPADE(**{**TINY, "use_vae": True, "z_dim": 8, "crop_size": 64, "lambda_kld": 0.05})
+    assert model.G.fc.in_features == 8 and isinstance(model.E.fc_mu, torch.nn.Linear)
+    before = {k: v.clone() for k, v in model.E.state_dict().items()}
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=1, num_sanity_val_steps=0)
+    trainer.fit(model, labels_data(tmp_path / "data"))
+    assert any(not torch.equal(before[k], v) for k, v in model.E.state_dict().items())  # E is trained with G
+    assert "train/loss_G_KLD" in trainer.callback_metrics
+    # the KL term by hand on E's posterior for one photo
+    dm = labels_data(tmp_path / "data")
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    model.eval()
+    with torch.no_grad():
+        mu, logvar = model.E(batch["target"])
+    assert mu.shape == (2, 8) and logvar.shape == (2, 8)
+    # a style code decides the output: the same code gives the same photo, another code another one
+    labels = model.network_input(batch)
+    z = torch.randn(2, 8)
+    same = model.generate(labels, z=z)
+    assert torch.equal(same, model.generate(labels, z=z))
+    assert not torch.allclose(same, model.generate(labels, z=z + 1.0))
