@@ -97,9 +97,9 @@ class VGGLoss(nn.Module):
 
     def __init__(self, weights: str, sha256: Optional[str] = None) -> None:
         super().__init__()
-        from torchvision.models import vgg19
+        from torchvision.models.vgg import cfgs, make_layers
 
-        features = vgg19(weights=None).features[: VGG_SLICES[-1]]
+        features = make_layers(cfgs["E"])[: VGG_SLICES[-1]]  # torchvision's vgg19().features, without its classifier
         state = load_vgg19_features(weights, sha256, features.state_dict())
         features.load_state_dict(state)
         self.slices = nn.ModuleList(features[a:b] for a, b in zip((0, *VGG_SLICES[:-1]), VGG_SLICES))

@@ -144,9 +144,15 @@ def edges(img: Image.Image, method: str = "canny", low: int = 100, high: int = 2
 
 def edges_folder(src: Path, out: Path, method: str = "canny", workers: Optional[int] = None, **kw) -> int:
     """``edges`` of every image under ``src``, as PNGs under ``out`` with the same relative names."""
-    src, out = Path(src), Path(out)
     if method not in EDGE_METHODS:
         raise ConfigError(f"--method {method!r} is not known; choose one of: {', '.join(EDGE_METHODS)}")
+    return _convert_folder(Path(src), Path(out), lambda img, path: edges(img, method, **kw), workers)
+
+
+def _convert_folder(src: Path, out: Path, convert: Callable[[Image.Image, Path], Image.Image],
+                    workers: Optional[int] = None) -> int:
+    """``convert(image, path)`` of every image under ``src``, as PNGs under ``out`` with the same relative names,
+    written to a staged folder renamed into place at the end (nothing half-written on an error)."""
     _free_output(out, src)
     files = list_images(src)
     check_decodable(files)
@@ -154,8 +160,8 @@ def edges_folder(src: Path, out: Path, method: str = "canny", workers: Optional[
     with _staged(out) as stage:
         def one(path: Path) -> None:
             with load_image(path) as img:
-                sketch = edges(img, method, **kw)
-            save_image_atomic(sketch, (stage / path.relative_to(src)).with_suffix(".png"))
+                converted = convert(img, path)
+            save_image_atomic(converted, (stage / path.relative_to(src)).with_suffix(".png"))
 
         _parallel(one, files, workers)
     return len(files)
@@ -165,23 +171,13 @@ def edges_folder(src: Path, out: Path, method: str = "canny", workers: Optional[
 def labels_folder(src: Path, out: Path, palette: str = "cityscapes", workers: Optional[int] = None) -> tuple[int, int]:
     """Every colour rendering under ``src`` as an id map under ``out`` (same relative names, ``.png``; mode ``L``
     for up to 256 classes, else 16-bit); returns (files, classes in the palette)."""
-    src, out = Path(src), Path(out)
     colours = load_palette(palette)
-    _free_output(out, src)
-    files = list_images(src)
-    check_decodable(files)
 
-    with _staged(out) as stage:
-        def one(path: Path) -> None:
-            with load_image(path) as img:
-                rgb = np.asarray(to_channels(img, 3))
-            ids = colours_to_ids(rgb, colours, path)
-            stored = Image.fromarray(ids.astype(np.uint8), "L") if len(colours) <= 256 else Image.fromarray(
-                ids.astype(np.uint16))
-            save_image_atomic(stored, (stage / path.relative_to(src)).with_suffix(".png"))
+    def to_ids(img: Image.Image, path: Path) -> Image.Image:
+        ids = colours_to_ids(np.asarray(to_channels(img, 3)), colours, path)
+        return Image.fromarray(ids.astype(np.uint8), "L") if len(colours) <= 256 else Image.fromarray(ids.astype(np.uint16))
 
-        _parallel(one, files, workers)
-    return len(files), len(colours)
+    return _convert_folder(Path(src), Path(out), to_ids, workers), len(colours)
 
 
 # -- split -----------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ def test_vgg_loss_takes_a_local_vgg19_file_and_checks_it(tmp_path):
     its features), gives the pix2pixHD/SPADE weighted sum of L1 distances, and a wrong file is one line."""
     import hashlib
 
-    from torchvision.models import vgg19
+    from torchvision.models import vgg19  # the whole network, as a user would save it
 
     from pix2pix_lit.errors import ConfigError
     from pix2pix_lit.losses import VGG_SLICES, VGG_WEIGHTS, VGGLoss
