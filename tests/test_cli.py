@@ -287,14 +287,19 @@ CONFIGS = sorted(p.relative_to(REPO / "configs").as_posix() for p in (REPO / "co
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_shipped_config_parses_and_builds(config, tmp_path, monkeypatch):
     from pix2pix_lit.cli import build_cli
-    from pix2pix_lit.models import CycleGAN, Pix2Pix
+    from pix2pix_lit.models import SPADE, CycleGAN, Pix2Pix
 
     monkeypatch.chdir(tmp_path)
     args = ["-c", str(REPO / "configs" / config), "--trainer.logger", "false"]
     cli = build_cli(args, args, run=False)
-    assert cli.model.hparams.input_nc == cli.datamodule.hparams.input_nc
-    expected = CycleGAN if config.startswith("cyclegan/") else Pix2Pix
+    for option in ("input_nc", "label_nc", "contain_dontcare_label", "no_instance"):  # what the data decides
+        assert cli.model.hparams[option] == cli.datamodule.hparams[option], option
+    expected = CycleGAN if config.startswith("cyclegan/") else SPADE if config.startswith("spade/") else Pix2Pix
     assert type(cli.model) is expected
+    if "labels" in config or expected is SPADE:  # label maps: the networks see one-hot classes (+ edges)
+        h = cli.datamodule.hparams
+        assert h.label_nc > 0 and cli.model.source_channels(3) == h.label_nc + h.contain_dontcare_label + (
+            not h.no_instance)
     if expected is CycleGAN:  # its own defaults, not pix2pix's carried over
         assert (cli.model.hparams.norm, cli.model.hparams.gan_mode, cli.model.hparams.pool_size) == ("instance", "lsgan", 50)
         assert cli.model.hparams.no_dropout and cli.datamodule.__class__.__name__.endswith("UnpairedDataModule")

@@ -17,12 +17,21 @@ def _changed(before: dict, net: torch.nn.Module) -> bool:
     return any(not torch.equal(before[k], v) for k, v in net.named_parameters())
 
 
-@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed", "32"])
-def test_mixed_precision_steps_update_both_networks(tmp_path, precision):
-    dm = SyntheticPairedDataModule(str(tmp_path / "syn"), num_train=16, num_val=2, num_test=2, image_size=36,
-                                   load_size=36, crop_size=32, batch_size=4, num_workers=0)
+@pytest.mark.parametrize("precision,kind", [("16-mixed", "pix2pix"), ("bf16-mixed", "pix2pix"), ("32", "pix2pix"),
+                                            ("16-mixed", "spade"), ("bf16-mixed", "spade")])
+def test_mixed_precision_steps_update_both_networks(tmp_path, precision, kind):
     torch.manual_seed(0)
-    model = Pix2Pix(**TINY_MODEL)
+    if kind == "spade":  # spectral norm, SPADE's batch norm and the hinge loss under autocast / a GradScaler
+        from pix2pix_lit.data import SyntheticLabelDataModule
+        from pix2pix_lit.models import SPADE
+
+        dm = SyntheticLabelDataModule(str(tmp_path / "syn"), num_train=16, num_val=2, num_test=2, image_size=72,
+                                      load_size=72, crop_size=64, batch_size=4, num_workers=0)
+        model = SPADE(ngf=4, ndf=4, norm_G="spectralspadebatch3x3", label_nc=5, fid=False, kid=False)
+    else:
+        dm = SyntheticPairedDataModule(str(tmp_path / "syn"), num_train=16, num_val=2, num_test=2, image_size=36,
+                                       load_size=36, crop_size=32, batch_size=4, num_workers=0)
+        model = Pix2Pix(**TINY_MODEL)
     g0 = {k: v.clone() for k, v in model.G.named_parameters()}
     d0 = {k: v.clone() for k, v in model.D.named_parameters()}
     if precision == "16-mixed":
@@ -44,7 +53,7 @@ def test_mixed_precision_steps_update_both_networks(tmp_path, precision):
         assert scaler is not None and scaler.get_scale() > 0
     assert _changed(g0, model.G) and _changed(d0, model.D)
     assert model.nonfinite_total == 0
-    for k in ("train/loss_D", "train/loss_G_GAN", "train/loss_G_L1"):
+    for k in ("train/loss_D", "train/loss_G_GAN", "train/loss_G_feat" if kind == "spade" else "train/loss_G_L1"):
         assert math.isfinite(float(trainer.callback_metrics[k]))
 
 
@@ -58,7 +67,7 @@ def test_bf16_300_steps_on_real_maps_stay_finite():
     trainer = quiet_trainer(max_steps=300, limit_val_batches=0, precision="bf16-mixed", log_every_n_steps=1)
     trainer.fit(model, dm)
     assert trainer.global_step == 300 and model.nonfinite_total == 0
-    for k in ("train/loss_D", "train/loss_G_GAN", "train/loss_G_L1"):
+    for k in ("train/loss_D", "train/loss_G_GAN", "train/loss_G_feat" if kind == "spade" else "train/loss_G_L1"):
         assert math.isfinite(float(trainer.callback_metrics[k]))
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert float(trainer.callback_metrics["train/loss_G_L1"]) < 60  # 100 x L1 well below the untrained ~50-70
