@@ -67,7 +67,7 @@ def test_bf16_300_steps_on_real_maps_stay_finite():
     trainer = quiet_trainer(max_steps=300, limit_val_batches=0, precision="bf16-mixed", log_every_n_steps=1)
     trainer.fit(model, dm)
     assert trainer.global_step == 300 and model.nonfinite_total == 0
-    for k in ("train/loss_D", "train/loss_G_GAN", "train/loss_G_feat" if kind == "spade" else "train/loss_G_L1"):
+    for k in ("train/loss_D", "train/loss_G_GAN", "train/loss_G_L1"):
         assert math.isfinite(float(trainer.callback_metrics[k]))
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert float(trainer.callback_metrics["train/loss_G_L1"]) < 60  # 100 x L1 well below the untrained ~50-70
