@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 RUNTIME_OPTIONS = (
     "inference_mode", "predict_fit", "predict_size", "predict_direction", "channels_last", "compile", "fid", "kid",
     "mifid", "mifid_eps", "inception_weights", "kid_subset_size", "max_nonfinite_steps", "use_ema_for_eval",
+    "vgg_weights", "vgg_sha256",
 )
 
 

@@ -17,7 +17,7 @@ from pix2pix_lit.errors import ConfigError
 from pix2pix_lit.losses import VGG19_SOURCE, GANLoss, GANMode, VGGLoss, feature_matching_loss
 from pix2pix_lit.models.base import ImageTranslationModel
 from pix2pix_lit.modes import InferenceMode
-from pix2pix_lit.nets.norm import init_weights
+from pix2pix_lit.nets.norm import InitName, init_weights
 from pix2pix_lit.nets.spade import (
     PARAM_FREE_NORMS,
     ConvEncoder,
@@ -81,7 +81,7 @@ class SPADE(ImageTranslationModel):
         vgg_weights: Optional[str] = None,
         vgg_sha256: Optional[str] = None,
         no_TTUR: bool = False,
-        init_type: str = "xavier",
+        init_type: InitName = "xavier",
         init_variance: float = 0.02,
         beta1: float = 0.0,
         beta2: float = 0.9,
@@ -111,18 +111,20 @@ class SPADE(ImageTranslationModel):
         self.D = init_weights(spade_discriminator(semantic_nc + output_nc, ndf, n_layers_D, num_D),
                               init_type, init_variance)
         self.criterion_gan = GANLoss(gan_mode)
-        # kept out of the module tree: fixed ImageNet weights, not part of the model (nor of its checkpoints)
-        self.__dict__["vgg"] = self._vgg_loss(lambda_vgg, no_vgg_loss, vgg_weights, vgg_sha256)
+        # loaded for training only (setup), and kept out of the module tree: fixed ImageNet weights, not part of
+        # the model nor of its checkpoints; test and predict never need the file
+        self.__dict__["vgg"] = None
         self.finish_networks()
 
-    @staticmethod
-    def _vgg_loss(weight: float, off: bool, path: Optional[str], sha256: Optional[str]) -> Optional[VGGLoss]:
-        if off or weight == 0:
-            return None
-        if path is None:
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        h = self.hparams
+        if stage != "fit" or self.vgg is not None or h.no_vgg_loss or h.lambda_vgg == 0:
+            return
+        if h.vgg_weights is None:
             log.warning("the VGG perceptual loss (lambda_vgg) is off: it needs model.vgg_weights, %s", VGG19_SOURCE)
-            return None
-        return VGGLoss(path, sha256)
+            return
+        self.__dict__["vgg"] = VGGLoss(h.vgg_weights, h.vgg_sha256)  # a bad file: one line, before training
 
     # -- the paper ---------------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -71,16 +71,22 @@ def test_exact_resume_equals_uninterrupted_run(tmp_path, ema):
         assert torch.equal(a, b), k  # spectral norm's u/v and batch-norm statistics included
 
 
-def test_without_vgg_weights_the_vgg_loss_is_off_and_the_log_says_where_to_get_them(caplog):
+def test_without_vgg_weights_the_vgg_loss_is_off_and_the_log_says_where_to_get_them(caplog, tmp_path):
+    model = SPADE(**TINY)
     with caplog.at_level("WARNING"):
-        model = SPADE(**TINY)
+        model.setup("fit")
     lines = [r.getMessage() for r in caplog.records if "VGG" in r.getMessage()]
     assert len(lines) == 1 and "needs model.vgg_weights" in lines[0] and "vgg19-dcbb9e9d.pth" in lines[0]
     assert model.vgg is None and "vgg" not in dict(model.named_children())
     caplog.clear()
     with caplog.at_level("WARNING"):
-        SPADE(**TINY, no_vgg_loss=True)
+        SPADE(**TINY, no_vgg_loss=True).setup("fit")
     assert not [r for r in caplog.records if "VGG" in r.getMessage()]
+    # a file that is not there: nothing at construction or for test/predict; one line when training starts
+    missing = SPADE(**TINY, vgg_weights=str(tmp_path / "vgg19.pth"))
+    missing.setup("test")
+    with pytest.raises(ConfigError, match="model.vgg_weights=.*vgg19.pth does not exist"):
+        missing.setup("fit")
 
 
 def test_spade_needs_label_maps_and_says_so():
