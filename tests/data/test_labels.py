@@ -185,3 +185,20 @@ def test_label_maps_are_the_source(tmp_path):
     label = Image.fromarray(np.arange(37 * 29, dtype=np.int32).reshape(29, 37) % 251, "I")
     (out,) = transform([label], random.Random(0), nearest=(0,))
     assert set(np.unique(np.asarray(out))) <= set(np.unique(np.asarray(label)))  # no new (interpolated) ids
+
+
+def test_the_ids_of_each_label_map_are_read_once_and_remembered(tmp_path, monkeypatch):
+    from pix2pix_lit.data import labels
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    write_label_folders(tmp_path / "d")
+    label_data(tmp_path / "d").setup("fit")
+
+    def read_again(path):
+        raise AssertionError(f"{path} was read again")
+
+    monkeypatch.setattr(labels, "stored_ids", read_again)
+    label_data(tmp_path / "d").setup("fit")  # nothing read: the ids come from the cache
+    Image.fromarray(np.full((29, 37), 9, np.uint8), "L").save(tmp_path / "d" / "train" / "labels" / "0.png")
+    with pytest.raises(AssertionError, match="0.png was read again"):  # a changed file is read again
+        label_data(tmp_path / "d").setup("fit")
