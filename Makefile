@@ -17,7 +17,7 @@ train: install
 	$(BIN)/pix2pix-lit fit -c configs/quickstart.yaml
 
 test: install
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=20
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

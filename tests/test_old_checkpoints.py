@@ -19,7 +19,7 @@ def copy(name: str, tmp_path):
     return str(path)
 
 
-def tested_by(args: list[str], env: dict, cwd) -> dict:
+def report_of(args: list[str], env: dict, cwd) -> dict:
     """``test`` with ``args``: the metrics.json it wrote beside the checkpoint."""
     run(["test", *args], env, cwd)
     return json.loads((cwd / "metrics.json").read_text())
@@ -53,7 +53,7 @@ def test_pix2pix_from_fc12e82(tmp_path, cli_env):
 def test_pix2pix_with_ema_from_b98c3a6(tmp_path, cli_env):
     old = copy("pix2pix-ema-b98c3a6.ckpt", tmp_path)
     args = [*tiny(tmp_path / "run", tmp_path / "syn"), *NO_INCEPTION, "--ckpt_path", old]
-    report = tested_by(args, cli_env, tmp_path)
+    report = report_of(args, cli_env, tmp_path)
     assert report["num_images"] == 4 and report["protocol"]["generator"] == "G_ema"
     run(["predict", *args, "--predict_writer.output_dir", str(tmp_path / "pred")], cli_env, tmp_path)
     assert len(list((tmp_path / "pred").glob("*.png"))) == 4
@@ -66,7 +66,7 @@ def test_pix2pix_with_ema_from_b98c3a6(tmp_path, cli_env):
 def test_cyclegan_from_b98c3a6(tmp_path, cli_env):
     old = copy("cyclegan-b98c3a6.ckpt", tmp_path)
     args = [*cyclegan_cli(tmp_path / "run", tmp_path / "syn"), *NO_INCEPTION, "--ckpt_path", old]
-    report = tested_by(args, cli_env, tmp_path)
+    report = report_of(args, cli_env, tmp_path)
     assert report["num_images"] == 8 and report["protocol"]["generator"] == "G_A_ema+G_B_ema"
     for direction in ("AtoB", "BtoA"):  # the direction was a data option when it was written; now the model's
         out = tmp_path / f"pred-{direction}"
