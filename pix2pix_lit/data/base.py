@@ -72,6 +72,8 @@ class ImageDataModule(pl.LightningDataModule):
             nearest-neighbour; see ``data/labels.py``); 0 (default): they are images. contain_dontcare_label: id 255
             ("unlabelled") is one more class. no_instance: label maps come without instance maps (no boundary
             channel). The model takes these three from the data (one-hot classes + edges as its input).
+            class_names: the classes' names in id order, for the brushes of ``serve``'s paint page (default:
+            Cityscapes' for ``layout: cityscapes``, the built-in's for its label maps, else ``class N``).
         strict_channels: refuse grayscale images where 3 channels are read (default false: they are read as RGB,
             as the official code reads every image, with one log line counting them). Images deeper than 8 bits
             (16-bit PNGs) are scaled to 8 bits and EXIF orientations applied, as viewers show them.
@@ -104,9 +106,13 @@ class ImageDataModule(pl.LightningDataModule):
         label_nc: int = 0,
         contain_dontcare_label: bool = False,
         no_instance: bool = False,
+        class_names: Optional[list[str]] = None,
         aspect_ratio: float = 1.0,
     ) -> None:
         super().__init__()
+        if class_names is not None and len(class_names) > label_nc:
+            raise ConfigError(f"data.class_names has {len(class_names)} names but data.label_nc={label_nc} classes; "
+                              "give one name per class id (or set data.label_nc)")
         if label_nc < 0 or label_nc > 65535:
             raise ConfigError(f"data.label_nc={label_nc}: give the number of classes of the label maps, or 0 for images")
         check_channels_option("data.input_nc", input_nc)

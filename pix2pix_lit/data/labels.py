@@ -72,14 +72,23 @@ def read_ids(path: Path, what: str = "label map") -> Image.Image:
         img.close()
 
 
-def check_ids(ids: np.ndarray, label_nc: int, contain_dontcare_label: bool, path: Path) -> None:
-    """Every id is a class (``< label_nc``) or, with ``contain_dontcare_label``, the don't-care id 255."""
+def first_bad_id(ids: np.ndarray, label_nc: int, contain_dontcare_label: bool) -> Optional[tuple[int, int, int]]:
+    """(id, x, y) of the first pixel whose id is no class (``>= label_nc``, but for the don't-care id 255 with
+    ``contain_dontcare_label``), or None."""
     bad = ids >= label_nc
     if contain_dontcare_label:
         bad &= ids != DONTCARE_ID
-    if bad.any():
-        y, x = (int(v[0]) for v in np.nonzero(bad))
-        value = int(ids[y, x])
+    if not bad.any():
+        return None
+    y, x = (int(v[0]) for v in np.nonzero(bad))
+    return int(ids[y, x]), x, y
+
+
+def check_ids(ids: np.ndarray, label_nc: int, contain_dontcare_label: bool, path: Path) -> None:
+    """Every id is a class (``< label_nc``) or, with ``contain_dontcare_label``, the don't-care id 255."""
+    found = first_bad_id(ids, label_nc, contain_dontcare_label)
+    if found is not None:
+        value, x, y = found
         hint = (" (255 is 'unlabelled': set data.contain_dontcare_label true to make it a class)"
                 if value == DONTCARE_ID else "")
         raise DataError(f"{path}: class id {value} at pixel (x={x}, y={y}) is not below data.label_nc={label_nc}"
@@ -147,18 +156,18 @@ def _write_cache(cache: Path, known: dict) -> None:
         pass
 
 
-def instance_edges(instances: torch.Tensor) -> torch.Tensor:
+def instance_edges(instances: torch.Tensor, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
     """pix2pixHD's boundary map of an (…, H, W) instance-id tensor: 1 where a pixel's id differs from one of its
-    4 neighbours, else 0 (``uint8``, the same shape)."""
+    4 neighbours, else 0 (in ``dtype``, the same shape).
+
+    Written with comparisons, zero padding and a sum (no in-place writes), so the exported label-map generators
+    trace it into their graphs as it is (``pix2pix_lit.serving.export``: class boundaries as the edge channel)."""
     t = instances
-    edge = torch.zeros(t.shape, dtype=torch.bool, device=t.device)
-    horizontal = t[..., :, 1:] != t[..., :, :-1]
-    vertical = t[..., 1:, :] != t[..., :-1, :]
-    edge[..., :, 1:] |= horizontal
-    edge[..., :, :-1] |= horizontal
-    edge[..., 1:, :] |= vertical
-    edge[..., :-1, :] |= vertical
-    return edge.to(torch.uint8)
+    horizontal = (t[..., :, 1:] != t[..., :, :-1]).to(dtype)
+    vertical = (t[..., 1:, :] != t[..., :-1, :]).to(dtype)
+    count = (F.pad(horizontal, (1, 0)) + F.pad(horizontal, (0, 1))
+             + F.pad(vertical, (0, 0, 1, 0)) + F.pad(vertical, (0, 0, 0, 1)))
+    return (count > 0).to(dtype)
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -313,6 +322,26 @@ CITYSCAPES = (
     ("car", (0, 0, 142)), ("truck", (0, 0, 70)), ("bus", (0, 60, 100)), ("caravan", (0, 0, 90)),
     ("trailer", (0, 0, 110)), ("train", (0, 80, 100)), ("motorcycle", (0, 0, 230)), ("bicycle", (119, 11, 32)),
 )
+
+
+def label_classes(label_nc: int, contain_dontcare_label: bool, layout: Optional[str] = None,
+                  class_names: Optional[list[str]] = None) -> list[dict[str, Any]]:
+    """Each class of a label-map dataset as ``{"id", "name", "colour"}``: ``id`` as its maps store it (ADE20K:
+    the class + 1, 0 unlabelled), the name from ``class_names`` (else Cityscapes' for that layout, else
+    ``class N``), the colour of the dataset's renderings (Cityscapes) or of :func:`palette`. Don't-care last."""
+    colours = palette(max(256, label_nc + 1))
+    names = list(class_names or [])
+    if not names and layout == "cityscapes":
+        names = [name for name, _ in CITYSCAPES]
+    if layout == "cityscapes":
+        colours[:len(CITYSCAPES)] = [rgb for _, rgb in CITYSCAPES]
+    offset = 1 if layout == "ade20k" else 0
+    classes = [{"id": i + offset, "name": names[i] if i < len(names) else f"class {i}", "colour": colours[i].tolist()}
+               for i in range(label_nc)]
+    if contain_dontcare_label:
+        classes.append({"id": 0 if layout == "ade20k" else DONTCARE_ID, "name": "unlabelled",
+                        "colour": colours[DONTCARE_ID].tolist()})  # PASCAL VOC's colour for "void"
+    return classes
 
 
 def load_palette(spec: str) -> np.ndarray:

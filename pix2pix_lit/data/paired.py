@@ -217,3 +217,5 @@ class SyntheticLabelDataModule(BuiltInData, PairedDataModule):
                          b_dir="{split}/photos", instance_dir="{split}/instances", **kwargs)
         # under LightningCLI the hyper-parameters are the config's, which has none of these (not options here)
         self.hparams.update(self.folders_written)
+        if not self.hparams.get("class_names"):  # what export writes into the file for the paint page
+            self.hparams["class_names"] = list(CLASSES)

@@ -2,10 +2,12 @@
 
 - ``POST /v1/translate``: an image (PNG, JPEG or WebP) as the raw body (``Content-Type: image/...``) or
   as the multipart field ``image`` -> the translated PNG at the input's size (reflect-padded to the
-  generator's size multiple and cropped back, as ``predict``). ``?direction=AtoB|BtoA`` is checked
+  generator's size multiple and cropped back, as ``predict``). A model of label maps takes a PNG of class
+  ids (as its dataset stores them; the classes are in ``/health``'s ``model.labels``). ``?direction=AtoB|BtoA`` is checked
   against the model's direction (a pix2pix generator translates one way).
 - ``GET /health``: status (200 ``ok``, 503 while the batching loop is down), the model's contract, the
-  limits in force and batching counts. ``GET /``: the drawing page.
+  limits in force and batching counts. ``GET /``: the drawing page (for a model of label maps, the page that
+  paints with its classes).
 - Errors are JSON ``{"error": ..., "status": N}``: 400 not an image / truncated / wrong direction (and a
   ``Host`` header that is not allowed, plain text), 405 wrong method, 413 too many bytes or pixels, 415 not
   PNG/JPEG/MPO/WebP, 500 the model failed on the input, 503 the service is full (``Retry-After`` says when to
@@ -43,7 +45,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from pix2pix_lit.errors import ConfigError, Pix2PixLitError
 from pix2pix_lit.modes import DIRECTIONS, INFERENCE_MODES, SERVING_INFERENCE_MODE
-from pix2pix_lit.serving.engine import Batcher, Generator, Overloaded, to_output_image
+from pix2pix_lit.serving.engine import BadInput, Batcher, Generator, Overloaded, to_output_image
 
 log = logging.getLogger("pix2pix_lit.serve")
 
@@ -171,6 +173,8 @@ def create_app(
     :func:`resolve_limits`). ``allowed_hosts``: the ``Host`` names served (``None``: any, for in-process use)."""
     if preprocess not in PREPROCESS:
         raise ConfigError(f"--preprocess {preprocess!r} is not known; choose one of: {', '.join(PREPROCESS)}")
+    if preprocess != "none" and generator.labels:
+        raise ConfigError(f"--preprocess {preprocess} makes images, but this model takes label maps; leave it out")
     limits = resolve_limits(generator, limits or Limits())
     max_bytes, max_pixels = limits.max_bytes, limits.max_pixels
     batcher = Batcher(generator, limits.max_batch, limits.max_wait_ms / 1000.0, limits.max_batch_pixels,
@@ -213,7 +217,9 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
-        return resources.files("pix2pix_lit.serving").joinpath("page.html").read_text()
+        # a model of label maps gets the paint-with-labels page (a brush per class), the others the drawing page
+        name = "paint_labels.html" if generator.labels else "page.html"
+        return resources.files("pix2pix_lit.serving").joinpath(name).read_text()
 
     @app.post("/v1/translate")
     async def translate(request: Request, direction: Optional[str] = None) -> Response:
@@ -267,6 +273,8 @@ def create_app(
             # decoding and encoding run in worker threads (PIL releases the GIL), so the event loop keeps
             # accepting requests, and batching them, meanwhile
             x, box = await run_in_threadpool(prepare_input, img)
+        except BadInput as e:  # not what the model takes (a colour image where class ids are expected, ...)
+            return _error(400, str(e))
         except (OSError, SyntaxError, ValueError):
             log.info("request %d: the image cannot be decoded", request_id, exc_info=True)
             return _error(400, "the image cannot be decoded; it is truncated or corrupt")

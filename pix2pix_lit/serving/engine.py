@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from pix2pix_lit.data.io import as_viewed, to_channels, to_pil, to_tensor
+from pix2pix_lit.data.labels import ID_MODES, first_bad_id, to_class_ids
 from pix2pix_lit.data.transforms import crop_box, pad_to_multiple
 from pix2pix_lit.errors import ConfigError
 from pix2pix_lit.modes import SERVING_INFERENCE_MODE
@@ -99,14 +100,40 @@ class Generator:
 
         return cls(run_script, contract, str(path))
 
+    @property
+    def labels(self) -> Optional[dict[str, Any]]:
+        """The classes of a model of label maps (the contract's ``labels``), None for image models."""
+        return self.contract.get("labels")
+
     def to_input(self, img: Image.Image) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
         """A decoded PIL image as the generator's padded input (C, H', W') and the box to crop the output back to.
 
         Read as ``predict`` reads a file (``pix2pix_lit.data.io``): as viewers show it (EXIF orientation, 16-bit
-        scaled to 8), with the model's channels (alpha kept for 4, else laid on white)."""
-        img = to_channels(as_viewed(img), self.input_nc)
-        x, box = pad_to_multiple(to_tensor(img)[None], self.size_multiple, self.min_size)
+        scaled to 8), with the model's channels (alpha kept for 4, else laid on white); a label map as its ids."""
+        if self.labels:
+            x = self.label_ids(img)
+        else:
+            x = to_tensor(to_channels(as_viewed(img), self.input_nc))
+        # reflect padding commutes with the one-hot encoding and the boundary edges made inside the file
+        x, box = pad_to_multiple(x[None], self.size_multiple, self.min_size)
         return x[0], box
+
+    def label_ids(self, img: Image.Image) -> torch.Tensor:
+        """A label-map PNG as the file's input: (1, H, W) float class ids (255: don't care), checked as
+        ``predict`` checks label maps (:class:`BadInput` naming the first id out of range)."""
+        labels = self.labels
+        if img.format != "PNG" or img.mode not in ID_MODES:
+            raise BadInput(f"this model takes label maps: send a PNG of class ids (8-bit grey, palette or 16-bit), "
+                           f"not a {img.format} {img.mode} image; colour renderings turn into ids with "
+                           "`pix2pix-lit prepare labels --palette`")
+        ids = to_class_ids(np.asarray(img), labels.get("stored_ids") == "ade20k")
+        found = first_bad_id(ids, labels["label_nc"], labels["contain_dontcare_label"])
+        if found is not None:
+            value, x, y = found
+            dontcare = " or 255 (unlabelled)" if labels["contain_dontcare_label"] else ""
+            raise BadInput(f"class id {value} at pixel (x={x}, y={y}) of the label map is not one of this model's "
+                           f"{labels['label_nc']} classes (ids 0-{labels['label_nc'] - 1}{dontcare})")
+        return torch.from_numpy(ids.astype(np.float32))[None]
 
     @property
     def bytes_per_pixel(self) -> Optional[int]:
@@ -114,6 +141,10 @@ class Generator:
         memory = self.contract.get("memory") or {}
         value = memory.get("bytes_per_pixel")
         return int(value) if value else None
+
+
+class BadInput(ValueError):
+    """The request's image is not what the model takes; the message is safe to show the client (no paths)."""
 
 
 class Overloaded(Exception):

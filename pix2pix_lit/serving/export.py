@@ -1,7 +1,9 @@
 """``pix2pix-lit export``: a checkpoint's generator as a TorchScript or ONNX file that runs without this package.
 
 The file takes ``source`` (N, C_in, H, W) float32 in [-1, 1] and returns ``output`` (N, C_out, H, W) in
-[-1, 1]; batch, height and width are dynamic (H and W multiples of the generator's size multiple). Its
+[-1, 1]; batch, height and width are dynamic (H and W multiples of the generator's size multiple). A model of
+label maps takes ``source`` (N, 1, H, W) float32 class ids instead (255: don't care) and one-hot encodes them,
+with the class boundaries as its edge channel, inside the file (the contract's ``labels`` lists the classes). Its
 input contract (channels, value range, size multiple, direction, inference mode, a digest of the
 training config, the memory a pixel costs) is written into the file: ``pix2pix_lit.json`` among TorchScript's
 extra files, a ``pix2pix_lit`` metadata property in ONNX. Before the file is put in place, the command checks
@@ -26,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from pix2pix_lit.checkpoints import EMA_SUFFIX
+from pix2pix_lit.data.labels import DONTCARE_ID, instance_edges, label_classes
 from pix2pix_lit.errors import ConfigError, Pix2PixLitError
 from pix2pix_lit.modes import DIRECTIONS, INFERENCE_MODES, SERVING_INFERENCE_MODE, Direction, InferenceMode
 from pix2pix_lit.nets.norm import has_active_dropout, replace_batch_norms
@@ -39,11 +42,29 @@ class ExportError(Pix2PixLitError):
     """The generator cannot be exported as asked, or the exported file does not match it."""
 
 
-class ExportableGenerator(nn.Module):
-    """A frozen copy of G in one inference mode, in fp32 and contiguous memory, as ``source -> output``."""
+class LabelMapInput(nn.Module):
+    """(N, 1, H, W) class ids (float) as a label-map network's input: one channel per class (+ don't-care, id
+    255), + the boundaries between classes as the edge channel (``edges``), as ``predict`` gives label maps
+    without instance maps. Comparisons only, so it exports to TorchScript and ONNX as part of the graph."""
 
-    def __init__(self, G: nn.Module, inference_mode: InferenceMode) -> None:
+    def __init__(self, label_nc: int, contain_dontcare_label: bool, edges: bool) -> None:
         super().__init__()
+        ids = list(range(label_nc)) + [DONTCARE_ID] * int(contain_dontcare_label)
+        self.register_buffer("ids", torch.tensor(ids, dtype=torch.float32).view(1, -1, 1, 1))
+        self.edges = edges
+
+    def forward(self, source: torch.Tensor) -> torch.Tensor:
+        x = (source == self.ids).float()
+        return torch.cat([x, instance_edges(source, torch.float32)], 1) if self.edges else x
+
+
+class ExportableGenerator(nn.Module):
+    """A frozen copy of G in one inference mode, in fp32 and contiguous memory, as ``source -> output``
+    (``encode``: what turns the source into G's input, e.g. :class:`LabelMapInput`)."""
+
+    def __init__(self, G: nn.Module, inference_mode: InferenceMode, encode: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        self.encode = encode
         G = copy.deepcopy(G).float().to(memory_format=torch.contiguous_format).eval()
         if inference_mode == "paper":
             if has_active_dropout(G):
@@ -59,7 +80,7 @@ class ExportableGenerator(nn.Module):
         self.eval()
 
     def forward(self, source: torch.Tensor) -> torch.Tensor:
-        return self.G(source)
+        return self.G(self.encode(source) if self.encode is not None else source)
 
 
 def config_digest(hparams: dict[str, Any]) -> str:
@@ -74,6 +95,21 @@ def check_sizes(size_multiple: int, min_size: int = 1) -> list[tuple[int, int, i
     odd = math.ceil(min_size / size_multiple)
     odd += 1 - odd % 2  # the smallest odd multiple not below the minimum
     return [(1, side, side), (2, side, 2 * side), (1, odd * size_multiple, (odd + 2) * size_multiple)]
+
+
+def check_inputs(shapes: list[tuple[int, int, int]], input_nc: int, labels: Optional[dict[str, Any]] = None,
+                 ) -> list[torch.Tensor]:
+    """Seeded inputs of ``shapes``: images in [-1, 1], or for a label-map model class ids in blocks of 4x4
+    pixels (regions and boundaries, as painted maps have), don't-care among them."""
+    gen = torch.Generator().manual_seed(0)
+    if not labels:
+        return [torch.rand(n, input_nc, h, w, generator=gen) * 2 - 1 for n, h, w in shapes]
+    ids = torch.tensor(labels["input_ids"], dtype=torch.float32)
+    inputs = []
+    for n, h, w in shapes:
+        blocks = ids[torch.randint(len(ids), (n, 1, -(-h // 4), -(-w // 4)), generator=gen)]
+        inputs.append(blocks.repeat_interleave(4, -2).repeat_interleave(4, -1)[..., :h, :w].contiguous())
+    return inputs
 
 
 def bytes_per_pixel(net: nn.Module, input_nc: int, size_multiple: int, min_size: int = 1) -> int:
@@ -175,8 +211,7 @@ def write_checked(net: ExportableGenerator, path: Path, fmt: str, contract: dict
     contract = {"format": fmt, **contract}
     input_nc, size_multiple = contract["input"]["channels"], contract["input"]["size_multiple"]
     shapes = check_sizes(size_multiple, contract["input"].get("min_size", size_multiple))
-    gen = torch.Generator().manual_seed(0)
-    inputs = [torch.rand(n, input_nc, h, w, generator=gen) * 2 - 1 for n, h, w in shapes]
+    inputs = check_inputs(shapes, input_nc, contract.get("labels"))
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -235,9 +270,9 @@ def generator_from_checkpoint(
     ckpt = load_checkpoint(ckpt_path)
     hparams = dict(ckpt.get("hyper_parameters") or {})
     model_class = resolve_model_class(hparams.get("_class_path", DEFAULT_MODEL))  # older checkpoints: pix2pix
-    if hparams.get("label_nc"):
-        raise ExportError(f"checkpoint {Path(ckpt_path).name} takes label maps ({hparams['label_nc']} classes): export "
-                          "and serve take image inputs only in this version; run it with `pix2pix-lit predict`")
+    if hparams.get("use_vae"):
+        raise ExportError(f"checkpoint {Path(ckpt_path).name} draws its style from a photo or a random code (use_vae): "
+                          "export and serve take label-only generators in this version; run it with `pix2pix-lit predict`")
     arch = {k: v for k, v in hparams.items() if k not in RUNTIME_OPTIONS and not k.startswith("_")}
     try:
         model = model_class(**arch, fid=False, kid=False, use_ema_for_eval=use_ema)
@@ -256,7 +291,12 @@ def generator_from_checkpoint(
     in_nc, out_nc = model.hparams.input_nc, model.hparams.output_nc
     if two_way and direction == "BtoA":
         in_nc, out_nc = out_nc, in_nc
-    net = ExportableGenerator(model.inference_net(direction), inference_mode)
+    labels, encode = None, None
+    if hparams.get("label_nc"):
+        labels = label_contract(hparams, data)
+        encode = LabelMapInput(hparams["label_nc"], labels["contain_dontcare_label"], labels["edges"] is not None)
+        in_nc = 1
+    net = ExportableGenerator(model.inference_net(direction), inference_mode, encode)
     contract = make_contract(
         in_nc, out_nc, model.size_multiple, inference_mode, min_size=model.min_size,
         bytes_per_pixel=bytes_per_pixel(net, in_nc, model.size_multiple, model.min_size),
@@ -266,9 +306,27 @@ def generator_from_checkpoint(
         direction=direction if two_way else data.get("direction", DIRECTIONS[0]),
         checkpoint=Path(ckpt_path).name,
         global_step=ckpt.get("global_step"), config_sha256=config_digest(hparams),
-        data={k: data.get(k) for k in ("preprocess", "load_size", "crop_size") if k in data},
+        data={k: data.get(k) for k in ("preprocess", "load_size", "crop_size", "aspect_ratio") if k in data},
     )
+    if labels:
+        contract["labels"] = labels
+        contract["input"].update(values="class ids", value_range=[0, max(labels["input_ids"])])
     return net, contract
+
+
+def label_contract(hparams: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """What a caller of a label-map generator must know: the classes (id as the dataset's maps store it, name,
+    colour), the ids the file's input takes, and how the edge channel is made."""
+    label_nc, dontcare = int(hparams["label_nc"]), bool(hparams.get("contain_dontcare_label"))
+    layout = data.get("layout")
+    return {
+        "label_nc": label_nc, "contain_dontcare_label": dontcare, "layout": layout,
+        # the stored maps' ids: ADE20K's are the class + 1 (0: unlabelled); the file takes class ids, 255 don't care
+        "stored_ids": "ade20k" if layout == "ade20k" else "class ids",
+        "input_ids": list(range(label_nc)) + [DONTCARE_ID] * int(dontcare),
+        "edges": None if hparams.get("no_instance") else "class boundaries (trained on instance boundaries)",
+        "classes": label_classes(label_nc, dontcare, layout, data.get("class_names")),
+    }
 
 
 def make_contract(input_nc: int, output_nc: int, size_multiple: int, inference_mode: str, min_size: Optional[int] = None,
@@ -324,8 +382,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return e.exit_code
     diffs = ", ".join(f"{'x'.join(map(str, s))}: {d:.1e}" for s, d in
                       zip(contract["parity"]["shapes"], contract["parity"]["max_abs_diff"]))
-    print(f"wrote {path} ({args.format}, {contract['generator']}, {args.inference_mode} mode, "
-          f"input {contract['input']['channels']} channels, "
+    takes = (f"class ids of {contract['labels']['label_nc']} classes" if contract.get("labels") else
+             f"{contract['input']['channels']} channels")
+    print(f"wrote {path} ({args.format}, {contract['generator']}, {args.inference_mode} mode, input {takes}, "
           f"sides multiples of {contract['input']['size_multiple']}); max |exported - PyTorch| {diffs}")
     return 0
 

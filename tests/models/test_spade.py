@@ -143,15 +143,3 @@ def test_vae_trains_the_encoder_and_validation_takes_each_photos_style(tmp_path)
     same = model.generate(labels, z=z)
     assert torch.equal(same, model.generate(labels, z=z))
     assert not torch.allclose(same, model.generate(labels, z=z + 1.0))
-
-
-def test_export_of_a_label_map_model_is_refused_in_one_line(tmp_path):
-    from pix2pix_lit.serving.export import ExportError, export_checkpoint
-
-    model = SPADE(**TINY)
-    path = tmp_path / "spade.ckpt"
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": {**model.hparams,
-                "_class_path": "pix2pix_lit.models.spade.SPADE"}}, path)
-    with pytest.raises(ExportError, match="spade.ckpt takes label maps \\(5 classes\\): export and serve take image"):
-        export_checkpoint(str(path), "onnx", str(tmp_path / "g.onnx"))
-    assert not (tmp_path / "g.onnx").exists()
