@@ -47,9 +47,26 @@ class SPADE(nn.Module):
         self.mlp_beta = nn.Conv2d(SPADE_HIDDEN, channels, kernel_size, padding=pad)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.modulate(x, self.mlp_shared(F.interpolate(labels, size=x.shape[-2:], mode="nearest")))
+
+    def modulate(self, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """``norm(x) * (1 + gamma) + beta`` from the shared layer's output ``hidden``. gamma and beta read the same
+        input, so they run as one convolution with both weights (the same arithmetic; one larger convolution is
+        faster than two on CPU, experiments/RESULTS.md)."""
         normalized = self.param_free_norm(x)
-        hidden = self.mlp_shared(F.interpolate(labels, size=x.shape[-2:], mode="nearest"))
-        return normalized * (1 + self.mlp_gamma(hidden)) + self.mlp_beta(hidden)
+        g, b = self.mlp_gamma, self.mlp_beta
+        gamma, beta = F.conv2d(hidden, torch.cat([g.weight, b.weight]), torch.cat([g.bias, b.bias]),
+                               padding=g.padding).chunk(2, 1)
+        return normalized * (1 + gamma) + beta
+
+
+def shared_hidden(norms: list[SPADE], labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each SPADE's shared layer (conv + ReLU) on the same resized label map, as one convolution with all their
+    weights: the same arithmetic in one larger convolution (see :meth:`SPADE.modulate`)."""
+    convs = [n.mlp_shared[0] for n in norms]
+    out = F.conv2d(labels, torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs]),
+                   padding=convs[0].padding)
+    return F.relu(out).chunk(len(convs), 1)
 
 
 class SPADEResnetBlock(nn.Module):
@@ -70,9 +87,13 @@ class SPADEResnetBlock(nn.Module):
             self.norm_s = SPADE(fin, label_nc, norm)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        shortcut = self.conv_s(self.norm_s(x, labels)) if self.learned_shortcut else x
-        dx = self.conv_0(F.leaky_relu(self.norm_0(x, labels), 0.2))
-        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, labels), 0.2))
+        # every SPADE of the block works at x's size: the label map is resized once, their shared layers run as one
+        labels = F.interpolate(labels, size=x.shape[-2:], mode="nearest")
+        norms = [self.norm_0, self.norm_1] + ([self.norm_s] if self.learned_shortcut else [])
+        hidden = shared_hidden(norms, labels)
+        shortcut = self.conv_s(self.norm_s.modulate(x, hidden[2])) if self.learned_shortcut else x
+        dx = self.conv_0(F.leaky_relu(self.norm_0.modulate(x, hidden[0]), 0.2))
+        dx = self.conv_1(F.leaky_relu(self.norm_1.modulate(dx, hidden[1]), 0.2))
         return shortcut + dx
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pix2pix_lit.nets.spade import SPADE, ConvEncoder, SPADEGenerator, kl_divergence, spade_discriminator
+from pix2pix_lit.nets.spade import SPADE, ConvEncoder, SPADEGenerator, SPADEResnetBlock, kl_divergence, spade_discriminator
 
 
 def n_params(m: nn.Module) -> int:
@@ -46,6 +46,36 @@ def test_spade_norm_equals_a_hand_computation():
     class1 = np.repeat(np.repeat(labels[:, 1:], 2, 2), 2, 3)
     want = normed * (1 + 2 * class0) + 3 * class1
     assert np.allclose(out, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("fin,fout", [(8, 8), (8, 4)], ids=["same-width", "learned-shortcut"])
+def test_resnet_block_equals_its_layers_one_after_another(fin, fout):
+    """The block runs its SPADEs' convolutions fused (one for the shared layers, one per gamma/beta pair): its
+    output and every gradient equal the official composition of the layers, each SPADE on its own."""
+    torch.manual_seed(0)
+    block = SPADEResnetBlock(fin, fout, label_nc=3, norm="batch")
+    x = torch.randn(2, fin, 8, 12)
+    labels = nn.functional.one_hot(torch.randint(0, 3, (2, 4, 6)), 3).permute(0, 3, 1, 2).float()
+
+    def layer_by_layer(x):
+        act = lambda t: nn.functional.leaky_relu(t, 0.2)  # noqa: E731
+        shortcut = block.conv_s(block.norm_s(x, labels)) if block.learned_shortcut else x
+        return shortcut + block.conv_1(act(block.norm_1(block.conv_0(act(block.norm_0(x, labels))), labels)))
+
+    results = []
+    for forward in (lambda x: block(x, labels), layer_by_layer):
+        torch.manual_seed(1)  # spectral norm's power iteration and batch statistics: the same start
+        state = {k: v.clone() for k, v in block.state_dict().items()}
+        block.zero_grad()
+        out = forward(x)
+        out.square().mean().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in block.named_parameters()}))
+        block.load_state_dict(state)
+    (fused, fused_grads), (plain, plain_grads) = results
+    assert torch.allclose(fused, plain, atol=1e-5)
+    assert fused_grads.keys() == plain_grads.keys()
+    for name in plain_grads:
+        assert torch.allclose(fused_grads[name], plain_grads[name], atol=1e-5), name
 
 
 def test_generator_sizes_and_grid():
