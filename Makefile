@@ -16,11 +16,13 @@ $(BIN)/pix2pix-lit: pyproject.toml
 train: install
 	$(BIN)/pix2pix-lit fit -c configs/quickstart.yaml
 
+# one worker per core (pytest-xdist), one file per worker at a time (module fixtures built once); tests/conftest.py
+# gives each worker one compute thread so they share the cores instead of oversubscribing them
 test: install
-	$(BIN)/python -m pytest -q -ra --durations=20
+	$(BIN)/python -m pytest -q -ra --durations=20 -n auto --dist loadfile
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist loadfile
 
 lint: install
 	$(BIN)/ruff check pix2pix_lit tests experiments

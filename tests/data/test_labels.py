@@ -14,6 +14,7 @@ from pix2pix_lit.data.labels import (
     colours_to_ids,
     encode_ids,
     instance_edges,
+    label_classes,
     load_palette,
     one_hot,
     palette,
@@ -175,6 +176,19 @@ def test_palette_conversion_both_ways(tmp_path, capsys):
     assert not (tmp_path / "ids2").exists()
     assert prepare(["labels", str(tmp_path / "colour"), str(tmp_path / "ids3"), "--palette", "nope.json"]) == 2
     assert "--palette nope.json: not 'cityscapes' and not a readable file" in capsys.readouterr().err
+
+
+def test_the_classes_a_served_model_lists(tmp_path):
+    """The brushes of the paint page: ids as each layout stores them, names and colours of the dataset."""
+    cityscapes = label_classes(35, False, "cityscapes")
+    assert len(cityscapes) == 35 and cityscapes[7] == {"id": 7, "name": "road", "colour": [128, 64, 128]}
+    assert cityscapes[34]["name"] == "class 34"  # beyond the named ids: a number
+    ade = label_classes(150, True, "ade20k", class_names=["wall", "building"])
+    assert ade[0] == {"id": 1, "name": "wall", "colour": palette()[0].tolist()} and ade[2]["name"] == "class 2"
+    assert ade[-1] == {"id": 0, "name": "unlabelled", "colour": [224, 224, 192]}  # stored 0, the VOC "void" colour
+    assert label_classes(2, True)[-1]["id"] == 255
+    with pytest.raises(ConfigError, match="data.class_names has 3 names but data.label_nc=2 classes"):
+        PairedDataModule(str(tmp_path), layout="folders", label_nc=2, class_names=["a", "b", "c"])
 
 
 def test_label_maps_are_the_source(tmp_path):
