@@ -7,7 +7,7 @@
   against the model's direction (a pix2pix generator translates one way).
 - ``GET /health``: status (200 ``ok``, 503 while the batching loop is down), the model's contract, the
   limits in force and batching counts. ``GET /``: the drawing page (for a model of label maps, the page that
-  paints with its classes).
+  paints with its classes), with ``GET /translate.js``, the request both pages make.
 - Errors are JSON ``{"error": ..., "status": N}``: 400 not an image / truncated / wrong direction (and a
   ``Host`` header that is not allowed, plain text), 405 wrong method, 413 too many bytes or pixels, 415 not
   PNG/JPEG/MPO/WebP, 500 the model failed on the input, 503 the service is full (``Retry-After`` says when to
@@ -220,6 +220,11 @@ def create_app(
         # a model of label maps gets the paint-with-labels page (a brush per class), the others the drawing page
         name = "paint_labels.html" if generator.labels else "page.html"
         return resources.files("pix2pix_lit.serving").joinpath(name).read_text()
+
+    @app.get("/translate.js")
+    async def page_script() -> Response:  # what both pages share: the request and showing its answer
+        script = resources.files("pix2pix_lit.serving").joinpath("translate.js").read_text()
+        return Response(script, media_type="text/javascript")
 
     @app.post("/v1/translate")
     async def translate(request: Request, direction: Optional[str] = None) -> Response:
