@@ -4,7 +4,8 @@ FID, KID, SSIM, PSNR and L1 between two folders whose images are matched by name
 without extension), with the same implementation and Inception weights as validation and test
 (:class:`pix2pix_lit.metrics.ImageQualityMetrics`): the official ``test.py`` results, another
 framework's, or our own ``predict`` outputs all land on one scale. Inception Score only with the
-original torch-fidelity weights (the offline converted weights have no classifier layer).
+original torch-fidelity weights (the offline converted weights have no classifier layer). LPIPS with
+a backbone the user brings (``--lpips_weights``, :mod:`pix2pix_lit.lpips`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from PIL import Image
@@ -24,6 +25,9 @@ from pix2pix_lit.data.datasets import match_pairs
 from pix2pix_lit.data.io import check_decodable, load_image, to_tensor, write_text_atomic
 from pix2pix_lit.errors import ConfigError, InceptionWeightsError, Pix2PixLitError
 from pix2pix_lit.metrics import ImageQualityMetrics, find_inception_weights, load_inception
+
+if TYPE_CHECKING:
+    from pix2pix_lit.lpips import LPIPS
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +43,10 @@ def _read(path: Path, size: Optional[int]) -> torch.Tensor:
 def evaluate_folders(
     fake_dir: Path, real_dir: Path, size: Optional[int] = None, batch_size: int = 16, fid: bool = True,
     kid: bool = True, kid_subset_size: int = 1000, inception_weights: Optional[str] = None, fake_suffix: str = "",
-    real_suffix: str = "",
+    real_suffix: str = "", lpips: Optional["LPIPS"] = None,
 ) -> dict[str, Any]:
-    """Metrics of the images in ``fake_dir`` against their namesakes in ``real_dir`` (see module doc)."""
+    """Metrics of the images in ``fake_dir`` against their namesakes in ``real_dir`` (see module doc); with
+    ``lpips``, LPIPS too."""
     if size is not None and size < 8:
         raise ConfigError(f"--size {size} is too small; give the side in pixels images are resized to (e.g. 256)")
     if batch_size < 1 or kid_subset_size < 2:
@@ -57,7 +62,10 @@ def evaluate_folders(
 
     def flush() -> None:
         if batch:
-            metrics.update(torch.stack([f for f, _ in batch]), torch.stack([r for _, r in batch]))
+            fakes, reals = torch.stack([f for f, _ in batch]), torch.stack([r for _, r in batch])
+            metrics.update(fakes, reals)
+            if lpips is not None:
+                lpips.update(fakes, reals)
             batch.clear()
 
     for name, fake_path, real_path in pairs:
@@ -74,6 +82,11 @@ def evaluate_folders(
             flush()
     flush()
     values = {k: float(v) for k, v in metrics.compute().items()}
+    protocol = {}
+    if lpips is not None:
+        values["lpips"] = float(lpips.compute())
+        protocol["lpips"] = {"implementation": "torchmetrics LPIPS (its linear heads), images in [-1, 1]",
+                             "net": lpips.net_name, "backbone_sha256": lpips.weights_sha256}
     return {
         "fake_dir": str(fake_dir), "real_dir": str(real_dir), "num_images": len(pairs), "size": size,
         "metrics": values,
@@ -81,6 +94,7 @@ def evaluate_folders(
             "ssim_psnr": "images in [0, 1], data_range 1, PSNR the mean of per-image PSNR",
             "fid_implementation": "torch-fidelity InceptionV3 (TF inception-2015-12-05), 2048-d pool, 8-bit images",
             "kid_subset_size": metrics.kid.subset_size if metrics.kid is not None else None,
+            **protocol,
         },
     }
 
@@ -132,14 +146,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--no-kid", action="store_true")
     parser.add_argument("--isc", action="store_true", help="also the Inception Score (needs the original weights)")
     parser.add_argument("--inception-weights", default=None, help="path of the FID Inception weights (else looked up)")
+    parser.add_argument("--lpips_weights", default=None,
+                        help="also LPIPS, on this local torchvision state dict of its backbone (AlexNet, or VGG-16 with "
+                        "--lpips_net vgg; ImageNet weights cannot be downloaded here)")
+    parser.add_argument("--lpips_net", default="alex", choices=("alex", "vgg"), help="LPIPS's backbone (default alex)")
+    parser.add_argument("--lpips_sha256", default=None, help="the expected sha256 of --lpips_weights (checked)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         # checked first: a missing classifier layer should not cost the whole evaluation
         isc_weights = inception_score_weights(args.inception_weights) if args.isc else None
+        lpips = None
+        if args.lpips_weights is not None:
+            from pix2pix_lit.lpips import LPIPS
+
+            lpips = LPIPS(args.lpips_weights, args.lpips_net, args.lpips_sha256)
         result = evaluate_folders(
             args.fake_dir, args.real_dir, args.size, args.batch_size, not args.no_fid, not args.no_kid,
-            args.kid_subset_size, args.inception_weights, args.fake_suffix, args.real_suffix,
+            args.kid_subset_size, args.inception_weights, args.fake_suffix, args.real_suffix, lpips,
         )
         if isc_weights is not None:
             result["metrics"].update(inception_score(args.fake_dir, isc_weights))

@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pix2pix_lit.errors import check_choice
+from pix2pix_lit.weights import load_features
 
 GANMode = Literal["vanilla", "lsgan", "hinge", "wgangp"]
 GAN_MODES = get_args(GANMode)
@@ -100,7 +101,7 @@ class VGGLoss(nn.Module):
         from torchvision.models.vgg import cfgs, make_layers
 
         features = make_layers(cfgs["E"])[: VGG_SLICES[-1]]  # torchvision's vgg19().features, without its classifier
-        state = load_vgg19_features(weights, sha256, features.state_dict())
+        state = load_features(weights, features.state_dict(), "model.vgg_weights", "VGG-19", VGG19_SOURCE, sha256)
         features.load_state_dict(state)
         self.slices = nn.ModuleList(features[a:b] for a, b in zip((0, *VGG_SLICES[:-1]), VGG_SLICES))
         self.requires_grad_(False).eval()
@@ -115,37 +116,3 @@ class VGGLoss(nn.Module):
             x, y = part(x), part(y)
             loss = loss + weight * F.l1_loss(x, y.detach())
         return loss
-
-
-def load_vgg19_features(path: str, sha256: Optional[str], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The ``features.*`` tensors of a VGG-19 state dict file, named as ``expected`` (``0.weight`` ...), checked."""
-    import hashlib
-    from pathlib import Path
-
-    from pix2pix_lit.errors import ConfigError
-
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"model.vgg_weights={path} does not exist; it must be {VGG19_SOURCE}")
-    if sha256:
-        digest = hashlib.sha256(file.read_bytes()).hexdigest()
-        if digest != sha256.lower():
-            raise ConfigError(f"model.vgg_weights={path} has sha256 {digest[:16]}..., not the expected "
-                              f"{sha256[:16]}...; the file is another network or damaged")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same one-line error
-        raise ConfigError(f"model.vgg_weights={path} is not a PyTorch state dict ({type(e).__name__}); it must be "
-                          f"{VGG19_SOURCE}") from None
-    if not isinstance(state, dict):
-        raise ConfigError(f"model.vgg_weights={path} holds a {type(state).__name__}, not a state dict; it must be "
-                          f"{VGG19_SOURCE}")
-    state = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
-    picked = {k: state.get(k) for k in expected}
-    wrong = [k for k, v in picked.items() if not isinstance(v, torch.Tensor) or v.shape != expected[k].shape]
-    if wrong:
-        k = wrong[0]
-        got = tuple(picked[k].shape) if isinstance(picked[k], torch.Tensor) else "missing"
-        raise ConfigError(f"model.vgg_weights={path} is not VGG-19: features.{k} is {got}, expected "
-                          f"{tuple(expected[k].shape)}; it must be {VGG19_SOURCE}")
-    return picked
