@@ -204,3 +204,27 @@ def test_paint_with_labels_page_in_a_real_browser(label_server, tmp_path):
         page.screenshot(path=str(tmp_path / "paint.png"))
         browser.close()
     assert (tmp_path / "paint.png").stat().st_size > 3000
+
+
+def test_a_checkpoint_serves_label_maps_as_its_export_does(label_server):
+    """``serve --ckpt_path`` (the PyTorch generator) answers what the exported file answers, and refuses
+    ``--preprocess edges`` (it makes images) in one line."""
+    from starlette.testclient import TestClient
+
+    from pix2pix_lit.errors import ConfigError
+    from pix2pix_lit.serving.app import Limits, create_app
+    from pix2pix_lit.serving.engine import Generator
+
+    url, _, tmp = label_server
+    generator = Generator.load(ckpt_path=str(tmp / "labels.ckpt"))
+    assert generator.labels["label_nc"] == 5
+    body = png_bytes(Image.fromarray(painted_map(50, 38, seed=3)))
+    with TestClient(create_app(generator, Limits(memory_budget_mb=256))) as client:
+        page = client.get("/")
+        assert "Paint with labels" in page.text and client.get("/translate.js").status_code == 200
+        served = client.post("/v1/translate", content=body, headers={"Content-Type": "image/png"})
+    assert served.status_code == 200
+    from_file = np.asarray(Image.open(io.BytesIO(post(url, body).content))).astype(int)
+    assert np.abs(np.asarray(Image.open(io.BytesIO(served.content))).astype(int) - from_file).max() <= 1
+    with pytest.raises(ConfigError, match="--preprocess edges makes images, but this model takes label maps"):
+        create_app(generator, preprocess="edges")
