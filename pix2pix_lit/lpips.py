@@ -53,7 +53,9 @@ class LPIPS(Metric):
                  for index, _ in part.named_children()}
         self.net.net.load_state_dict({f"{owner[k.split('.')[0]]}.{k}": v for k, v in state.items()
                                       if k.split(".")[0] in owner})
-        self.net_name, self.weights_sha256 = net, hashlib.sha256(Path(weights).read_bytes()).hexdigest()
+        # the backbone's digest for the report (read once: checked against ``sha256`` above when given)
+        self.net_name = net
+        self.weights_sha256 = sha256.lower() if sha256 else hashlib.sha256(Path(weights).read_bytes()).hexdigest()
         self.add_state("sum_scores", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 

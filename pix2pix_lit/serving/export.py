@@ -49,13 +49,18 @@ class LabelMapInput(nn.Module):
 
     def __init__(self, label_nc: int, contain_dontcare_label: bool, edges: bool) -> None:
         super().__init__()
-        ids = list(range(label_nc)) + [DONTCARE_ID] * int(contain_dontcare_label)
+        ids = input_ids(label_nc, contain_dontcare_label)
         self.register_buffer("ids", torch.tensor(ids, dtype=torch.float32).view(1, -1, 1, 1))
         self.edges = edges
 
     def forward(self, source: torch.Tensor) -> torch.Tensor:
         x = (source == self.ids).float()
         return torch.cat([x, instance_edges(source, torch.float32)], 1) if self.edges else x
+
+
+def input_ids(label_nc: int, contain_dontcare_label: bool) -> list[int]:
+    """The ids a label-map file takes, in the order of its one-hot channels: the classes, then don't-care."""
+    return list(range(label_nc)) + [DONTCARE_ID] * int(contain_dontcare_label)
 
 
 class ExportableGenerator(nn.Module):
@@ -323,7 +328,7 @@ def label_contract(hparams: dict[str, Any], data: dict[str, Any]) -> dict[str, A
         "label_nc": label_nc, "contain_dontcare_label": dontcare, "layout": layout,
         # the stored maps' ids: ADE20K's are the class + 1 (0: unlabelled); the file takes class ids, 255 don't care
         "stored_ids": "ade20k" if layout == "ade20k" else "class ids",
-        "input_ids": list(range(label_nc)) + [DONTCARE_ID] * int(dontcare),
+        "input_ids": input_ids(label_nc, dontcare),
         "edges": None if hparams.get("no_instance") else "class boundaries (trained on instance boundaries)",
         "classes": label_classes(label_nc, dontcare, layout, data.get("class_names")),
     }
