@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import torch
 import yaml
+import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -30,7 +31,7 @@ from pix2pix_lit.checkpoints import check_checkpoint_fits, load_checkpoint
 from pix2pix_lit.data import ImageDataModule
 from pix2pix_lit.errors import CheckpointError, ConfigError, Pix2PixLitError, find_in_chain
 from pix2pix_lit.loggers import LoggerSaveConfigCallback
-from pix2pix_lit.models import DEFAULT_MODEL, ImageTranslationModel, resolve_model_class
+from pix2pix_lit.models import DEFAULT_MODEL, resolve_model_class
 from pix2pix_lit.models.base import RUNTIME_OPTIONS
 from pix2pix_lit.modes import metric_mode
 from pix2pix_lit.precision import cpu_precision_fallback
@@ -304,8 +305,13 @@ class Pix2PixCLI(LightningCLI):
                 )
 
     def _default_monitor(self, cfg, model_args) -> None:
-        """``val/fid`` (the default) as the model logs it: ``val/fid_B`` for CycleGAN; SSIM when FID is off."""
+        """``val/fid`` (the default) as the model logs it: ``val/fid_B`` for CycleGAN; SSIM when FID is off; a
+        model that names its own (the Segmenter: ``val/miou``) gets that."""
         model_class = resolve_model_class(cfg.model.class_path)
+        own = getattr(model_class, "default_best_monitor", None)
+        if own:
+            cfg.best_checkpoint.monitor = own
+            return
         suffix = next(iter(model_class.metric_domains.values()))
         if model_args.get("fid", True):
             cfg.best_checkpoint.monitor = f"val/fid{suffix}"
@@ -370,7 +376,7 @@ def _remove_new_run_dir() -> None:
 def build_cli(args: Optional[list[str]], argv: list[str], run: bool = True) -> Pix2PixCLI:
     """The CLI as ``pix2pix-lit`` runs it: any model (``model.class_path``) and any data module."""
     return Pix2PixCLI(
-        ImageTranslationModel,
+        pl.LightningModule,  # any of MODEL_BASES (resolve_model_class refuses the rest in one line)
         ImageDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,

@@ -5,7 +5,9 @@ without extension), with the same implementation and Inception weights as valida
 (:class:`pix2pix_lit.metrics.ImageQualityMetrics`): the official ``test.py`` results, another
 framework's, or our own ``predict`` outputs all land on one scale. Inception Score only with the
 original torch-fidelity weights (the offline converted weights have no classifier layer). LPIPS with
-a backbone the user brings (``--lpips_weights``, :mod:`pix2pix_lit.lpips`).
+a backbone the user brings (``--lpips_weights``, :mod:`pix2pix_lit.lpips`). Segmentation scores (mIoU, pixel and
+class accuracy, per-class IoU) of the images against label maps of the same names (``--labels DIR --segmenter
+SEG``, :mod:`pix2pix_lit.segmentation`); REAL_DIR may then be left out.
 """
 
 from __future__ import annotations
@@ -127,6 +129,37 @@ def inception_score(fake_dir: Path, weights: Path) -> dict[str, float]:
     return {"isc_mean": float(out["inception_score_mean"]), "isc_std": float(out["inception_score_std"])}
 
 
+def _size(text: Optional[str]) -> Optional[tuple[int, int]]:
+    if text is None:
+        return None
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        w = h = 0
+    if w < 8 or h < 8:
+        raise ConfigError(f"--seg_size {text}: give WIDTHxHEIGHT in pixels, each >= 8 (e.g. 512x256)")
+    return w, h
+
+
+def _segmentation_scorer(args: argparse.Namespace):
+    """The scorer of --segmenter (None without --labels), with one-line errors for what is missing."""
+    if args.labels is None:
+        if args.segmenter is not None:
+            raise ConfigError("--segmenter scores FAKE_DIR against label maps: pass --labels LABEL_DIR too")
+        if args.real_dir is None:
+            raise ConfigError("give REAL_DIR (FID, KID, SSIM, PSNR, L1) or --labels LABEL_DIR --segmenter SEG, or both")
+        return None
+    if args.segmenter is None:
+        raise ConfigError("--labels needs --segmenter: a Segmenter checkpoint (pix2pix-lit fit -c "
+                          "configs/segmenter/...) or torchvision:NAME with --segmenter_weights")
+    if not args.labels.is_dir():
+        raise ConfigError(f"--labels {args.labels} is not a folder; pass the folder of label maps (PNG class ids)")
+    from pix2pix_lit.segmentation import load_scorer
+
+    _size(args.seg_size)
+    return load_scorer(args.segmenter, args.segmenter_weights, args.class_mapping)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="pix2pix-lit eval",
@@ -134,7 +167,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         "implementation and weights used in validation and test.",
     )
     parser.add_argument("fake_dir", type=Path, help="generated images (any method's outputs)")
-    parser.add_argument("real_dir", type=Path, help="real images; each generated image's namesake is its reference")
+    parser.add_argument("real_dir", type=Path, nargs="?", default=None,
+                        help="real images; each generated image's namesake is its reference (optional with --labels: "
+                        "then only the segmentation scores)")
     parser.add_argument("--size", type=int, default=None,
                         help="resize both images of every pair to SIZE x SIZE (PIL bicubic) first; default: as stored")
     parser.add_argument("--fake-suffix", default="", help="name ending stripped before matching, e.g. _fake_B.png")
@@ -151,28 +186,64 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "--lpips_net vgg; ImageNet weights cannot be downloaded here)")
     parser.add_argument("--lpips_net", default="alex", choices=("alex", "vgg"), help="LPIPS's backbone (default alex)")
     parser.add_argument("--lpips_sha256", default=None, help="the expected sha256 of --lpips_weights (checked)")
+    seg = parser.add_argument_group("segmentation scores (label -> photo models)")
+    seg.add_argument("--labels", type=Path, default=None,
+                     help="label maps (PNG class ids) named as FAKE_DIR's images: score FAKE_DIR's images with --segmenter")
+    seg.add_argument("--segmenter", default=None,
+                     help="a Segmenter checkpoint (pix2pix-lit fit -c configs/segmenter/...), or torchvision:NAME "
+                     "(e.g. torchvision:deeplabv3_resnet101) with --segmenter_weights")
+    seg.add_argument("--segmenter_weights", default=None, help="the local state dict of a torchvision:NAME segmenter")
+    seg.add_argument("--class_mapping", default=None, choices=("cityscapes_train_ids",),
+                     help="with torchvision:NAME: the label ids are Cityscapes label ids, scored as its 19 train ids")
+    seg.add_argument("--label_format", default="ids", choices=("ids", "ade20k"),
+                     help="how the label maps store classes: ids (as is; 255 ignored) or ade20k (0 ignored, class+1)")
+    seg.add_argument("--label-suffix", default="", help="label name ending stripped before matching, e.g. "
+                     "_gtFine_labelIds.png (--fake-suffix strips FAKE_DIR's)")
+    seg.add_argument("--seg_size", default=None, metavar="WxH",
+                     help="run the segmenter at WxH (labels resized nearest, images bicubic); default: each label "
+                     "map's own size, as the papers score")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        # checked first: a missing classifier layer should not cost the whole evaluation
+        # checked first: a missing classifier layer or segmenter should not cost the whole evaluation
         isc_weights = inception_score_weights(args.inception_weights) if args.isc else None
+        scorer = _segmentation_scorer(args)
         lpips = None
         if args.lpips_weights is not None:
             from pix2pix_lit.lpips import LPIPS
 
             lpips = LPIPS(args.lpips_weights, args.lpips_net, args.lpips_sha256)
-        result = evaluate_folders(
-            args.fake_dir, args.real_dir, args.size, args.batch_size, not args.no_fid, not args.no_kid,
-            args.kid_subset_size, args.inception_weights, args.fake_suffix, args.real_suffix, lpips,
-        )
+        if args.real_dir is not None:
+            result = evaluate_folders(
+                args.fake_dir, args.real_dir, args.size, args.batch_size, not args.no_fid, not args.no_kid,
+                args.kid_subset_size, args.inception_weights, args.fake_suffix, args.real_suffix, lpips,
+            )
+        else:
+            result = {"fake_dir": str(args.fake_dir), "metrics": {}, "protocol": {}}
         if isc_weights is not None:
             result["metrics"].update(inception_score(args.fake_dir, isc_weights))
+        if scorer is not None:
+            from pix2pix_lit.segmentation import score_folder
+
+            scores = score_folder(args.fake_dir, args.labels, scorer, args.label_format, _size(args.seg_size),
+                                  args.fake_suffix, args.label_suffix, args.batch_size)
+            result["metrics"].update(scores["metrics"])
+            result["per_class_iou"] = scores["per_class_iou"]
+            result["protocol"]["segmentation"] = scores["protocol"]
+            result.update(label_dir=str(args.labels), num_images=result.get("num_images", scores["num_images"]),
+                          num_labelled_images=scores["num_images"])
     except Pix2PixLitError as e:
         print(f"pix2pix-lit eval: error: {e}", file=sys.stderr)
         return e.exit_code
     for key, value in result["metrics"].items():
         print(f"{key:10s} {value:.6g}")
-    print(f"({result['num_images']} image pairs)")
+    if result.get("per_class_iou"):
+        print("per-class IoU: " + ", ".join(f"{k} {'-' if v is None else f'{v:.3f}'}"
+                                            for k, v in result["per_class_iou"].items()))
+    if args.real_dir is not None:
+        print(f"({result['num_images']} image pairs)")
+    if "num_labelled_images" in result:
+        print(f"({result['num_labelled_images']} images scored against their label maps)")
     if args.output is not None:
         write_text_atomic(args.output, json.dumps(result, indent=2) + "\n")
         print(f"written to {args.output}")

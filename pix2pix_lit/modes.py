@@ -16,13 +16,17 @@ SERVING_INFERENCE_MODE = "eval"
 
 # metrics where a larger value is better; every other metric logged here (FID, KID, MiFID, L1, losses) is
 # lower-is-better. One rule for the best checkpoint, the plateau LR policy and `compare`.
-HIGHER_IS_BETTER = ("ssim", "psnr")
+HIGHER_IS_BETTER = ("ssim", "psnr", "miou", "pixel_acc", "class_acc")
+# the suffix of a two-way model's metric names: which domain it scores
+DOMAIN_SUFFIXES = ("_A", "_B")
 
 
 def higher_is_better(metric: str) -> bool:
-    """``val/ssim``, ``test/psnr_A``: True; ``val/fid_B``, ``val/l1``, ``train/loss_G``: False."""
+    """``val/ssim``, ``test/psnr_A``, ``val/miou``: True; ``val/fid_B``, ``val/l1``, ``train/loss_G``: False."""
     name = metric.rsplit("/", 1)[-1]
-    return name.split("_")[0] in HIGHER_IS_BETTER
+    for suffix in DOMAIN_SUFFIXES:
+        name = name.removesuffix(suffix)
+    return name in HIGHER_IS_BETTER
 
 
 def metric_mode(metric: str) -> str:

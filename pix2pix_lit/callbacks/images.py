@@ -88,9 +88,10 @@ class ImageGridCallback(pl.Callback):
             grid = rows_grid(rows)
             if not trainer.is_global_zero:
                 continue
-            self.l1_history.append((split, trainer.global_step, l1))
-            for logger in trainer.loggers:
-                logger.log_metrics({f"samples/{split}_l1": l1}, step=trainer.global_step)
+            if l1 is not None:  # a segmenter's grid has no output to compare with a target
+                self.l1_history.append((split, trainer.global_step, l1))
+                for logger in trainer.loggers:
+                    logger.log_metrics({f"samples/{split}_l1": l1}, step=trainer.global_step)
             path = out_dir / f"{split}_{tag}_step{trainer.global_step:07d}.png"
             img = to_pil(grid)
             save_image_atomic(img, path)

@@ -56,14 +56,16 @@ class PredictionWriter(BasePredictionWriter):
 def evaluation_protocol(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
     """How the test numbers were made: split, preprocessing, inference mode, FID implementation."""
     h = pl_module.hparams
-    out: dict[str, Any] = {
-        "inference_mode": h.get("inference_mode"),
-        "inference_mode_means": {
-            "paper": "official test.py default (no --eval): dropout on, per-image batch-norm statistics",
-            "eval": "official --eval: dropout off, running batch-norm statistics",
-        }.get(h.get("inference_mode")),
-        "generator": getattr(pl_module, "inference_G_name", "G"),
-    }
+    out: dict[str, Any] = {}
+    if "inference_mode" in h:  # a generator (a Segmenter is scored in eval mode)
+        out.update({
+            "inference_mode": h.get("inference_mode"),
+            "inference_mode_means": {
+                "paper": "official test.py default (no --eval): dropout on, per-image batch-norm statistics",
+                "eval": "official --eval: dropout off, running batch-norm statistics",
+            }.get(h.get("inference_mode")),
+            "generator": getattr(pl_module, "inference_G_name", "G"),
+        })
     dm = trainer.datamodule
     if dm is not None and hasattr(dm, "eval_transform"):
         t = dm.eval_transform
@@ -74,6 +76,14 @@ def evaluation_protocol(trainer: pl.Trainer, pl_module: pl.LightningModule) -> d
         out["split_selected_checkpoint"] = out["split"] is not None and out["split"] == val_split
     if h.get("fid") or h.get("kid"):
         out["fid_implementation"] = "torch-fidelity InceptionV3 (TF inception-2015-12-05), 2048-d pool, 8-bit images"
+    from pix2pix_lit.models.segmenter import Segmenter
+
+    scorer = pl_module.__dict__.get("scorer")  # a generator scored with model.segmenter
+    if scorer is not None or isinstance(pl_module, Segmenter):
+        about = scorer.about if scorer is not None else {"segmenter": type(pl_module).__name__, "arch": h.get("arch")}
+        mapping = scorer.class_mapping if scorer is not None else h.get("class_mapping")
+        out["segmentation"] = {**about, "class_mapping": mapping or "label ids as stored", "ignore_index": 255,
+                               "resolution": "the evaluated label maps' (the data's crop_size)"}
     return out
 
 
@@ -123,6 +133,8 @@ class TestReport(pl.Callback):
             "metrics": {k.split("/", 1)[-1]: v for k, v in results.items()},
             "protocol": evaluation_protocol(trainer, pl_module),
         }
+        if getattr(pl_module, "test_per_class_iou", None):
+            report["per_class_iou"] = pl_module.test_per_class_iou
         write_text_atomic(out / "metrics.json", json.dumps(report, indent=2) + "\n")
         buf = io.StringIO()
         fields = [f for f in ("name", "direction", "ssim", "psnr") if any(r.get(f) is not None for r in rows)]

@@ -324,6 +324,13 @@ CITYSCAPES = (
 )
 
 
+# Cityscapes' train ids (cityscapesScripts' labels.py, the ``trainId`` column) of the label ids 0..33 above: the 19
+# classes every Cityscapes segmentation score is computed over; the others (255) are left out of the evaluation.
+CITYSCAPES_TRAIN_IDS = (255, 255, 255, 255, 255, 255, 255, 0, 1, 255, 255, 2, 3, 4, 255, 255, 255, 5, 255, 6, 7, 8, 9,
+                        10, 11, 12, 13, 14, 15, 255, 255, 16, 17, 18)
+CITYSCAPES_TRAIN_CLASSES = tuple(name for (name, _), t in zip(CITYSCAPES, CITYSCAPES_TRAIN_IDS) if t != 255)
+
+
 def label_classes(label_nc: int, contain_dontcare_label: bool, layout: Optional[str] = None,
                   class_names: Optional[list[str]] = None) -> list[dict[str, Any]]:
     """Each class of a label-map dataset as ``{"id", "name", "colour"}``: ``id`` as its maps store it (ADE20K:

@@ -3,16 +3,21 @@
 from pix2pix_lit.models.base import ImageTranslationModel
 from pix2pix_lit.models.cyclegan import CycleGAN
 from pix2pix_lit.models.pix2pix import Pix2Pix
+from pix2pix_lit.models.segmenter import Segmenter
 from pix2pix_lit.models.spade import SPADE
 
-__all__ = ["DEFAULT_MODEL", "SPADE", "CycleGAN", "ImageTranslationModel", "Pix2Pix", "resolve_model_class"]
+__all__ = ["DEFAULT_MODEL", "MODEL_BASES", "SPADE", "CycleGAN", "ImageTranslationModel", "Pix2Pix", "Segmenter",
+           "resolve_model_class"]
 
 # checkpoints from before the models/ layer name no class: they are pix2pix
 DEFAULT_MODEL = "pix2pix_lit.models.Pix2Pix"
+# what the CLI trains: the image-translation GANs, and the segmenter that scores their label -> photo outputs
+MODEL_BASES = (ImageTranslationModel, Segmenter)
 
 
 def resolve_model_class(path: str) -> type:
-    """The model class of a ``class_path`` (a full import path, or a class name in ``pix2pix_lit.models``)."""
+    """The model class of a ``class_path`` (a full import path, or a class name in ``pix2pix_lit.models``): an
+    image-translation model or a Segmenter."""
     import importlib
 
     from pix2pix_lit.errors import ConfigError
@@ -22,7 +27,7 @@ def resolve_model_class(path: str) -> type:
         model_class = getattr(importlib.import_module(module or "pix2pix_lit.models"), name)
     except (ImportError, AttributeError, ValueError):
         model_class = None
-    if not (isinstance(model_class, type) and issubclass(model_class, ImageTranslationModel)):
+    if not (isinstance(model_class, type) and issubclass(model_class, MODEL_BASES)):
         raise ConfigError(f"model class {path!r} is not an image-translation model of pix2pix-lit; use e.g. "
-                          "pix2pix_lit.models.Pix2Pix, CycleGAN or SPADE")
+                          "pix2pix_lit.models.Pix2Pix, CycleGAN, SPADE (or Segmenter, to score label -> photo models)")
     return model_class

@@ -30,6 +30,7 @@ from pix2pix_lit.modes import INFERENCE_MODES, InferenceMode
 from pix2pix_lit.nets.norm import plain_batch_norms
 from pix2pix_lit.optim import LR_POLICIES, Adam, make_scheduler
 from pix2pix_lit.precision import cpu_precision_fallback, is_16bit
+from pix2pix_lit.segmentation import check_scorer_spec
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 RUNTIME_OPTIONS = (
     "inference_mode", "predict_fit", "predict_size", "predict_direction", "channels_last", "compile", "fid", "kid",
     "mifid", "mifid_eps", "inception_weights", "kid_subset_size", "max_nonfinite_steps", "use_ema_for_eval",
-    "vgg_weights", "vgg_sha256",
+    "vgg_weights", "vgg_sha256", "segmenter", "segmenter_weights",
 )
 
 
@@ -74,6 +75,9 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
         channels_last: NHWC memory format. ``null``: on with 16-bit/bf16 precision and on GPUs, off for fp32 on CPU.
         compile: ``torch.compile`` the networks.
         fid, kid, mifid, mifid_eps, inception_weights, kid_subset_size: metric settings (``pix2pix_lit.metrics``).
+        segmenter, segmenter_weights: label-map sources only: also score the generated photos with this segmenter
+            (a Segmenter checkpoint, or ``torchvision:NAME`` with its local state dict) against their label maps:
+            ``val/miou``, ``val/pixel_acc``, ``val/class_acc`` (``pix2pix_lit.segmentation``).
         max_nonfinite_steps: stop after this many consecutive batches with NaN/Inf losses (they are skipped).
         ema_decay, ema_warmup: an exponential moving average of each generator (``<name>_ema``), updated after
             every generator step (``null``: none, as the official code). use_ema_for_eval: evaluate/predict/export it.
@@ -115,6 +119,8 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
         label_nc: int = 0,
         contain_dontcare_label: bool = False,
         no_instance: bool = False,
+        segmenter: Optional[str] = None,
+        segmenter_weights: Optional[str] = None,
     ) -> None:
         super().__init__()
         if label_nc < 0:
@@ -131,6 +137,12 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
                               "computed on the Inception features KID keeps)")
         if not 0.0 < mifid_eps <= 1.0:
             raise ConfigError(f"model.mifid_eps={mifid_eps} must be in (0, 1] (Kaggle's threshold is 0.1)")
+        if segmenter is not None:
+            if label_nc == 0 or self.data_kind != "paired":
+                raise ConfigError("model.segmenter scores generated photos against the label maps they were made from: "
+                                  "it needs paired label-map data (data.label_nc > 0); for other outputs use "
+                                  "pix2pix-lit eval FAKE_DIR --labels LABEL_DIR --segmenter SEG")
+            check_scorer_spec(segmenter, segmenter_weights, "model.segmenter")
         # the subclass's own arguments are collected too (Lightning walks the __init__ frames)
         self.save_hyperparameters(logger=False)
         self.automatic_optimization = False
@@ -180,6 +192,7 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
                 rank_zero_warn("synchronised batch norm runs only between GPU processes: on these CPU processes each "
                                "normalises with its own batch (norm syncbatch -> batch)")
         self._attach_inception(stage)  # loaded now: a bad weights file stops the run before training
+        self.make_segmentation_scores()
         self.use_channels_last = self._resolve_channels_last()
         fmt = torch.channels_last if self.use_channels_last else torch.contiguous_format
         for net in self.networks():

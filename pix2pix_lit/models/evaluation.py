@@ -19,6 +19,14 @@ from pix2pix_lit.errors import ConfigError
 from pix2pix_lit.lightning_internals import end_validation_workers
 from pix2pix_lit.metrics import ImageQualityMetrics, find_inception_weights, load_inception
 from pix2pix_lit.precision import EvalPassWeights
+from pix2pix_lit.segmentation import (
+    SCALAR_SCORES,
+    SegmentationScores,
+    class_targets,
+    load_scorer,
+    num_classes_for,
+    per_class_table,
+)
 
 STAGES = ("val", "test")
 
@@ -41,6 +49,8 @@ class Evaluation(pl.LightningModule):
             for stage in STAGES
         })
         self._inception_attached = False  # the FID Inception is set on the metrics (see _attach_inception)
+        self.segmentation_scores: Optional[nn.ModuleDict] = None  # with model.segmenter (make_segmentation_scores)
+        self.test_per_class_iou: dict[str, Optional[float]] = {}
         self.eval_pass_weights = EvalPassWeights()
         self.test_results: dict[str, float] = {}
 
@@ -68,6 +78,39 @@ class Evaluation(pl.LightningModule):
             for m in stage_metrics.values():
                 m.set_extractor(None)
         self._inception_attached = False
+
+    # -- segmentation scores (model.segmenter) -----------------------------------------------------------------
+    def make_segmentation_scores(self) -> None:
+        """With ``model.segmenter``: load the scorer (not a submodule: checkpoints of this model never hold it) and
+        a :class:`~pix2pix_lit.segmentation.SegmentationScores` per stage."""
+        h = self.hparams
+        if not h.get("segmenter") or self.segmentation_scores is not None:
+            return
+        scorer = load_scorer(h.segmenter, h.segmenter_weights, option="model.segmenter")
+        if scorer.class_mapping is None and scorer.num_classes != h.label_nc:
+            raise ConfigError(f"model.segmenter {h.segmenter} predicts {scorer.num_classes} classes but the label maps "
+                              f"have data.label_nc={h.label_nc}; use a segmenter trained on this data")
+        num_classes_for(h.label_nc, scorer.class_mapping)  # Cityscapes' train ids need Cityscapes' label ids
+        self.__dict__["scorer"] = scorer
+        self.segmentation_scores = nn.ModuleDict({stage: SegmentationScores(scorer.num_classes) for stage in STAGES})
+
+    def _score_segmentation(self, stage: str, outputs: dict[str, Any], batch: dict[str, Any]) -> None:
+        scorer = self.__dict__.get("scorer")
+        if scorer is None or self.segmentation_scores is None:
+            return
+        net = scorer.net.to(self.device)
+        h = self.hparams
+        truth = class_targets(batch["source"], h.label_nc, h.contain_dontcare_label, scorer.class_mapping)
+        self.segmentation_scores[stage].update(net.predict(outputs["fake"]), truth)
+
+    def _segmentation_epoch_end(self, stage: str) -> dict[str, torch.Tensor]:
+        if self.segmentation_scores is None:
+            return {}
+        values = self.segmentation_scores[stage].compute()
+        self.segmentation_scores[stage].reset()
+        if stage == "test":
+            self.test_per_class_iou = per_class_table(values["iou"], self.__dict__["scorer"].class_names)
+        return {f"{stage}/{k}": values[k] for k in SCALAR_SCORES}
 
     def prepare_data(self) -> None:
         # Lightning calls this before it starts the loggers: missing FID weights stop the run before a
@@ -114,12 +157,15 @@ class Evaluation(pl.LightningModule):
         if self.trainer.sanity_checking and not self._scores_before_training():
             for m in metrics.values():
                 m.reset()
+            if self.segmentation_scores is not None:
+                self.segmentation_scores[prefix].reset()
             return {}
         out = {}
         for domain, m in metrics.items():
             values = m.compute()
             m.reset()
             out.update({f"{prefix}/{k}{self.metric_domains[domain]}": v.float() for k, v in values.items()})
+        out.update(self._segmentation_epoch_end(prefix))
         if self.trainer.sanity_checking:  # Lightning drops what is logged in the sanity check: to the loggers
             for logger in self.trainer.loggers if self.trainer.is_global_zero else []:
                 logger.log_metrics({k: float(v) for k, v in out.items()}, step=0)
@@ -180,7 +226,9 @@ class Evaluation(pl.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         # a partial sanity check only runs the networks
         scored = not self.trainer.sanity_checking or self._scores_before_training()
-        self.evaluate_batch(batch, self.eval_metrics["val"] if scored else None, dataloader_idx)
+        outputs = self.evaluate_batch(batch, self.eval_metrics["val"] if scored else None, dataloader_idx)
+        if scored:
+            self._score_segmentation("val", outputs, batch)
 
     def on_validation_epoch_end(self) -> None:
         self._end_eval_pass()
@@ -195,7 +243,9 @@ class Evaluation(pl.LightningModule):
             end_validation_workers(self.trainer)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        return self.evaluate_batch(batch, self.eval_metrics["test"], dataloader_idx)
+        outputs = self.evaluate_batch(batch, self.eval_metrics["test"], dataloader_idx)
+        self._score_segmentation("test", outputs, batch)
+        return outputs
 
     def on_test_epoch_end(self) -> None:
         self._end_eval_pass()

@@ -267,7 +267,7 @@ def generator_from_checkpoint(
     the generator of a two-way model (CycleGAN: AtoB = G_A, BtoA = G_B); pix2pix has one.
     """
     from pix2pix_lit.checkpoints import load_checkpoint
-    from pix2pix_lit.models import DEFAULT_MODEL, resolve_model_class
+    from pix2pix_lit.models import DEFAULT_MODEL, ImageTranslationModel, resolve_model_class
     from pix2pix_lit.models.base import RUNTIME_OPTIONS
 
     if direction not in DIRECTIONS:
@@ -275,6 +275,9 @@ def generator_from_checkpoint(
     ckpt = load_checkpoint(ckpt_path)
     hparams = dict(ckpt.get("hyper_parameters") or {})
     model_class = resolve_model_class(hparams.get("_class_path", DEFAULT_MODEL))  # older checkpoints: pix2pix
+    if not issubclass(model_class, ImageTranslationModel):
+        raise ExportError(f"checkpoint {Path(ckpt_path).name} holds a {model_class.__name__}, which scores photos "
+                          "(pix2pix-lit eval --segmenter); export and serve take generators")
     if hparams.get("use_vae"):
         raise ExportError(f"checkpoint {Path(ckpt_path).name} draws its style from a photo or a random code (use_vae): "
                           "export and serve take label-only generators in this version; run it with `pix2pix-lit predict`")

@@ -1,0 +1,191 @@
+"""The segmenter that scores generated photos: a torchvision segmentation network trained on the *real* photos ->
+label maps of the user's own dataset, by the same CLI as every model (tracking, resume, DDP, precision).
+
+No machine here can download a published segmenter, and the papers' scorers are not released in a form anyone can
+run (SPADE's, the pix2pix paper's Caffe FCN), so the framework trains its own: ``pix2pix-lit fit -c
+configs/segmenter/cityscapes.yaml``. Its checkpoint then scores photos: ``pix2pix-lit eval FAKE_DIR --labels
+LABEL_DIR --segmenter SEG.ckpt`` and ``model.segmenter: SEG.ckpt`` during any label -> photo training
+(:mod:`pix2pix_lit.segmentation`).
+
+One training step reads as the torchvision reference recipe (``references/segmentation/train.py``): per-pixel
+cross-entropy on the output, plus half of it on the auxiliary head, SGD with momentum and weight decay, the
+learning rate decaying polynomially (power 0.9) to zero over the run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+import lightning.pytorch as pl
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pix2pix_lit.checkpoints import collect_rng_states, set_rng_states
+from pix2pix_lit.data.labels import colorize
+from pix2pix_lit.errors import ConfigError, check_choice
+from pix2pix_lit.segmentation import (
+    IGNORE_INDEX,
+    SCALAR_SCORES,
+    TRAINED_ARCHS,
+    ClassMapping,
+    SegmentationNet,
+    SegmentationScores,
+    build_torchvision,
+    class_names_for,
+    class_targets,
+    num_classes_for,
+    per_class_table,
+)
+
+class Segmenter(pl.LightningModule):
+    """A segmentation network learning photo -> label classes from a label-map data module (its ``target`` photos
+    are the input, its ``source`` label maps the truth).
+
+    Args:
+        arch: torchvision's ``deeplabv3_resnet50`` (default), ``fcn_resnet50`` or ``lraspp_mobilenet_v3_large``
+            (fastest), built with ``weights=None, weights_backbone=None``.
+        class_mapping: ``null``: the data's classes (``label_nc``); ``cityscapes_train_ids``: Cityscapes' 34 label ids
+            as its 19 train ids (the classes of every Cityscapes score; the others ignored).
+        aux_loss: torchvision's auxiliary head (not for LRASPP), weighted 0.5 as in its reference recipe.
+        optimizer: ``sgd`` (the reference: momentum, weight decay) or ``adam``. lr, momentum, weight_decay: its
+            settings. poly_power: the learning rate falls as ``(1 - step / total) ** poly_power`` per step.
+        bn_momentum: the batch-norm momentum; ``null``: torchvision's (0.1, MobileNetV3 0.01). Short runs want 0.1:
+            with 0.01 the running statistics trail the weights for hundreds of steps and eval mode lags.
+        input_nc, output_nc, label_nc, contain_dontcare_label, no_instance: from the data (linked); the photos have
+            ``output_nc`` channels, the label maps ``label_nc`` classes (+ don't care, ignored).
+    """
+
+    default_best_monitor = "val/miou"  # the checkpoint the CLI keeps as best-*.ckpt
+
+    def __init__(
+        self,
+        arch: str = "deeplabv3_resnet50",
+        class_mapping: Optional[ClassMapping] = None,
+        aux_loss: bool = False,
+        optimizer: Literal["sgd", "adam"] = "sgd",
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        poly_power: float = 0.9,
+        bn_momentum: Optional[float] = None,
+        input_nc: int = 3,
+        output_nc: int = 3,
+        label_nc: int = 0,
+        contain_dontcare_label: bool = False,
+        no_instance: bool = False,
+    ) -> None:
+        super().__init__()
+        check_choice("model.arch", arch, TRAINED_ARCHS)
+        check_choice("model.optimizer", optimizer, ("sgd", "adam"))
+        if label_nc < 1:
+            raise ConfigError("model Segmenter learns label maps: use a data module of label maps (data.label_nc > 0, "
+                              "e.g. pix2pix_lit.data.SyntheticLabelDataModule or layout: cityscapes)")
+        if lr <= 0 or weight_decay < 0 or poly_power < 0 or not 0 <= momentum < 1:
+            raise ConfigError("model.lr must be > 0, model.weight_decay and model.poly_power >= 0, model.momentum in [0, 1)")
+        if bn_momentum is not None and not 0 < bn_momentum <= 1:
+            raise ConfigError(f"model.bn_momentum={bn_momentum} must be in (0, 1], or null for torchvision's")
+        self.save_hyperparameters()
+        self.num_classes = num_classes_for(label_nc, class_mapping)
+        self.net = SegmentationNet(build_torchvision(arch, self.num_classes, aux_loss))
+        if bn_momentum is not None:
+            for m in self.net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.momentum = bn_momentum
+        self.class_names = class_names_for(self.num_classes, class_mapping)
+        self.scores = nn.ModuleDict({stage: SegmentationScores(self.num_classes) for stage in ("val", "test")})
+        self.test_results: dict[str, float] = {}
+        self.test_per_class_iou: dict[str, Optional[float]] = {}
+        self._rng_to_restore: Optional[dict[str, Any]] = None
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None:  # the per-class table of test names the data's classes
+            self.class_names = class_names_for(self.num_classes, self.hparams.class_mapping,
+                                               dict(getattr(datamodule, "hparams", {})))
+
+    def targets(self, batch: dict[str, Any]) -> torch.Tensor:
+        h = self.hparams
+        return class_targets(batch["source"], h.label_nc, h.contain_dontcare_label, h.class_mapping)
+
+    def forward(self, photos: torch.Tensor) -> torch.Tensor:
+        """(N, num_classes, H, W) logits."""
+        return self.net(photos)["out"]
+
+    # -- training -----------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self.net(batch["target"])
+        truth = self.targets(batch)
+        loss = F.cross_entropy(out["out"], truth, ignore_index=IGNORE_INDEX)
+        if "aux" in out:
+            loss = loss + 0.5 * F.cross_entropy(out["aux"], truth, ignore_index=IGNORE_INDEX)
+        self.log("train/loss", loss, prog_bar=True, batch_size=truth.shape[0])
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        h = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        if h.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
+        else:
+            opt = torch.optim.Adam(params, lr=h.lr, weight_decay=h.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        poly = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.0, 1 - step / total) ** h.poly_power)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": poly, "interval": "step", "name": "lr/segmenter"}}
+
+    # -- evaluation ---------------------------------------------------------------------------------------------
+    def _evaluate(self, batch: dict[str, Any], stage: str) -> dict[str, Any]:
+        predicted = self(batch["target"]).argmax(1)
+        self.scores[stage].update(predicted, self.targets(batch))
+        return {"name": batch["name"]}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return self._evaluate(batch, "test")
+
+    def _log_scores(self, stage: str) -> dict[str, float]:
+        values = self.scores[stage].compute()
+        self.scores[stage].reset()
+        if self.trainer.sanity_checking:
+            return {}
+        scalars = {f"{stage}/{k}": values[k] for k in SCALAR_SCORES}
+        self.log_dict(scalars)
+        if stage == "test":
+            self.test_per_class_iou = per_class_table(values["iou"], self.class_names)
+        return {k: float(v) for k, v in scalars.items()}
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self._log_scores("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        raise ConfigError("a Segmenter has no predict: it scores photos with pix2pix-lit eval FAKE_DIR --labels "
+                          "LABEL_DIR --segmenter CKPT (or model.segmenter during a label -> photo training)")
+
+    def grid_rows(self, batch: dict[str, Any]) -> tuple[list[list[torch.Tensor]], Optional[float], str]:
+        """Photo | predicted classes | label classes, in the label palette's colours (no L1: ``None``)."""
+        with torch.no_grad():
+            predicted = self(batch["target"].to(self.device)).argmax(1).cpu()
+        truth = self.targets(batch)
+        rows = [[photo, colorize(p[None, None])[0], colorize(t[None, None])[0]]
+                for photo, p, t in zip(batch["target"], predicted, truth)]
+        return rows, None, "photo | predicted classes | label classes"
+
+    # -- exact resume ---------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # dropout in the heads draws from the global RNG, which Lightning does not store
+        checkpoint.setdefault("hyper_parameters", {}).setdefault(
+            "_class_path", f"{type(self).__module__}.{type(self).__qualname__}")
+        checkpoint["pix2pix_lit"] = {"rng_states": collect_rng_states()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_to_restore = checkpoint.get("pix2pix_lit", {}).get("rng_states")
+
+    def on_train_start(self) -> None:
+        if self._rng_to_restore is not None:  # after the sanity check, as the GANs do
+            set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
