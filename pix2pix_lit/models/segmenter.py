@@ -38,6 +38,7 @@ from pix2pix_lit.segmentation import (
     per_class_table,
 )
 
+
 class Segmenter(pl.LightningModule):
     """A segmentation network learning photo -> label classes from a label-map data module (its ``target`` photos
     are the input, its ``source`` label maps the truth).
