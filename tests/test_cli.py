@@ -287,7 +287,7 @@ CONFIGS = sorted(p.relative_to(REPO / "configs").as_posix() for p in (REPO / "co
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_shipped_config_parses_and_builds(config, tmp_path, monkeypatch):
     from pix2pix_lit.cli import build_cli
-    from pix2pix_lit.models import SPADE, CycleGAN, Pix2Pix
+    from pix2pix_lit.models import SPADE, CycleGAN, Pix2Pix, Segmenter
 
     monkeypatch.chdir(tmp_path)
     args = ["-c", str(REPO / "configs" / config), "--trainer.logger", "false"]
@@ -295,7 +295,13 @@ def test_every_shipped_config_parses_and_builds(config, tmp_path, monkeypatch):
     for option in ("input_nc", "label_nc", "contain_dontcare_label", "no_instance"):  # what the data decides
         assert cli.model.hparams[option] == cli.datamodule.hparams[option], option
     expected = CycleGAN if config.startswith("cyclegan/") else SPADE if config.startswith("spade/") else Pix2Pix
+    if config.startswith("segmenter/") and "pix2pix" not in config:
+        expected = Segmenter
     assert type(cli.model) is expected
+    if expected is Segmenter:  # trained on the real photos -> labels of label-map data; best by val/miou
+        assert cli.datamodule.hparams.label_nc > 0 and cli.config.best_checkpoint.monitor == "val/miou"
+        assert not list(tmp_path.iterdir())
+        return
     if "labels" in config or expected is SPADE:  # label maps: the networks see one-hot classes (+ edges)
         h = cli.datamodule.hparams
         assert h.label_nc > 0 and cli.model.source_channels(3) == h.label_nc + h.contain_dontcare_label + (

@@ -30,7 +30,6 @@ from pix2pix_lit.modes import INFERENCE_MODES, InferenceMode
 from pix2pix_lit.nets.norm import plain_batch_norms
 from pix2pix_lit.optim import LR_POLICIES, Adam, make_scheduler
 from pix2pix_lit.precision import cpu_precision_fallback, is_16bit
-from pix2pix_lit.segmentation import check_scorer_spec
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +141,6 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
                 raise ConfigError("model.segmenter scores generated photos against the label maps they were made from: "
                                   "it needs paired label-map data (data.label_nc > 0); for other outputs use "
                                   "pix2pix-lit eval FAKE_DIR --labels LABEL_DIR --segmenter SEG")
-            check_scorer_spec(segmenter, segmenter_weights, "model.segmenter")
         # the subclass's own arguments are collected too (Lightning walks the __init__ frames)
         self.save_hyperparameters(logger=False)
         self.automatic_optimization = False

@@ -22,6 +22,7 @@ from pix2pix_lit.precision import EvalPassWeights
 from pix2pix_lit.segmentation import (
     SCALAR_SCORES,
     SegmentationScores,
+    check_scorer_spec,
     class_targets,
     load_scorer,
     num_classes_for,
@@ -84,8 +85,10 @@ class Evaluation(pl.LightningModule):
         """With ``model.segmenter``: load the scorer (not a submodule: checkpoints of this model never hold it) and
         a :class:`~pix2pix_lit.segmentation.SegmentationScores` per stage."""
         h = self.hparams
-        if not h.get("segmenter") or self.segmentation_scores is not None:
+        if not h.get("segmenter") or self.segmentation_scores is not None or self._trainer is None:
             return
+        if self.trainer.state.fn not in ("fit", "validate", "test"):
+            return  # predict has no labels to score against
         scorer = load_scorer(h.segmenter, h.segmenter_weights, option="model.segmenter")
         if scorer.class_mapping is None and scorer.num_classes != h.label_nc:
             raise ConfigError(f"model.segmenter {h.segmenter} predicts {scorer.num_classes} classes but the label maps "
@@ -118,6 +121,8 @@ class Evaluation(pl.LightningModule):
         stage = self.trainer.state.fn.value if self._trainer is not None and self.trainer.state.fn else None
         if self._needs_inception(stage):
             find_inception_weights(self.hparams.inception_weights)
+        if self.hparams.get("segmenter") and stage in ("fit", "validate", "test"):
+            check_scorer_spec(self.hparams.segmenter, self.hparams.segmenter_weights, "model.segmenter")
 
     def autocast_ready(self, net: nn.Module, device_type: str) -> nn.Module:
         """``net`` with its weights cast once for the whole evaluation pass under autocast
