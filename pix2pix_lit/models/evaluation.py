@@ -83,12 +83,14 @@ class Evaluation(pl.LightningModule):
     # -- segmentation scores (model.segmenter) -----------------------------------------------------------------
     def make_segmentation_scores(self) -> None:
         """With ``model.segmenter``: load the scorer (not a submodule: checkpoints of this model never hold it) and
-        a :class:`~pix2pix_lit.segmentation.SegmentationScores` per stage."""
+        a :class:`~pix2pix_lit.segmentation.SegmentationScores` per stage. Once per process: at ``prepare_data``
+        (before the loggers start) where Lightning calls it, else at ``setup``."""
         h = self.hparams
         if not h.get("segmenter") or self.segmentation_scores is not None or self._trainer is None:
             return
         if self.trainer.state.fn not in ("fit", "validate", "test"):
             return  # predict has no labels to score against
+        check_scorer_spec(h.segmenter, h.segmenter_weights, "model.segmenter")
         scorer = load_scorer(h.segmenter, h.segmenter_weights, option="model.segmenter")
         if scorer.class_mapping is None and scorer.num_classes != h.label_nc:
             raise ConfigError(f"model.segmenter {h.segmenter} predicts {scorer.num_classes} classes but the label maps "
@@ -121,8 +123,8 @@ class Evaluation(pl.LightningModule):
         stage = self.trainer.state.fn.value if self._trainer is not None and self.trainer.state.fn else None
         if self._needs_inception(stage):
             find_inception_weights(self.hparams.inception_weights)
-        if self.hparams.get("segmenter") and stage in ("fit", "validate", "test"):
-            check_scorer_spec(self.hparams.segmenter, self.hparams.segmenter_weights, "model.segmenter")
+        if stage in ("fit", "validate", "test"):
+            self.make_segmentation_scores()  # a bad segmenter file too stops the run before any logger starts
 
     def autocast_ready(self, net: nn.Module, device_type: str) -> nn.Module:
         """``net`` with its weights cast once for the whole evaluation pass under autocast

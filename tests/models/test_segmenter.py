@@ -75,3 +75,23 @@ def test_cityscapes_config_trains_on_the_download_layout_and_scores_19_train_ids
     assert set(report["metrics"]) == {"miou", "pixel_acc", "class_acc"}
     assert list(report["per_class_iou"]) == list(CITYSCAPES_TRAIN_CLASSES)
     assert report["protocol"]["segmentation"]["class_mapping"] == "cityscapes_train_ids"
+
+
+@pytest.mark.slow
+def test_ddp_segmenter_scores_equal_one_process(tmp_path, cli_env):
+    """2 CPU processes (gloo) train the segmenter and score val together; `validate` of the saved weights in one
+    process gives the same mIoU (the confusion matrix is summed over the ranks, every val image counted once)."""
+    common = ["-c", str(REPO / "configs" / "segmenter" / "quickstart.yaml"), "--data.root", str(tmp_path / "data"),
+              "--data.num_train", "8", "--data.num_val", "5", "--data.num_test", "2", "--data.image_size", "40",
+              "--data.load_size", "40", "--data.crop_size", "40", "--data.batch_size", "2", "--data.num_workers", "0",
+              "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false",
+              "--trainer.logger", "[{class_path: pix2pix_lit.loggers.CSVLogger}]"]
+    run(["fit", *common, "--trainer.max_epochs", "1", "--trainer.devices", "2", "--trainer.strategy", "ddp"],
+        cli_env, tmp_path, timeout=900)
+    rows = list(csv.DictReader(open(next((tmp_path / "run" / "csv").rglob("metrics.csv")))))
+    ddp_miou = [float(r["val/miou"]) for r in rows if r.get("val/miou")][-1]
+    proc = run(["validate", *common, "--ckpt_path", str(tmp_path / "run" / "checkpoints" / "last.ckpt")], cli_env,
+               tmp_path)
+    single = [float(r["val/miou"]) for r in csv.DictReader(open(next((tmp_path / "run").rglob("csv-validate/*/metrics.csv"))))
+              if r.get("val/miou")]
+    assert single and single[-1] == pytest.approx(ddp_miou, abs=1e-6), proc.stdout[-2000:]
