@@ -27,6 +27,7 @@ from pix2pix_lit.models.evaluation import Evaluation
 from pix2pix_lit.models.inference import Inference
 from pix2pix_lit.models.training_state import TrainingState
 from pix2pix_lit.modes import INFERENCE_MODES, InferenceMode
+from pix2pix_lit.nets.generators import checkpoint_residual_blocks
 from pix2pix_lit.nets.norm import plain_batch_norms
 from pix2pix_lit.optim import LR_POLICIES, Adam, make_scheduler
 from pix2pix_lit.precision import cpu_precision_fallback, is_16bit
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 RUNTIME_OPTIONS = (
     "inference_mode", "predict_fit", "predict_size", "predict_direction", "channels_last", "compile", "fid", "kid",
     "mifid", "mifid_eps", "inception_weights", "kid_subset_size", "max_nonfinite_steps", "use_ema_for_eval",
-    "vgg_weights", "vgg_sha256", "segmenter", "segmenter_weights",
+    "vgg_weights", "vgg_sha256", "segmenter", "segmenter_weights", "checkpoint_activations",
 )
 
 
@@ -74,6 +75,9 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
         channels_last: NHWC memory format. ``null``: on with 16-bit/bf16 precision and on GPUs, off for fp32 on CPU.
         compile: ``torch.compile`` the networks.
         fid, kid, mifid, mifid_eps, inception_weights, kid_subset_size: metric settings (``pix2pix_lit.metrics``).
+        checkpoint_activations: recompute the generators' residual-block activations in the backward pass instead of
+            keeping them (ResNet, global and local generators): less training memory for one more forward of the
+            blocks; the same gradients.
         segmenter, segmenter_weights: label-map sources only: also score the generated photos with this segmenter
             (a Segmenter checkpoint, or ``torchvision:NAME`` with its local state dict) against their label maps:
             ``val/miou``, ``val/pixel_acc``, ``val/class_acc`` (``pix2pix_lit.segmentation``).
@@ -120,6 +124,7 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
         no_instance: bool = False,
         segmenter: Optional[str] = None,
         segmenter_weights: Optional[str] = None,
+        checkpoint_activations: bool = False,
     ) -> None:
         super().__init__()
         if label_nc < 0:
@@ -167,6 +172,12 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
         if self.hparams.predict_size % self.size_multiple:
             raise ConfigError(f"model.predict_size={self.hparams.predict_size} must be a multiple of "
                               f"{self.size_multiple} for netG={self.hparams.get('netG')}")
+        if self.hparams.checkpoint_activations:
+            for name in self.generator_names:
+                if not checkpoint_residual_blocks(getattr(self, name)):
+                    raise ConfigError(f"model.checkpoint_activations: the generator {name} "
+                                      f"({self.hparams.get('netG', type(getattr(self, name)).__name__)}) has no residual "
+                                      "blocks to checkpoint; use a ResNet, global or local netG, or set it false")
         decay = self.hparams.ema_decay
         for name in self.generator_names:
             setattr(self, f"{name}{EMA_SUFFIX}", make_ema(getattr(self, name), decay, self.hparams.ema_warmup) if decay else None)

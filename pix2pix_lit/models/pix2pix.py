@@ -32,7 +32,10 @@ class Pix2Pix(ImageTranslationModel):
     Args:
         input_nc, output_nc: channels of source and target (linked from the data in the CLI). Label-map sources
             (``label_nc``, also linked from the data) are seen one-hot with their instance edges, as pix2pixHD.
-        netG: unet_256 | unet_128 | unet (with num_downs) | resnet_9blocks | resnet_6blocks | resnet (n_blocks).
+        netG: unet_256 | unet_128 | unet (with num_downs) | resnet_9blocks | resnet_6blocks | resnet (n_blocks) |
+            global | local (pix2pixHD's GlobalGenerator and LocalEnhancer, with its options n_downsample_global 4,
+            n_blocks_global 9, n_local_enhancers 1, n_blocks_local 3; pix2pixHD trains them with norm instance,
+            no_dropout, netD multiscale, lambda_feat 10 and ngf 32 for local).
         netD: basic (70x70 PatchGAN) | n_layers (n_layers_D) | pixel | multiscale (num_D PatchGANs).
         norm: batch | instance | none | syncbatch; init_type/init_gain: weight init.
         gan_mode: vanilla (BCE on logits) | lsgan | hinge | wgangp (+ lambda_gp * gradient penalty).
@@ -53,6 +56,10 @@ class Pix2Pix(ImageTranslationModel):
         ngf: int = 64,
         num_downs: Optional[int] = None,
         n_blocks: Optional[int] = None,
+        n_downsample_global: int = 4,
+        n_blocks_global: int = 9,
+        n_local_enhancers: int = 1,
+        n_blocks_local: int = 3,
         no_dropout: bool = False,
         netD: DiscriminatorName = "basic",
         ndf: int = 64,
@@ -74,7 +81,8 @@ class Pix2Pix(ImageTranslationModel):
             raise ConfigError("model.lambda_L1 and model.pool_size must be >= 0")
         super().__init__(**kwargs)
         source_nc = self.source_channels(input_nc)  # label maps: one-hot classes (+ instance edges)
-        self.G = define_G(source_nc, output_nc, ngf, netG, norm, not no_dropout, init_type, init_gain, num_downs, n_blocks)
+        self.G = define_G(source_nc, output_nc, ngf, netG, norm, not no_dropout, init_type, init_gain, num_downs, n_blocks,
+                          n_downsample_global, n_blocks_global, n_local_enhancers, n_blocks_local)
         self.D = define_D(source_nc + output_nc, ndf, netD, n_layers_D, norm, init_type, init_gain, num_D)
         self.criterion_gan = GANLoss(gan_mode)
         self.pool = ImagePool(pool_size)  # holds (source, fake) pairs: a pooled fake keeps its own source

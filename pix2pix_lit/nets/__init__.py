@@ -8,11 +8,12 @@ import torch.nn as nn
 
 from pix2pix_lit.errors import ConfigError, check_choice
 from pix2pix_lit.nets.discriminators import MultiscaleDiscriminator, NLayerDiscriminator, PixelDiscriminator
-from pix2pix_lit.nets.generators import ResnetGenerator, UnetGenerator
+from pix2pix_lit.nets.generators import LocalEnhancer, ResnetGenerator, UnetGenerator
 from pix2pix_lit.nets.norm import INITS, NORMS, InitName, NormName, get_norm_layer, init_weights
 
 # the names of the networks, each defined once: the models' options take these types, the checks their values
-GeneratorName = Literal["unet_256", "unet_128", "unet", "resnet_9blocks", "resnet_6blocks", "resnet"]
+# global / local: pix2pixHD's GlobalGenerator and LocalEnhancer
+GeneratorName = Literal["unet_256", "unet_128", "unet", "resnet_9blocks", "resnet_6blocks", "resnet", "global", "local"]
 DiscriminatorName = Literal["basic", "n_layers", "pixel", "multiscale"]
 GENERATORS = get_args(GeneratorName)
 DISCRIMINATORS = get_args(DiscriminatorName)
@@ -25,6 +26,7 @@ __all__ = [
     "DiscriminatorName",
     "GeneratorName",
     "InitName",
+    "LocalEnhancer",
     "NormName",
     "MultiscaleDiscriminator",
     "NLayerDiscriminator",
@@ -47,15 +49,30 @@ def define_G(
     init_gain: float = 0.02,
     num_downs: int | None = None,
     n_blocks: int | None = None,
+    n_downsample_global: int = 4,
+    n_blocks_global: int = 9,
+    n_local_enhancers: int = 1,
+    n_blocks_local: int = 3,
 ) -> nn.Module:
     """Build and initialise a generator.
 
     ``unet_256``/``unet_128`` are U-Nets with 8/7 downsamplings; ``unet`` takes ``num_downs``.
     ``resnet_9blocks``/``resnet_6blocks`` are ResNets; ``resnet`` takes ``n_blocks``.
+    ``global`` (pix2pixHD): a ResNet with ``n_downsample_global`` downsamplings and ``n_blocks_global`` blocks;
+    ``local``: ``n_local_enhancers`` enhancers of ``n_blocks_local`` blocks around such a global generator.
     """
     check_choice("netG", netG, GENERATORS)
     norm_layer = get_norm_layer(norm)
-    if netG.startswith("unet"):
+    if netG in ("global", "local"):
+        if min(n_downsample_global, n_blocks_global, n_blocks_local) < 0 or n_local_enhancers < 1:
+            raise ConfigError("n_downsample_global, n_blocks_global and n_blocks_local must be >= 0, n_local_enhancers >= 1")
+        if netG == "global":
+            net: nn.Module = ResnetGenerator(input_nc, output_nc, ngf, norm_layer, use_dropout, n_blocks_global,
+                                             n_downsampling=n_downsample_global)
+        else:
+            net = LocalEnhancer(input_nc, output_nc, ngf, norm_layer, use_dropout, n_downsample_global, n_blocks_global,
+                                n_local_enhancers, n_blocks_local)
+    elif netG.startswith("unet"):
         depth = {"unet_256": 8, "unet_128": 7}.get(netG, num_downs)
         if depth is None:
             raise ConfigError("netG='unet' needs num_downs (e.g. 6 for 64x64 images: sides must divide by 2**num_downs)")
@@ -63,7 +80,7 @@ def define_G(
             raise ConfigError(f"netG={netG!r} fixes num_downs={depth}; use netG='unet' to choose num_downs={num_downs}")
         if depth < 5:
             raise ConfigError(f"num_downs={depth}: a U-Net needs at least 5 downsamplings")
-        net: nn.Module = UnetGenerator(input_nc, output_nc, depth, ngf, norm_layer, use_dropout)
+        net = UnetGenerator(input_nc, output_nc, depth, ngf, norm_layer, use_dropout)
     else:
         blocks = {"resnet_9blocks": 9, "resnet_6blocks": 6}.get(netG, n_blocks)
         if blocks is None:

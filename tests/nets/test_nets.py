@@ -79,3 +79,59 @@ def test_unknown_names_list_choices():
         define_G(3, 3, netG="unet_128", norm="group")
     with pytest.raises(ConfigError, match="num_downs"):
         define_G(3, 3, netG="unet")
+
+
+def test_pix2pixhd_generators_have_the_official_counts_and_layer_names():
+    # counts of NVIDIA/pix2pixHD's define_G / define_D on Cityscapes' 36 input channels (35 labels + edges)
+    g = define_G(36, 3, 64, "global", "instance", use_dropout=False)
+    assert n_params(g) == 182_546_755 and g.size_multiple == 16
+    local = define_G(36, 3, 32, "local", "instance", use_dropout=False)
+    assert n_params(local) == 182_857_059 and local.size_multiple == 32
+    assert n_params(define_D(39, 64, "multiscale", 3, "instance", num_D=2)) == 5_603_202
+    # the official names: model (the global part), model1_1 (down), model1_2 (blocks, up, output)
+    assert {k.split(".")[0] for k in local.state_dict()} == {"model", "model1_1", "model1_2"}
+    # the local enhancer's global part is a global generator of twice the filters without its output layers, so a
+    # trained global generator's weights fit it (pix2pixHD's coarse-to-fine training)
+    wide = define_G(36, 3, 64, "global", "instance", use_dropout=False).state_dict()
+    last = max(int(k.split(".")[1]) for k in wide)
+    local.model.load_state_dict({k[len("model."):]: v for k, v in wide.items() if int(k.split(".")[1]) < last})
+
+
+def test_pix2pixhd_generators_run_at_their_size_multiples():
+    g = define_G(5, 3, 4, "local", "instance", use_dropout=False, n_downsample_global=2, n_blocks_global=1,
+                 n_local_enhancers=2, n_blocks_local=1)
+    assert g.size_multiple == 2**(2 + 2) and g.min_size == 2 * 4 * 4
+    with torch.no_grad():
+        y = g(torch.randn(2, 5, 32, 48))
+    assert y.shape == (2, 3, 32, 48) and y.abs().max() <= 1.0
+    with pytest.raises(ConfigError, match="n_local_enhancers >= 1"):
+        define_G(5, 3, 4, "local", n_local_enhancers=0)
+
+
+@pytest.mark.parametrize("netG", ["resnet_6blocks", "global", "local"])
+def test_activation_checkpointing_gives_the_same_gradients(netG):
+    from pix2pix_lit.nets.generators import checkpoint_residual_blocks
+
+    extra = dict(n_downsample_global=2, n_blocks_global=2, n_blocks_local=1) if netG in ("global", "local") else {}
+    torch.manual_seed(0)
+    plain = define_G(3, 3, 4, netG, "instance", use_dropout=True, **extra)  # dropout: the RNG must be replayed
+    checkpointed = define_G(3, 3, 4, netG, "instance", use_dropout=True, **extra)
+    checkpointed.load_state_dict(plain.state_dict())
+    assert checkpoint_residual_blocks(checkpointed) > 0
+    x = torch.randn(2, 3, 32, 32)
+    grads = []
+    for net in (plain, checkpointed):
+        torch.manual_seed(1)
+        net(x).square().mean().backward()
+        grads.append({k: p.grad for k, p in net.named_parameters()})
+    for k in grads[0]:
+        assert torch.allclose(grads[0][k], grads[1][k], atol=1e-5, rtol=1e-5), k
+
+
+def test_the_checkpoint_activations_option_and_its_refusal():
+    from pix2pix_lit.models import Pix2Pix
+
+    model = Pix2Pix(netG="resnet_6blocks", ngf=4, ndf=4, checkpoint_activations=True, fid=False, kid=False)
+    assert all(getattr(m, "checkpointed", True) for m in model.G.modules() if type(m).__name__ == "ResnetBlock")
+    with pytest.raises(ConfigError, match="has no residual blocks to checkpoint"):
+        Pix2Pix(netG="unet_128", ngf=4, ndf=4, checkpoint_activations=True, fid=False, kid=False)
