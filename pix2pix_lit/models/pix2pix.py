@@ -41,6 +41,10 @@ class Pix2Pix(ImageTranslationModel):
         gan_mode: vanilla (BCE on logits) | lsgan | hinge | wgangp (+ lambda_gp * gradient penalty).
         lambda_L1: weight of L1(G(source), target). lambda_feat: pix2pixHD feature matching on D's layers.
         pool_size: the official image buffer of (source, fake) pairs shown to D (0: none, the pix2pix default).
+        init_global_from, niter_fix_global: pix2pixHD's coarse-to-fine training of ``netG: local``: its global part
+            starts from the G of a ``netG: global`` checkpoint (trained at half the resolution, ``2·ngf`` filters),
+            and for the first ``niter_fix_global`` epochs G's optimizer holds only the outermost enhancer's
+            parameters; then a fresh Adam over all of G's (the official ``update_fixed_params``).
     """
 
     generator_names = ("G",)
@@ -73,12 +77,17 @@ class Pix2Pix(ImageTranslationModel):
         lambda_gp: float = 10.0,
         lambda_feat: float = 0.0,
         pool_size: int = 0,
+        init_global_from: Optional[str] = None,
+        niter_fix_global: int = 0,
         **kwargs: Any,
     ) -> None:
         check_choice("model.netG", netG, GENERATORS)
         check_choice("model.netD", netD, DISCRIMINATORS)
-        if lambda_L1 < 0 or pool_size < 0:
-            raise ConfigError("model.lambda_L1 and model.pool_size must be >= 0")
+        if lambda_L1 < 0 or pool_size < 0 or niter_fix_global < 0:
+            raise ConfigError("model.lambda_L1, model.pool_size and model.niter_fix_global must be >= 0")
+        if (init_global_from or niter_fix_global) and netG != "local":
+            raise ConfigError("model.init_global_from and model.niter_fix_global are pix2pixHD's coarse-to-fine "
+                              f"training of netG local (its global part); netG is {netG}")
         super().__init__(**kwargs)
         source_nc = self.source_channels(input_nc)  # label maps: one-hot classes (+ instance edges)
         self.G = define_G(source_nc, output_nc, ngf, netG, norm, not no_dropout, init_type, init_gain, num_downs, n_blocks,
@@ -86,12 +95,67 @@ class Pix2Pix(ImageTranslationModel):
         self.D = define_D(source_nc + output_nc, ndf, netD, n_layers_D, norm, init_type, init_gain, num_D)
         self.criterion_gan = GANLoss(gan_mode)
         self.pool = ImagePool(pool_size)  # holds (source, fake) pairs: a pooled fake keeps its own source
+        self.global_fixed = niter_fix_global > 0  # G's optimizer holds only the outermost enhancer (saved)
         self.finish_networks()
 
     # -- the paper ---------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        opt_g, opt_d = self.adam(self.G.parameters()), self.adam(self.D.parameters())
+        opt_g, opt_d = self.adam(self.trained_G_parameters()), self.adam(self.D.parameters())
         return [opt_g, opt_d], self.schedulers_for({"G": opt_g, "D": opt_d})
+
+    # -- pix2pixHD's coarse-to-fine training (netG local) ----------------------------------------------------
+    def trained_G_parameters(self) -> list[torch.nn.Parameter]:
+        """G's parameters its optimizer holds: while the global part is fixed, the outermost enhancer's only
+        (``model{n_local_enhancers}_*``, as the official code picks them), else all."""
+        if not self.global_fixed:
+            return list(self.G.parameters())
+        outermost = f"model{self.hparams.n_local_enhancers}_"
+        return [p for name, p in self.G.named_parameters() if name.startswith(outermost)]
+
+    def load_global_generator(self, path: str) -> None:
+        """The global part of the local generator (and of its EMA) from the G of a ``netG: global`` checkpoint:
+        every layer but its output ones (what the official ``load_pretrain`` of a global run loads)."""
+        from pix2pix_lit.checkpoints import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        if (ckpt.get("hyper_parameters") or {}).get("netG") != "global":
+            raise ConfigError(f"model.init_global_from {path} is not a netG global checkpoint (its netG: "
+                              f"{(ckpt.get('hyper_parameters') or {}).get('netG')}); train the first stage with netG global")
+        ours = self.G.model.state_dict()
+        theirs = {k[len("G.model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("G.model.")}
+        wrong = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
+        if wrong:
+            got = tuple(theirs[wrong[0]].shape) if wrong[0] in theirs else "missing"
+            raise ConfigError(f"model.init_global_from {path} does not fit this local generator's global part (G.model."
+                              f"{wrong[0]}: {got}, expected {tuple(ours[wrong[0]].shape)}); the global run needs ngf = 2 x "
+                              "this ngf and the same n_downsample_global, n_blocks_global, norm and data channels")
+        for net in (self.G, getattr(self.ema_of("G"), "module", None)):
+            if net is not None:
+                net.model.load_state_dict({k: theirs[k] for k in ours})
+        log.info("the local generator's global part starts from %s (its G, %d tensors)", path, len(ours))
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.hparams.init_global_from and self.trainer.ckpt_path is None:  # a resumed run has its own weights
+            self.load_global_generator(self.hparams.init_global_from)
+
+    def on_train_epoch_start(self) -> None:
+        if self.global_fixed and self.current_epoch >= self.hparams.niter_fix_global:
+            # the official update_fixed_params: a new Adam over all of G's parameters, its moments from zero
+            adam = self.optimizers()[0].optimizer
+            adam.param_groups[0]["params"] = list(self.G.parameters())
+            adam.state.clear()
+            self.global_fixed = False
+            log.info("epoch %d: the global generator trains too (model.niter_fix_global=%d)", self.current_epoch,
+                     self.hparams.niter_fix_global)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["pix2pix_lit"]["global_fixed"] = self.global_fixed
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.global_fixed = bool(checkpoint.get("pix2pix_lit", {}).get("global_fixed", False))
 
     def pair(self, source: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """What D judges: the source and an image (real target or fake) stacked on channels."""
