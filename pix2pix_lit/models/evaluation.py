@@ -22,7 +22,6 @@ from pix2pix_lit.precision import EvalPassWeights
 from pix2pix_lit.segmentation import (
     SCALAR_SCORES,
     SegmentationScores,
-    check_scorer_spec,
     class_targets,
     load_scorer,
     num_classes_for,
@@ -90,7 +89,6 @@ class Evaluation(pl.LightningModule):
             return
         if self.trainer.state.fn not in ("fit", "validate", "test"):
             return  # predict has no labels to score against
-        check_scorer_spec(h.segmenter, h.segmenter_weights, "model.segmenter")
         scorer = load_scorer(h.segmenter, h.segmenter_weights, option="model.segmenter")
         if scorer.class_mapping is None and scorer.num_classes != h.label_nc:
             raise ConfigError(f"model.segmenter {h.segmenter} predicts {scorer.num_classes} classes but the label maps "
