@@ -11,12 +11,13 @@ from PIL import Image
 
 from pix2pix_lit.data.labels import CITYSCAPES_TRAIN_CLASSES
 
-from conftest import REPO, run, write_cityscapes
+from conftest import REPO, run, run_in_process, write_cityscapes
 
 
 def _eval(env, cwd, fake_dir, out, *extra):
-    run(["eval", str(fake_dir), *extra, "--labels", "data/synthetic-labels-128/test/labels", "--segmenter",
-         "runs/segmenter-quickstart/checkpoints/last.ckpt", "--output", str(out)], env, cwd)
+    # in this process: `eval` runs no Trainer, and a new Python would add its start-up to each of the three
+    run_in_process(["eval", str(fake_dir), *extra, "--labels", "data/synthetic-labels-128/test/labels", "--segmenter",
+         "runs/segmenter-quickstart/checkpoints/last.ckpt", "--output", str(out)], env, cwd, check=True)
     return json.loads(out.read_text())
 
 
