@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 # Options that say how a trained model is run, not what was trained: with --ckpt_path they come from
 # the command line/config, never from the checkpoint's hyper-parameters (see Pix2PixCLI).
 RUNTIME_OPTIONS = (
-    "inference_mode", "predict_fit", "predict_size", "predict_direction", "channels_last", "compile", "fid", "kid",
+    "inference_mode", "predict_fit", "predict_size", "predict_tile", "predict_tile_overlap", "predict_direction",
+    "channels_last", "compile", "fid", "kid",
     "mifid", "mifid_eps", "inception_weights", "kid_subset_size", "max_nonfinite_steps", "use_ema_for_eval",
     "vgg_weights", "vgg_sha256", "segmenter", "segmenter_weights", "checkpoint_activations",
 )
@@ -72,6 +73,11 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
             dropout off, batch norm with the running statistics.
         predict_fit: how ``predict`` fits any image size: ``pad`` (reflect-pad to a multiple of the generator's
             stride, then crop back) or ``resize`` (to ``predict_size``, then back).
+        predict_tile, predict_tile_overlap: ``predict`` (with ``pad``) of images larger than ``predict_tile`` pixels
+            a side runs the generator on tiles of that side overlapping by ``predict_tile_overlap`` pixels (``null``:
+            a quarter tile), blended with weights that fall off linearly across each overlap: memory of one tile,
+            not of the image. Normalisation layers then see each tile's statistics, not the image's (README).
+            0: the whole image at once.
         channels_last: NHWC memory format. ``null``: on with 16-bit/bf16 precision and on GPUs, off for fp32 on CPU.
         compile: ``torch.compile`` the networks.
         fid, kid, mifid, mifid_eps, inception_weights, kid_subset_size: metric settings (``pix2pix_lit.metrics``).
@@ -107,6 +113,8 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
         inference_mode: InferenceMode = "paper",
         predict_fit: str = "pad",
         predict_size: int = 256,
+        predict_tile: int = 0,
+        predict_tile_overlap: Optional[int] = None,
         channels_last: Optional[bool] = None,
         compile: bool = False,
         fid: bool = True,
@@ -132,6 +140,12 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
         check_choice("model.lr_policy", lr_policy, LR_POLICIES)
         check_choice("model.inference_mode", inference_mode, INFERENCE_MODES)
         check_choice("model.predict_fit", predict_fit, ("pad", "resize"))
+        if predict_tile < 0 or (predict_tile and predict_fit != "pad"):
+            raise ConfigError(f"model.predict_tile={predict_tile}: give a tile side in pixels (with model.predict_fit "
+                              "pad), or 0 for whole images")
+        if predict_tile_overlap is not None and not 0 <= 2 * predict_tile_overlap <= predict_tile:
+            raise ConfigError(f"model.predict_tile_overlap={predict_tile_overlap} must be between 0 and half of "
+                              f"model.predict_tile={predict_tile}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ConfigError(f"model.ema_decay={ema_decay} must be between 0 and 1 (e.g. 0.999), or null for no EMA")
         if lr <= 0 or max_nonfinite_steps < 1:
@@ -172,6 +186,10 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
         if self.hparams.predict_size % self.size_multiple:
             raise ConfigError(f"model.predict_size={self.hparams.predict_size} must be a multiple of "
                               f"{self.size_multiple} for netG={self.hparams.get('netG')}")
+        tile = self.hparams.predict_tile
+        if tile and (tile % self.size_multiple or tile < self.min_size):
+            raise ConfigError(f"model.predict_tile={tile} must be a multiple of {self.size_multiple} and at least "
+                              f"{self.min_size} for netG={self.hparams.get('netG')}")
         if self.hparams.checkpoint_activations:
             for name in self.generator_names:
                 if not checkpoint_residual_blocks(getattr(self, name)):

@@ -146,11 +146,12 @@ class Inference(pl.LightningModule):
         raise NotImplementedError
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """Any image size: padded to what the generator accepts (or resized), translated, brought back."""
-        source = self.network_input(batch)
+        """Any image size: padded to what the generator accepts (or resized), translated (whole, or in tiles
+        with ``predict_tile``), brought back."""
         direction = self.hparams.get("predict_direction", "AtoB")  # one-way models: the data chose it
-        h, w = source.shape[-2:]
         if self.hparams.predict_fit == "resize":
+            source = self.network_input(batch)
+            h, w = source.shape[-2:]
             s = self.hparams.predict_size
             if self.hparams.get("label_nc"):  # one-hot classes and edges stay 0/1
                 x = F.interpolate(source.float(), size=(s, s), mode="nearest")
@@ -159,7 +160,55 @@ class Inference(pl.LightningModule):
                                   antialias=True).clamp(-1, 1)
             fake = self.generate(x, direction)
             fake = F.interpolate(fake, size=(h, w), mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
+            return {"fake": fake, "name": batch["name"]}
+        # the batch's own tensors are padded (label ids as ids: reflecting commutes with the per-pixel one-hot),
+        # and each tile encoded on its own, so a large label map is never one-hot encoded whole
+        padded, box = {}, None
+        for key in ("source", "edges"):
+            if key in batch:
+                padded[key], box = pad_to_multiple(batch[key], self.size_multiple, self.min_size)
+                padded[key] = padded[key].to(batch[key].dtype)
+        tile = self.hparams.get("predict_tile", 0)
+        if tile and max(padded["source"].shape[-2:]) > tile:
+            fake = self.generate_tiled(padded, direction, tile)
         else:
-            x, box = pad_to_multiple(source, self.size_multiple, self.min_size)
-            fake = crop_box(self.generate(x, direction), box)
-        return {"fake": fake, "name": batch["name"]}
+            fake = self.generate(self.network_input(padded), direction)
+        return {"fake": crop_box(fake, box), "name": batch["name"]}
+
+    @torch.no_grad()
+    def generate_tiled(self, batch: dict[str, torch.Tensor], direction: str, tile: int) -> torch.Tensor:
+        """:meth:`generate` of a batch's ``source`` (and ``edges``) tile by tile: tiles of ``tile`` pixels a side
+        (or the image's side where it is smaller) overlapping by ``predict_tile_overlap``, the last of each row and
+        column flush with the edge; every output pixel is the average of the tiles covering it, each weighted by
+        its distance from that tile's edge (linear across the overlap), so no seam is a hard edge. Peak memory is
+        one tile's."""
+        overlap = self.hparams.get("predict_tile_overlap")
+        overlap = tile // 4 if overlap is None else overlap
+        height, width = batch["source"].shape[-2:]
+        th, tw = min(tile, height), min(tile, width)
+        out = weight = None
+        for top in _tile_starts(height, th, overlap):
+            for left in _tile_starts(width, tw, overlap):
+                window = {k: v[..., top:top + th, left:left + tw] for k, v in batch.items()}
+                y = self.generate(self.network_input(window), direction)
+                w = _tile_weight(th, overlap, y)[:, None] * _tile_weight(tw, overlap, y)[None, :]
+                if out is None:
+                    out = y.new_zeros(*y.shape[:2], height, width)
+                    weight = y.new_zeros(height, width)
+                out[..., top:top + th, left:left + tw] += y * w
+                weight[top:top + th, left:left + tw] += w
+        return out / weight
+
+
+def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Where tiles of ``tile`` start along a side of ``length``: every ``tile - overlap``, the last flush."""
+    if tile >= length:
+        return [0]
+    return sorted({*range(0, length - tile, tile - overlap), length - tile})
+
+
+def _tile_weight(n: int, overlap: int, like: torch.Tensor) -> torch.Tensor:
+    """1 inside a tile, falling linearly towards 0 over the ``overlap`` pixels at each end (never 0: a pixel
+    only one tile covers keeps that tile's value)."""
+    i = torch.arange(n, dtype=like.dtype, device=like.device)
+    return (torch.minimum(i + 0.5, n - i - 0.5) / max(overlap, 1)).clamp(max=1.0)
