@@ -1,4 +1,4 @@
-"""Checkpoints written straight to disk.
+"""Checkpoints written straight to disk, and read memory-mapped.
 
 Lightning's ``TorchCheckpointIO`` serialises the whole checkpoint into memory before writing it
 (``_atomic_save``: ``torch.save`` into an ``io.BytesIO``, then ``getvalue()``): for unet_256 + the basic D
@@ -7,6 +7,12 @@ training (+630 MB resident when the last checkpoint was written; ``experiments/R
 This one streams ``torch.save`` into a temporary file beside the target and renames it over the target:
 as atomic as Lightning's (a reader sees the old file or the new one, never half of one). Other
 filesystems (fsspec URLs) keep Lightning's way.
+
+Reading, Lightning's ``torch.load`` copies every tensor of the file into memory, Adam's moments too, which
+``validate``/``test``/``predict`` never use: for pix2pixHD's 183 M-parameter local generator with its 3-scale D that
+is 2.2 GB before the first image (``experiments/memory.py predict``). A local file is read with ``mmap=True``:
+tensors are loaded from the file when used (the weights), the rest is never read. Renaming a new save over the file
+leaves a mapped old one intact.
 """
 
 from __future__ import annotations
@@ -69,6 +75,12 @@ def remove_stale_partials(folder: Path) -> int:
 
 
 class StreamingCheckpointIO(TorchCheckpointIO):
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Optional[bool] = None) -> dict[str, Any]:
+        if not isinstance(get_filesystem(path), LocalFileSystem) or not Path(path).is_file():
+            return super().load_checkpoint(path, weights_only=weights_only)
+        # on the CPU whatever device saved it (mmap needs it): Lightning copies the weights to the model's device
+        return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
             return super().save_checkpoint(checkpoint, path, storage_options)
