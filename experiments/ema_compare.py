@@ -18,26 +18,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from measure import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 MAPS = REPO.parent / "shared" / "datasets" / "maps"
 
 
 def cli(args: list[str]) -> None:
-    env = dict(os.environ, WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "pix2pix_lit", *args]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    from measure import pix2pix_lit  # here: the CLI imports this file as experiments.ema_compare (ExtraEMAs)
+
+    pix2pix_lit(args, cwd=REPO)
 
 
 class ExtraEMAs(pl.Callback):
@@ -118,6 +112,8 @@ def main() -> None:
         screened.unlink()
         report = json.loads((out / "metrics.json").read_text())
         rows.append((f"G_ema ({decay})", "paper", report["num_images"], report["metrics"]))
+    from measure import cpu_model
+
     cpu = cpu_model()
     steps = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"]
     command = f"python experiments/ema_compare.py {args.recipe}" + (f" --steps {args.steps}" if args.recipe == "maps" else "")

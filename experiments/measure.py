@@ -89,6 +89,18 @@ def memory_kb(pid: int, field: str) -> int:
     return 0
 
 
+def pix2pix_lit(args: list[str], cwd: Optional[Path] = None) -> None:
+    """``pix2pix-lit ARGS`` in a new process (W&B off), or exit with its stderr's tail."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "pix2pix_lit", *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+
+
 def table(rows: list[dict], cols: list[str]) -> str:
     """``rows`` as a Markdown table of ``cols`` (floats to 3 significant digits)."""
     fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -44,6 +43,7 @@ from unittest import mock
 import torch
 import torch.nn as nn
 import yaml
+from measure import cpu_report, table
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
@@ -208,24 +208,6 @@ def combinations(modes=("train", "infer")):
                         yield kind, size, precision, ckpt, mode
 
 
-def table(rows: list[dict], cols: list[str]) -> str:
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def cpu_line() -> str:
-    from pix2pix_lit.precision import cpu_bf16_support
-
-    name = platform.processor() or "cpu"
-    try:
-        name = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"CPU: {name}, {torch.get_num_threads()} threads; torch {torch.__version__}; bf16 kernels: " \
-           f"{cpu_bf16_support()}"
-
-
 def _proc_status(field: str) -> int:
     """A memory line of /proc/self/status, in bytes."""
     line = next(ln for ln in open("/proc/self/status") if ln.startswith(field + ":"))
@@ -347,7 +329,7 @@ def main() -> None:
         kind, size, precision, ckpt, mode = a.args
         print(json.dumps(one(kind, size, precision, ckpt == "ckpt", mode, a.tile)))
         return
-    print(cpu_line())
+    print(f"CPU: {cpu_report()}; {torch.get_num_threads()} threads")
     if a.part == "check":
         check()
     elif a.part == "predict":
