@@ -35,6 +35,11 @@ RECIPES: dict[str, tuple[list[str], str]] = {
         ["--model.netG", "resnet_9blocks", "--model.ngf", "32", "--model.norm", "instance", "--model.no_dropout", "true",
          "--model.gan_mode", "hinge", "--model.lambda_L1", "10", "--model.ema_decay", "0.99"],
         "resnet_hinge + EMA 0.99"),
+    "resnet_hinge_sn_ttur": (
+        ["--model.netG", "resnet_9blocks", "--model.ngf", "32", "--model.norm", "instance", "--model.no_dropout", "true",
+         "--model.gan_mode", "hinge", "--model.lambda_L1", "10", "--model.spectral_norm_D", "true", "--model.lr", "0.0001",
+         "--model.lr_D", "0.0004"],
+        "resnet_hinge + spectral norm in D + two time-scale learning rates (G 1e-4, D 4e-4)"),
     "unet_in_ms_fm": (
         ["--model.norm", "instance", "--model.no_dropout", "true", "--model.netD", "multiscale", "--model.num_D", "2",
          "--model.gan_mode", "lsgan", "--model.lambda_feat", "10"],

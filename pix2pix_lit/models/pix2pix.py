@@ -37,6 +37,8 @@ class Pix2Pix(ImageTranslationModel):
             n_blocks_global 9, n_local_enhancers 1, n_blocks_local 3; pix2pixHD trains them with norm instance,
             no_dropout, netD multiscale, lambda_feat 10 and ngf 32 for local).
         netD: basic (70x70 PatchGAN) | n_layers (n_layers_D) | pixel | multiscale (num_D PatchGANs).
+            spectral_norm_D: every convolution of D spectrally normalised (not in the official pix2pix).
+        lr_D: D's learning rate (null: ``lr``, the official); e.g. 4·lr for the two time-scale update rule.
         norm: batch | instance | none | syncbatch; init_type/init_gain: weight init.
         gan_mode: vanilla (BCE on logits) | lsgan | hinge | wgangp (+ lambda_gp * gradient penalty).
         lambda_L1: weight of L1(G(source), target). lambda_feat: pix2pixHD feature matching on D's layers.
@@ -75,6 +77,8 @@ class Pix2Pix(ImageTranslationModel):
         gan_mode: GANMode = "vanilla",
         lambda_L1: float = 100.0,
         lambda_gp: float = 10.0,
+        spectral_norm_D: bool = False,
+        lr_D: Optional[float] = None,
         lambda_feat: float = 0.0,
         pool_size: int = 0,
         init_global_from: Optional[str] = None,
@@ -83,6 +87,8 @@ class Pix2Pix(ImageTranslationModel):
     ) -> None:
         check_choice("model.netG", netG, GENERATORS)
         check_choice("model.netD", netD, DISCRIMINATORS)
+        if lr_D is not None and lr_D <= 0:
+            raise ConfigError(f"model.lr_D={lr_D} must be > 0, or null for model.lr")
         if lambda_L1 < 0 or pool_size < 0 or niter_fix_global < 0:
             raise ConfigError("model.lambda_L1, model.pool_size and model.niter_fix_global must be >= 0")
         if (init_global_from or niter_fix_global) and netG != "local":
@@ -92,7 +98,8 @@ class Pix2Pix(ImageTranslationModel):
         source_nc = self.source_channels(input_nc)  # label maps: one-hot classes (+ instance edges)
         self.G = define_G(source_nc, output_nc, ngf, netG, norm, not no_dropout, init_type, init_gain, num_downs, n_blocks,
                           n_downsample_global, n_blocks_global, n_local_enhancers, n_blocks_local)
-        self.D = define_D(source_nc + output_nc, ndf, netD, n_layers_D, norm, init_type, init_gain, num_D)
+        self.D = define_D(source_nc + output_nc, ndf, netD, n_layers_D, norm, init_type, init_gain, num_D,
+                          spectral_norm_D)
         self.criterion_gan = GANLoss(gan_mode)
         self.pool = ImagePool(pool_size)  # holds (source, fake) pairs: a pooled fake keeps its own source
         self.global_fixed = niter_fix_global > 0  # G's optimizer holds only the outermost enhancer (saved)
@@ -100,7 +107,7 @@ class Pix2Pix(ImageTranslationModel):
 
     # -- the paper ---------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        opt_g, opt_d = self.adam(self.trained_G_parameters()), self.adam(self.D.parameters())
+        opt_g, opt_d = self.adam(self.trained_G_parameters()), self.adam(self.D.parameters(), self.hparams.lr_D)
         return [opt_g, opt_d], self.schedulers_for({"G": opt_g, "D": opt_d})
 
     # -- pix2pixHD's coarse-to-fine training (netG local) ----------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 import torch.nn as nn
+from torch.nn.utils import spectral_norm
 
 from pix2pix_lit.errors import ConfigError, check_choice
 from pix2pix_lit.nets.discriminators import MultiscaleDiscriminator, NLayerDiscriminator, PixelDiscriminator
@@ -100,8 +101,11 @@ def define_D(
     init_type: str = "normal",
     init_gain: float = 0.02,
     num_D: int = 3,
+    spectral: bool = False,
 ) -> nn.Module:
-    """Build and initialise a discriminator: ``basic`` (70x70 PatchGAN), ``n_layers``, ``pixel``, ``multiscale``."""
+    """Build and initialise a discriminator: ``basic`` (70x70 PatchGAN), ``n_layers``, ``pixel``, ``multiscale``;
+    with ``spectral``, every convolution spectrally normalised (Miyato et al. 2018: D's Lipschitz constant bounded,
+    as SPADE's and most later GANs' discriminators)."""
     check_choice("netD", netD, DISCRIMINATORS)
     norm_layer = get_norm_layer(norm)
     if netD == "basic":
@@ -112,4 +116,9 @@ def define_D(
         net = PixelDiscriminator(input_nc, ndf, norm_layer=norm_layer)
     else:
         net = MultiscaleDiscriminator(input_nc, ndf, n_layers_D, norm_layer=norm_layer, num_D=num_D)
-    return init_weights(net, init_type, init_gain)
+    net = init_weights(net, init_type, init_gain)
+    if spectral:
+        for name, conv in [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]:
+            parent, _, attr = name.rpartition(".")
+            setattr(net.get_submodule(parent) if parent else net, attr, spectral_norm(conv))
+    return net

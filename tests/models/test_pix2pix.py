@@ -59,11 +59,14 @@ def _train(tmp_path, dm_dir, epochs, ckpt_path=None, workers=0, **extra):
     return model, trainer
 
 
-@pytest.mark.parametrize("ema", [None, 0.9], ids=["plain", "ema"])
+@pytest.mark.parametrize("ema", [None, 0.9], ids=["plain", "ema+spectral_norm_D"])
 def test_exact_resume_equals_uninterrupted_run(tmp_path, ema):
-    straight, t1 = _train(tmp_path / "a", tmp_path, 2, ema_decay=ema)
-    _train(tmp_path / "b", tmp_path, 1, ema_decay=ema)
-    resumed, t2 = _train(tmp_path / "b", tmp_path, 2, ckpt_path="last", ema_decay=ema)
+    # with EMA also a spectrally normalised D: its power-iteration vectors resume too
+    extra = {"ema_decay": ema, "spectral_norm_D": ema is not None}
+    straight, t1 = _train(tmp_path / "a", tmp_path, 2, **extra)
+    _train(tmp_path / "b", tmp_path, 1, **extra)
+    resumed, t2 = _train(tmp_path / "b", tmp_path, 2, ckpt_path="last", **extra)
+    assert any(k.endswith("weight_u") for k in straight.state_dict()) == (ema is not None)
     assert any(isinstance(m, torch.nn.Dropout) for m in straight.G.modules())  # dropout draws from the RNG
     assert straight.state_dict().keys() == resumed.state_dict().keys()
     assert any(k.startswith("G_ema.module.") for k in straight.state_dict()) == (ema is not None)
@@ -141,6 +144,33 @@ def test_other_losses_and_networks_train(tmp_path, gan_mode, netD, extra):
     if extra.get("lambda_feat"):
         assert "train/loss_G_feat" in logged
     assert before is not None
+
+
+def test_spectral_norm_bounds_every_conv_of_D_and_adds_no_parameters():
+    plain = Pix2Pix(**{**TINY_MODEL, "netD": "multiscale", "num_D": 2})
+    model = Pix2Pix(**{**TINY_MODEL, "netD": "multiscale", "num_D": 2, "spectral_norm_D": True})
+    assert sum(p.numel() for p in model.D.parameters()) == sum(p.numel() for p in plain.D.parameters())
+    convs = [m for m in model.D.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(hasattr(m, "weight_orig") for m in convs)
+    model.D.train()
+    with torch.no_grad():
+        for _ in range(30):  # each training forward runs one power iteration
+            model.D(torch.randn(2, 6, 64, 64))
+    for conv in convs:  # the weight used, as a matrix: largest singular value 1 (by SVD, not by the power method)
+        sigma = torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2)
+        assert sigma == pytest.approx(1.0, rel=0.05)
+    assert any(abs(torch.linalg.matrix_norm(m.weight.detach().flatten(1), ord=2) - 1) > 0.2
+               for m in plain.D.modules() if isinstance(m, torch.nn.Conv2d))  # without it they are not
+
+
+def test_lr_D_gives_D_its_own_learning_rate(tmp_path):
+    model = Pix2Pix(**{**TINY_MODEL, "lr": 1e-4, "lr_D": 4e-4, "lr_policy": "linear"})
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
+    trainer.fit(model, synthetic(tmp_path))
+    opt_g, opt_d = trainer.optimizers
+    assert opt_g.param_groups[0]["initial_lr"] == 1e-4 and opt_d.param_groups[0]["initial_lr"] == 4e-4
+    with pytest.raises(ConfigError, match="model.lr_D=0"):
+        Pix2Pix(**{**TINY_MODEL, "lr_D": 0})
 
 
 def test_plateau_policy_needs_its_metric(tmp_path):
