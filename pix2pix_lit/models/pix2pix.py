@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from pix2pix_lit.errors import ConfigError, check_choice
-from pix2pix_lit.losses import GANLoss, GANMode, feature_matching_loss, gradient_penalty
+from pix2pix_lit.losses import VGG19_SOURCE, GANLoss, GANMode, VGGLoss, feature_matching_loss, gradient_penalty
 from pix2pix_lit.models.base import ImageTranslationModel
 from pix2pix_lit.nets import DISCRIMINATORS, GENERATORS, DiscriminatorName, GeneratorName, InitName, NormName, define_D, define_G
 from pix2pix_lit.nets.image_pool import ImagePool
@@ -42,6 +42,8 @@ class Pix2Pix(ImageTranslationModel):
         norm: batch | instance | none | syncbatch; init_type/init_gain: weight init.
         gan_mode: vanilla (BCE on logits) | lsgan | hinge | wgangp (+ lambda_gp * gradient penalty).
         lambda_L1: weight of L1(G(source), target). lambda_feat: pix2pixHD feature matching on D's layers.
+        lambda_vgg, vgg_weights, vgg_sha256: pix2pixHD's VGG-19 perceptual loss (its default: 10) with a local
+            torchvision VGG-19 state dict (0, the pix2pix default: off).
         pool_size: the official image buffer of (source, fake) pairs shown to D (0: none, the pix2pix default).
         init_global_from, niter_fix_global: pix2pixHD's coarse-to-fine training of ``netG: local``: its global part
             starts from the G of a ``netG: global`` checkpoint (trained at half the resolution, ``2·ngf`` filters),
@@ -79,6 +81,9 @@ class Pix2Pix(ImageTranslationModel):
         lambda_gp: float = 10.0,
         spectral_norm_D: bool = False,
         lr_D: Optional[float] = None,
+        lambda_vgg: float = 0.0,
+        vgg_weights: Optional[str] = None,
+        vgg_sha256: Optional[str] = None,
         lambda_feat: float = 0.0,
         pool_size: int = 0,
         init_global_from: Optional[str] = None,
@@ -87,6 +92,8 @@ class Pix2Pix(ImageTranslationModel):
     ) -> None:
         check_choice("model.netG", netG, GENERATORS)
         check_choice("model.netD", netD, DISCRIMINATORS)
+        if lambda_vgg < 0:
+            raise ConfigError(f"model.lambda_vgg={lambda_vgg} must be >= 0")
         if lr_D is not None and lr_D <= 0:
             raise ConfigError(f"model.lr_D={lr_D} must be > 0, or null for model.lr")
         if lambda_L1 < 0 or pool_size < 0 or niter_fix_global < 0:
@@ -103,7 +110,17 @@ class Pix2Pix(ImageTranslationModel):
         self.criterion_gan = GANLoss(gan_mode)
         self.pool = ImagePool(pool_size)  # holds (source, fake) pairs: a pooled fake keeps its own source
         self.global_fixed = niter_fix_global > 0  # G's optimizer holds only the outermost enhancer (saved)
+        # loaded when training starts and kept out of the module tree: fixed ImageNet weights, not the model's
+        self.__dict__["vgg"] = None
         self.finish_networks()
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        h = self.hparams
+        if stage == "fit" and h.lambda_vgg > 0 and self.vgg is None:  # test and predict never need the file
+            if h.vgg_weights is None:
+                raise ConfigError(f"model.lambda_vgg={h.lambda_vgg} needs model.vgg_weights: {VGG19_SOURCE}")
+            self.__dict__["vgg"] = VGGLoss(h.vgg_weights, h.vgg_sha256)  # a bad file: one line, before training
 
     # -- the paper ---------------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -184,7 +201,8 @@ class Pix2Pix(ImageTranslationModel):
         return loss, {**logs, "loss_D": loss}
 
     def generator_loss(self, source, target, fake) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Fool D on (source, fake) + λ_L1 · L1(fake, target) [+ λ_feat · feature matching on D's layers]."""
+        """Fool D on (source, fake) + λ_L1 · L1(fake, target) [+ λ_feat · feature matching on D's layers]
+        [+ λ_vgg · VGG(fake, target)]."""
         h = self.hparams
         fake_pair = self.pair(source, fake)
         logs = {}
@@ -201,6 +219,9 @@ class Pix2Pix(ImageTranslationModel):
         loss_gan = self.criterion_gan(pred, True, for_discriminator=False)
         loss_l1 = F.l1_loss(fake.float(), target.float()) * h.lambda_L1
         loss = loss_gan + loss_l1 + loss_feat
+        if self.vgg is not None:
+            logs["loss_G_VGG"] = self.vgg.to(fake.device)(fake, target) * h.lambda_vgg
+            loss = loss + logs["loss_G_VGG"]
         return loss, {**logs, "loss_G_GAN": loss_gan, "loss_G_L1": loss_l1, "loss_G": loss}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -173,6 +173,34 @@ def test_lr_D_gives_D_its_own_learning_rate(tmp_path):
         Pix2Pix(**{**TINY_MODEL, "lr_D": 0})
 
 
+def test_the_vgg_loss_is_added_when_training_with_a_file_and_needs_none_to_predict(tmp_path):
+    """pix2pixHD's VGG term: λ_vgg · VGGLoss(fake, target) on top of the other terms, with a local VGG-19 file (random
+    weights saved here); without the file `fit` stops in one line while test/predict of the same model run."""
+    from torchvision.models import vgg19
+
+    from pix2pix_lit.losses import VGG_SLICES, VGGLoss
+
+    path = tmp_path / "vgg19.pth"
+    torch.manual_seed(0)
+    torch.save(vgg19(weights=None).features[: VGG_SLICES[-1]].state_dict(), path)
+    model = Pix2Pix(**{**TINY_MODEL, "lambda_vgg": 10.0, "vgg_weights": str(path)})
+    model.setup("fit")
+    assert "vgg" not in dict(model.named_children())  # not saved in checkpoints
+    source, target = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    fake = model.G(source)
+    loss, logs = model.generator_loss(source, target, fake)
+    vgg = VGGLoss(str(path))(fake, target).item() * 10.0
+    assert logs["loss_G_VGG"].item() == pytest.approx(vgg, rel=1e-5) and vgg > 0
+    assert loss.item() == pytest.approx(logs["loss_G_GAN"].item() + logs["loss_G_L1"].item() + vgg, rel=1e-5)
+    without = Pix2Pix(**{**TINY_MODEL, "lambda_vgg": 10.0})
+    without.setup("test")  # test and predict never need the file
+    with pytest.raises(ConfigError, match="model.lambda_vgg=10.0 needs model.vgg_weights: torchvision's ImageNet VGG-19"):
+        without.setup("fit")
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
+    trainer.fit(model, synthetic(tmp_path))
+    assert torch.isfinite(trainer.callback_metrics["train/loss_G_VGG"])
+
+
 def test_plateau_policy_needs_its_metric(tmp_path):
     model = Pix2Pix(**{**TINY_MODEL, "lr_policy": "plateau", "plateau_monitor": "train/loss_G"})
     quiet_trainer(max_epochs=1, limit_val_batches=0).fit(model, synthetic(tmp_path))
