@@ -24,20 +24,21 @@ REPO = Path(__file__).resolve().parents[1]
 MAPS = REPO.parent / "shared" / "datasets" / "maps"
 
 # name: (options over configs/maps.yaml, what it changes and why)
+_RESNET_HINGE = ["--model.netG", "resnet_9blocks", "--model.norm", "instance", "--model.no_dropout", "true",
+                 "--model.gan_mode", "hinge", "--model.lambda_L1", "10"]
+
+# name: (options over configs/maps.yaml, what it changes and why). G's cost at 256x256 (torch's FlopCounterMode,
+# forward): unet_256 ngf 64 12.1 GFLOP; resnet_9blocks ngf 64 99.1, ngf 32 25.4, ngf 24 ~14.3 (ngf squared)
 RECIPES: dict[str, tuple[list[str], str]] = {
     "official": ([], "configs/maps.yaml: the official recipe (U-Net 256, batch norm, dropout, vanilla GAN, L1 x100)"),
     "ema": (["--model.ema_decay", "0.99"], "+ an EMA generator (configs/maps_better.yaml)"),
-    "resnet_hinge": (
-        ["--model.netG", "resnet_9blocks", "--model.ngf", "32", "--model.norm", "instance", "--model.no_dropout", "true",
-         "--model.gan_mode", "hinge", "--model.lambda_L1", "10"],
-        "GAN Compression's pix2pix teacher (ResNet-9, instance norm, hinge, L1 x10) at ngf 32 (the cost of the U-Net)"),
-    "resnet_hinge_ema": (
-        ["--model.netG", "resnet_9blocks", "--model.ngf", "32", "--model.norm", "instance", "--model.no_dropout", "true",
-         "--model.gan_mode", "hinge", "--model.lambda_L1", "10", "--model.ema_decay", "0.99"],
-        "resnet_hinge + EMA 0.99"),
+    "resnet_hinge": ([*_RESNET_HINGE, "--model.ngf", "24"],
+                     "GAN Compression's pix2pix teacher (ResNet-9, instance norm, hinge, L1 x10) at ngf 24 "
+                     "(G ~14 GFLOP, the U-Net's 12)"),
+    "resnet32_hinge": ([*_RESNET_HINGE, "--model.ngf", "32"], "the same at ngf 32 (G 25 GFLOP: ~2x the U-Net's)"),
+    "resnet_hinge_ema": ([*_RESNET_HINGE, "--model.ngf", "24", "--model.ema_decay", "0.99"], "resnet_hinge + EMA 0.99"),
     "resnet_hinge_sn_ttur": (
-        ["--model.netG", "resnet_9blocks", "--model.ngf", "32", "--model.norm", "instance", "--model.no_dropout", "true",
-         "--model.gan_mode", "hinge", "--model.lambda_L1", "10", "--model.spectral_norm_D", "true", "--model.lr", "0.0001",
+        [*_RESNET_HINGE, "--model.ngf", "24", "--model.spectral_norm_D", "true", "--model.lr", "0.0001",
          "--model.lr_D", "0.0004"],
         "resnet_hinge + spectral norm in D + two time-scale learning rates (G 1e-4, D 4e-4)"),
     "unet_in_ms_fm": (
