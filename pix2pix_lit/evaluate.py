@@ -24,9 +24,11 @@ import torch
 from PIL import Image
 
 from pix2pix_lit.data.datasets import match_pairs
-from pix2pix_lit.data.io import check_decodable, load_image, to_tensor, write_text_atomic
+from pix2pix_lit.data.io import check_decodable, list_images, load_image, to_tensor, write_text_atomic
 from pix2pix_lit.errors import ConfigError, InceptionWeightsError, Pix2PixLitError
-from pix2pix_lit.metrics import ImageQualityMetrics, find_inception_weights, load_inception
+from pix2pix_lit.fid_stats import RealStats
+from pix2pix_lit.inception import weights_sha256
+from pix2pix_lit.metrics import FID_FEATURES, ImageQualityMetrics, find_inception_weights, load_inception
 
 if TYPE_CHECKING:
     from pix2pix_lit.lpips import LPIPS
@@ -94,11 +96,51 @@ def evaluate_folders(
         "metrics": values,
         "protocol": {
             "ssim_psnr": "images in [0, 1], data_range 1, PSNR the mean of per-image PSNR",
-            "fid_implementation": "torch-fidelity InceptionV3 (TF inception-2015-12-05), 2048-d pool, 8-bit images",
+            "fid_implementation": FID_FEATURES,
             "kid_subset_size": metrics.kid.subset_size if metrics.kid is not None else None,
             **protocol,
         },
     }
+
+
+def save_real_stats(real_dir: Path, out: Path, size: Optional[int] = None, batch_size: int = 16,
+                    inception_weights: Optional[str] = None) -> RealStats:
+    """The FID statistics (mean, covariance, count) of every image under ``real_dir`` written to ``out``
+    (:mod:`pix2pix_lit.fid_stats`), each image read as :func:`evaluate_folders` reads it."""
+    if size is not None and size < 8:
+        raise ConfigError(f"--size {size} is too small; give the side in pixels images are resized to (e.g. 256)")
+    real_dir = Path(real_dir)
+    if not real_dir.is_dir():
+        raise ConfigError(f"--save_stats {real_dir} is not a folder; give the folder of real images")
+    paths = list_images(real_dir)
+    if len(paths) < 2:
+        raise ConfigError(f"--save_stats {real_dir} holds {len(paths)} image(s); FID statistics need at least 2")
+    check_decodable(paths)
+    weights = find_inception_weights(inception_weights)
+    metrics = ImageQualityMetrics(fid=True, kid=False)
+    metrics.set_extractor(load_inception(str(weights)))
+    sizes = set()
+    batch: list[torch.Tensor] = []
+
+    def flush() -> None:
+        if batch:
+            metrics.update_real(torch.stack(batch))
+            batch.clear()
+
+    for path in paths:
+        image = _read(path, size)
+        sizes.add((image.shape[2], image.shape[1]))
+        if batch and batch[0].shape != image.shape:
+            flush()
+        batch.append(image)
+        if len(batch) == batch_size:
+            flush()
+    flush()
+    protocol = {"features": FID_FEATURES, "resize": f"PIL bicubic to {size}x{size}" if size else "as stored",
+                "image_size": list(next(iter(sizes))) if len(sizes) == 1 else None, "real_dir": str(real_dir)}
+    stats = RealStats.from_sums(*metrics.real_feature_sums(), weights_sha256(weights), protocol)
+    stats.save(out)
+    return stats
 
 
 def inception_score_weights(inception_weights: Optional[str] = None) -> Path:
@@ -166,7 +208,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         description="FID, KID, SSIM, PSNR and L1 between generated and real images matched by name, with the "
         "implementation and weights used in validation and test.",
     )
-    parser.add_argument("fake_dir", type=Path, help="generated images (any method's outputs)")
+    parser.add_argument("fake_dir", type=Path, nargs="?", default=None,
+                        help="generated images (any method's outputs); not with --save_stats")
     parser.add_argument("real_dir", type=Path, nargs="?", default=None,
                         help="real images; each generated image's namesake is its reference (optional with --labels: "
                         "then only the segmentation scores)")
@@ -175,6 +218,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--fake-suffix", default="", help="name ending stripped before matching, e.g. _fake_B.png")
     parser.add_argument("--real-suffix", default="", help="name ending stripped before matching, e.g. _real_B.png")
     parser.add_argument("--output", type=Path, default=None, help="also write the results to this JSON file")
+    parser.add_argument("--save_stats", nargs=2, type=Path, default=None, metavar=("REAL_DIR", "OUT_NPZ"),
+                        help="write the FID statistics of the images in REAL_DIR (with --size: resized first) to "
+                        "OUT_NPZ, for model.fid_real_stats; nothing else is scored")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--kid-subset-size", type=int, default=1000)
     parser.add_argument("--no-fid", action="store_true")
@@ -204,6 +250,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                      "map's own size, as the papers score")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.save_stats is not None:
+        return _save_stats_main(parser, args)
+    if args.fake_dir is None:
+        parser.error("give FAKE_DIR (and REAL_DIR), or --save_stats REAL_DIR OUT_NPZ")
     try:
         # checked first: a missing classifier layer or segmenter should not cost the whole evaluation
         isc_weights = inception_score_weights(args.inception_weights) if args.isc else None
@@ -247,6 +297,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.output is not None:
         write_text_atomic(args.output, json.dumps(result, indent=2) + "\n")
         print(f"written to {args.output}")
+    return 0
+
+
+def _save_stats_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.fake_dir is not None or args.real_dir is not None or args.labels is not None:
+        parser.error("--save_stats REAL_DIR OUT_NPZ takes no FAKE_DIR, REAL_DIR or --labels")
+    real_dir, out = args.save_stats
+    try:
+        stats = save_real_stats(real_dir, out, args.size, args.batch_size, args.inception_weights)
+    except Pix2PixLitError as e:
+        print(f"pix2pix-lit eval: error: {e}", file=sys.stderr)
+        return e.exit_code
+    size = stats.image_size
+    print(f"FID statistics of {stats.num_images} images ({f'{size[0]}x{size[1]}' if size else 'mixed sizes'}, "
+          f"{stats.protocol['resize']}) written to {out}")
     return 0
 
 

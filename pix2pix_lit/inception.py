@@ -8,6 +8,7 @@ model: it is kept out of state_dicts (so out of checkpoints) and runs in fp32.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -49,6 +50,17 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_of_version(path: str, size: int, mtime_ns: int) -> str:
+    return _sha256(Path(path))
+
+
+def weights_sha256(path: Path) -> str:
+    """The sha256 of a weights file, hashed once per process and file version (stored FID statistics record it)."""
+    st = Path(path).stat()
+    return _sha256_of_version(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
 def _fidelity_skeleton() -> nn.Module:

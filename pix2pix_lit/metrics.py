@@ -25,6 +25,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 from pix2pix_lit.data.io import to_uint8
 from pix2pix_lit.errors import ConfigError
+from pix2pix_lit.fid_stats import RealStats, check_image_size
 from pix2pix_lit.inception import (  # noqa: F401 - the weights' finding and loading, re-exported
     CONVERTED_FILENAME,
     FEATURE_DIM,
@@ -39,6 +40,9 @@ from pix2pix_lit.inception import (  # noqa: F401 - the weights' finding and loa
 )
 
 log = logging.getLogger(__name__)
+
+# What FID/KID features are, recorded with every score and every stored statistics file
+FID_FEATURES = "torch-fidelity InceptionV3 (TF inception-2015-12-05), 2048-d pool, 8-bit images"
 
 def kid_subset_for(n: int, kid_subset_size: int) -> int:
     """The KID subset size for ``n`` images: ``kid_subset_size`` when there are more images than that,
@@ -195,6 +199,7 @@ class ImageQualityMetrics(nn.Module):
         self.num_fake = 0
         self.real_cached = False
         self.real_key: Optional[str] = None
+        self.real_stats: Optional[tuple[RealStats, str]] = None  # stored statistics and their file (use_real_stats)
         # MiFID's reference: Inception features of the training images (not a state: kept across passes)
         self.training_features: Optional[torch.Tensor] = None
         self.training_key: Optional[str] = None
@@ -203,8 +208,32 @@ class ImageQualityMetrics(nn.Module):
         # whatever the loader's batch size (paper-mode evaluation feeds one image per step)
         self._pending: dict[bool, list[torch.Tensor]] = {False: [], True: []}
 
+    def use_real_stats(self, stats: RealStats, path: str, holds_them: bool) -> None:
+        """FID's real side from stored statistics (:mod:`pix2pix_lit.fid_stats`): no real image goes through the
+        Inception. ``holds_them``: this process holds the sums; the others hold zeros, so the sums torchmetrics adds
+        across processes are the file's (rank 0 holds them)."""
+        if self.fid is None or self.kid is not None:
+            raise ConfigError("stored FID statistics give FID's real side only: they need FID on and KID off")
+        total, outer, n = stats.feature_sums() if holds_them else (None, None, 0)
+        fid, device = self.fid, self.fid.real_features_num_samples.device
+        if holds_them:
+            fid.real_features_sum = total.to(device)
+            fid.real_features_cov_sum = outer.to(device)
+        fid.real_features_num_samples = torch.tensor(n, dtype=fid.real_features_num_samples.dtype, device=device)
+        fid._release_zero_sums()
+        self._pending[True].clear()
+        self.real_stats, self.real_key, self.real_cached = (stats, path), f"stats:{path}", True
+
+    def real_feature_sums(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """FID's sums over the real images given so far (features, their outer products) and their count."""
+        self._flush(real=True)
+        self.fid._materialize(("real",))
+        return self.fid.real_features_sum, self.fid.real_features_cov_sum, int(self.fid.real_features_num_samples)
+
     def use_real_set(self, key: str) -> None:
         """Name the real images of the coming pass; cached real features of another set are dropped."""
+        if self.real_stats is not None:
+            return  # the stored statistics are the real side of every pass
         if key != self.real_key:
             if self.real_cached:
                 log.info("the evaluated real images changed: computing their Inception features anew")
@@ -268,6 +297,8 @@ class ImageQualityMetrics(nn.Module):
         Inception until INCEPTION_BATCH of one size are there (all are flushed before :meth:`compute`)."""
         if not self.needs_inception or (real and self.real_cached):
             return
+        if not real and self.real_stats is not None and self.num_fake == 0:
+            check_image_size(self.real_stats[0], self.real_stats[1], images.shape[-1], images.shape[-2])
         pending = self._pending[real]
         if pending and pending[0].shape[1:] != images.shape[1:]:
             self._flush(real)

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from pix2pix_lit.data.io import save_image_atomic, to_pil, write_text_atomic
+from pix2pix_lit.metrics import FID_FEATURES
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def evaluation_protocol(trainer: pl.Trainer, pl_module: pl.LightningModule) -> d
         # the val split chose best-*.ckpt (and whatever was tuned on it): scores there are optimistic
         out["split_selected_checkpoint"] = out["split"] is not None and out["split"] == val_split
     if h.get("fid") or h.get("kid"):
-        out["fid_implementation"] = "torch-fidelity InceptionV3 (TF inception-2015-12-05), 2048-d pool, 8-bit images"
+        out["fid_implementation"] = FID_FEATURES
     from pix2pix_lit.models.segmenter import Segmenter
 
     scorer = pl_module.__dict__.get("scorer")  # a generator scored with model.segmenter

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 RUNTIME_OPTIONS = (
     "inference_mode", "predict_fit", "predict_size", "predict_tile", "predict_tile_overlap", "predict_direction",
     "channels_last", "compile", "fid", "kid",
-    "mifid", "mifid_eps", "inception_weights", "kid_subset_size", "max_nonfinite_steps", "use_ema_for_eval",
+    "mifid", "mifid_eps", "inception_weights", "fid_real_stats", "kid_subset_size", "max_nonfinite_steps", "use_ema_for_eval",
     "vgg_weights", "vgg_sha256", "segmenter", "segmenter_weights", "checkpoint_activations",
 )
 
@@ -81,6 +81,8 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
         channels_last: NHWC memory format. ``null``: on with 16-bit/bf16 precision and on GPUs, off for fp32 on CPU.
         compile: ``torch.compile`` the networks.
         fid, kid, mifid, mifid_eps, inception_weights, kid_subset_size: metric settings (``pix2pix_lit.metrics``).
+        fid_real_stats: a file of stored FID statistics (``pix2pix-lit eval --save_stats``) that validation and test
+            score FID against instead of the real images' features (``pix2pix_lit.fid_stats``; KID off).
         checkpoint_activations: recompute the generators' residual-block activations in the backward pass instead of
             keeping them (ResNet, global and local generators): less training memory for one more forward of the
             blocks; the same gradients.
@@ -122,6 +124,7 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
         mifid: bool = False,
         mifid_eps: float = 0.1,
         inception_weights: Optional[str] = None,
+        fid_real_stats: Optional[str] = None,
         kid_subset_size: int = 1000,
         max_nonfinite_steps: int = 20,
         ema_decay: Optional[float] = None,
@@ -153,6 +156,12 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
         if mifid and not (fid and kid):
             raise ConfigError("model.mifid needs model.fid and model.kid (MiFID is FID divided by a memorization term "
                               "computed on the Inception features KID keeps)")
+        if fid_real_stats is not None:
+            if not fid or kid or len(self.metric_domains) > 1:
+                raise ConfigError(f"model.fid_real_stats {fid_real_stats} gives FID's real side for one output domain: "
+                                  "it needs model.fid: true and model.kid: false (KID needs every real image's features)"
+                                  + (f", and {type(self).__name__} scores {len(self.metric_domains)} domains"
+                                     if len(self.metric_domains) > 1 else ""))
         if not 0.0 < mifid_eps <= 1.0:
             raise ConfigError(f"model.mifid_eps={mifid_eps} must be in (0, 1] (Kaggle's threshold is 0.1)")
         if segmenter is not None:

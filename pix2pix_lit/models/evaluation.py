@@ -16,8 +16,10 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from pix2pix_lit.data.datasets import fingerprint
 from pix2pix_lit.errors import ConfigError
+from pix2pix_lit.fid_stats import RealStats, check_compatible, load_real_stats
+from pix2pix_lit.inception import weights_sha256
 from pix2pix_lit.lightning_internals import end_validation_workers
-from pix2pix_lit.metrics import ImageQualityMetrics, find_inception_weights, load_inception
+from pix2pix_lit.metrics import FID_FEATURES, ImageQualityMetrics, find_inception_weights, load_inception
 from pix2pix_lit.precision import EvalPassWeights
 from pix2pix_lit.segmentation import (
     SCALAR_SCORES,
@@ -121,6 +123,7 @@ class Evaluation(pl.LightningModule):
         stage = self.trainer.state.fn.value if self._trainer is not None and self.trainer.state.fn else None
         if self._needs_inception(stage):
             find_inception_weights(self.hparams.inception_weights)
+            self._real_stats()  # a bad statistics file too
         if stage in ("fit", "validate", "test"):
             self.make_segmentation_scores()  # a bad segmenter file too stops the run before any logger starts
 
@@ -153,6 +156,24 @@ class Evaluation(pl.LightningModule):
                 metrics[domain].use_real_set(
                     fingerprint(loader.dataset, list(num_batches), loader.batch_size, self.trainer.world_size))
 
+    def _real_stats(self) -> Optional[RealStats]:
+        """``model.fid_real_stats`` read and checked against the Inception weights in use (once), or None."""
+        path = self.hparams.get("fid_real_stats")
+        if not path:
+            return None
+        if self.__dict__.get("_loaded_real_stats", (None,))[0] != path:
+            stats = load_real_stats(path)
+            check_compatible(stats, path, weights_sha256(find_inception_weights(self.hparams.inception_weights)),
+                             FID_FEATURES)
+            self.__dict__["_loaded_real_stats"] = (path, stats)
+        return self.__dict__["_loaded_real_stats"][1]
+
+    def _use_real_stats(self, metrics: nn.ModuleDict) -> None:
+        stats = self._real_stats()
+        if stats is not None:
+            for m in metrics.values():
+                m.use_real_stats(stats, self.hparams.fid_real_stats, holds_them=self.trainer.global_rank == 0)
+
     def _scores_before_training(self) -> bool:
         """A sanity check over the whole val set (``trainer.num_sanity_val_steps: -1``) scores the untrained
         generators: the starting point of the val curves, logged at step 0."""
@@ -182,12 +203,14 @@ class Evaluation(pl.LightningModule):
         self._begin_eval_pass()
         self._attach_inception(self.trainer.state.fn.value)
         self._use_real_sets(self.eval_metrics["val"], self.trainer.val_dataloaders, self.trainer.num_val_batches)
+        self._use_real_stats(self.eval_metrics["val"])
         if not self.trainer.sanity_checking or self._scores_before_training():
             self._use_training_references(self.eval_metrics["val"])
 
     def on_test_epoch_start(self) -> None:
         self._begin_eval_pass()
         self._use_real_sets(self.eval_metrics["test"], self.trainer.test_dataloaders, self.trainer.num_test_batches)
+        self._use_real_stats(self.eval_metrics["test"])
         self._use_training_references(self.eval_metrics["test"])
 
     def _use_training_references(self, metrics: nn.ModuleDict) -> None:
