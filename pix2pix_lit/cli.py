@@ -25,7 +25,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from pix2pix_lit.callbacks import ImageGridCallback, PredictionWriter, SaveOnSigterm, TestReport
+from pix2pix_lit.callbacks import ImageGridCallback, PredictionWriter, Requeued, RequeueOnSlurmSignal, SaveOnSigterm, TestReport
 from pix2pix_lit.checkpoint_io import remove_stale_partials
 from pix2pix_lit.checkpoints import check_checkpoint_fits, load_checkpoint
 from pix2pix_lit.data import ImageDataModule
@@ -158,7 +158,7 @@ class Pix2PixCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         if self.subcommand == "fit" and not any(isinstance(cb, SaveOnSigterm) for cb in self.trainer.callbacks):
-            self.trainer.callbacks += [SaveOnSigterm(), _KeepRunDirOnceTrained()]
+            self.trainer.callbacks += [SaveOnSigterm(), RequeueOnSlurmSignal(), _KeepRunDirOnceTrained()]
         for key, batches in self._limits.items():
             # jsonargparse hands the Trainer 1.0 (= 100%) for a 1; set the whole number of batches meant
             setattr(self.trainer, key, batches)
@@ -410,6 +410,9 @@ def main(args: Optional[list[str]] = None) -> None:
         msg = _one_line(cause) if cause else " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
         print(f"pix2pix-lit: error: {msg}", file=sys.stderr)
         sys.exit(2)
+    except Requeued as e:
+        print(f"pix2pix-lit: {e}; the requeued job resumes from it (no --ckpt_path needed on SLURM)", file=sys.stderr)
+        sys.exit(SIGTERM_EXIT_CODE)
     except SIGTERMException:
         # Lightning stops the loops at the next batch and ends with SystemExit(0): a scheduler could not tell
         # that from a finished run

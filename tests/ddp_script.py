@@ -1,10 +1,12 @@
-"""Run by test_distributed.py: k training steps + a validation with 2 CPU processes (gloo DDP).
+"""Run by test_distributed.py and test_multinode.py: k training steps + a validation with 2 CPU processes (gloo
+DDP), on one node or as 2 nodes of 1 process.
 
 Each rank saves its G/D weights; rank 0 saves the validation metrics. Lightning's DDP launcher
 re-runs this script for rank 1, so it is a script and not a test function.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -62,15 +64,18 @@ class SaveEachRank(pl.Callback):
                    self.out / f"rank{trainer.global_rank}.pt")
 
 
-def main(out: Path, strategy: str, kind: str) -> None:
+def main(out: Path, strategy: str, kind: str, num_nodes: int = 1) -> None:
     pl.seed_everything(0)
     model = make_model(kind)
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy=strategy, max_steps=3, check_val_every_n_epoch=100, logger=False,
+    trainer = pl.Trainer(  # 2 processes in all: 2 on one node, or 1 on each of 2 nodes (multi-node launch)
+        accelerator="cpu", devices=2 // num_nodes, num_nodes=num_nodes, strategy=strategy, max_steps=3,
+        check_val_every_n_epoch=100, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         callbacks=[SaveEachRank(out, kind)],
     )
-    dm = datamodule(str(out / "data"), kind)
+    # each node its own copy of the data, as on a cluster's local disks (one node: the folder the tests read)
+    node = int(os.environ.get("NODE_RANK", "0"))
+    dm = datamodule(str(out / ("data" if node == 0 else f"data-node{node}")), kind)
     trainer.fit(model, dm)
     metrics = trainer.validate(model, dm, verbose=False)[0]
     if trainer.global_rank == 0:
@@ -78,4 +83,5 @@ def main(out: Path, strategy: str, kind: str) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "pix2pix")
+    main(Path(sys.argv[1]), sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "pix2pix",
+         int(sys.argv[4]) if len(sys.argv) > 4 else 1)
