@@ -30,7 +30,7 @@ from pix2pix_lit.checkpoint_io import remove_stale_partials
 from pix2pix_lit.checkpoints import check_checkpoint_fits, load_checkpoint
 from pix2pix_lit.data import ImageDataModule
 from pix2pix_lit.errors import CheckpointError, ConfigError, Pix2PixLitError, find_in_chain
-from pix2pix_lit.loggers import LoggerSaveConfigCallback
+from pix2pix_lit.loggers import LoggerSaveConfigCallback, download_wandb_checkpoint
 from pix2pix_lit.models import DEFAULT_MODEL, resolve_model_class
 from pix2pix_lit.models.base import RUNTIME_OPTIONS
 from pix2pix_lit.modes import metric_mode
@@ -138,6 +138,9 @@ class Pix2PixCLI(LightningCLI):
         ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
         if not ckpt_path or ckpt_path in _SPECIAL_CKPT_PATHS:
             return
+        if str(ckpt_path).startswith("wandb:"):  # a W&B model artifact (WandbLogger logs best and latest)
+            ckpt_path = download_wandb_checkpoint(str(ckpt_path))
+            self.config[self.config.subcommand]["ckpt_path"] = ckpt_path
         self._ckpt = load_checkpoint(ckpt_path)
         hparams = dict(self._ckpt.get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)

@@ -1,7 +1,10 @@
-"""Loggers whose run folder defaults to the trainer's (filled in by the CLI), W&B offline without credentials."""
+"""Loggers whose run folder defaults to the trainer's (filled in by the CLI), W&B offline without credentials and
+holding the run's best and last checkpoints as artifacts."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import netrc
 import os
@@ -10,7 +13,7 @@ from typing import Any, Optional
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger as _CSVLogger
 from lightning.pytorch.loggers import WandbLogger as _WandbLogger
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +30,38 @@ def wandb_credentials_available() -> bool:
     return rc.authenticators(host) is not None
 
 
+def wandb_offline() -> bool:
+    """Whether W&B runs offline here: ``WANDB_MODE`` says so, or it says nothing and there are no credentials."""
+    mode = os.environ.get("WANDB_MODE")
+    return mode in ("offline", "dryrun", "disabled") or (mode is None and not wandb_credentials_available())
+
+
+def config_sha256(hparams: Any) -> str:
+    """A hash of a model's hyper-parameters (what a checkpoint was trained with), for artifact metadata."""
+    text = json.dumps(hparams, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 class WandbLogger(_WandbLogger):
-    """Lightning's WandbLogger that decides online/offline by itself.
+    """Lightning's WandbLogger that decides online/offline by itself and keeps the run's checkpoints.
 
     ``offline=None`` (the default): online when W&B has credentials (``wandb login`` or
     ``WANDB_API_KEY``) and ``WANDB_MODE`` does not say otherwise; else offline, said once in the log:
     the run is written to ``<save_dir>/wandb/offline-run-*`` and ``wandb sync`` uploads it later.
+
+    ``log_checkpoints`` (default on): when the run ends (finished or stopped), the best checkpoint and the last
+    one are logged as versions of the model artifact ``model-<run id>`` with the aliases ``best`` and ``latest``
+    and their step, epoch, monitored metric and score, and a hash of the model's hyper-parameters as metadata —
+    offline too: the offline run records them and ``wandb sync`` uploads them. (Lightning's ``log_model``
+    refuses offline runs, so it is not used.) ``--ckpt_path wandb:ENTITY/PROJECT/model-ID:best`` resumes or
+    evaluates from such an artifact on any machine that is online.
     """
 
-    def __init__(self, *args: Any, offline: Optional[bool] = None, save_dir: Optional[str] = None, **kwargs: Any):
-        mode = os.environ.get("WANDB_MODE")
+    def __init__(self, *args: Any, offline: Optional[bool] = None, save_dir: Optional[str] = None,
+                 log_checkpoints: bool = True, **kwargs: Any):
         if offline is None:
-            offline = mode in ("offline", "dryrun") or (mode is None and not wandb_credentials_available())
-            if offline and mode is None:
+            offline = wandb_offline()
+            if offline and os.environ.get("WANDB_MODE") is None:
                 rank_zero_info(
                     "W&B: no credentials found (wandb login / WANDB_API_KEY): logging offline to "
                     f"{os.path.join(save_dir or '.', 'wandb')}; upload later with `wandb sync <run folder>`"
@@ -48,6 +70,75 @@ class WandbLogger(_WandbLogger):
         if self._wandb_init.get("anonymous") is None:
             # Lightning passes anonymous=None, which current wandb versions warn about on every run
             self._wandb_init.pop("anonymous", None)
+        self.log_checkpoints = log_checkpoints and not self._log_model  # log_model: Lightning's own way instead
+        self._seen_checkpoint_callbacks: dict[int, Any] = {}
+        self._logged_checkpoints: dict[str, float] = {}  # path -> modification time when logged
+
+    @rank_zero_only
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        super().after_save_checkpoint(checkpoint_callback)
+        self._seen_checkpoint_callbacks[id(checkpoint_callback)] = checkpoint_callback
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self.log_checkpoints and getattr(self, "_experiment", None) is not None:
+            self._log_checkpoint_artifacts()
+        super().finalize(status)
+
+    def _log_checkpoint_artifacts(self) -> None:
+        import wandb
+
+        from pix2pix_lit.checkpoints import load_checkpoint
+
+        aliases: dict[str, list[str]] = {}
+        monitors: dict[str, tuple[Optional[str], Any]] = {}
+        for cb in self._seen_checkpoint_callbacks.values():
+            if getattr(cb, "best_model_path", "") and cb.monitor:
+                aliases.setdefault(cb.best_model_path, []).append("best")
+                monitors[cb.best_model_path] = (cb.monitor, cb.best_model_score)
+            if getattr(cb, "last_model_path", ""):
+                aliases.setdefault(cb.last_model_path, []).append("latest")
+        # the best first: W&B moves "latest" to the version logged last, which is then the last checkpoint
+        for path, names in sorted(aliases.items(), key=lambda item: "best" not in item[1]):
+            if not os.path.isfile(path) or self._logged_checkpoints.get(path) == os.path.getmtime(path):
+                continue
+            ckpt = load_checkpoint(path)
+            monitor, score = monitors.get(path, (None, None))
+            metadata = {
+                "step": int(ckpt.get("global_step", 0)), "epoch": int(ckpt.get("epoch", 0)), "monitor": monitor,
+                "score": float(score) if score is not None else None, "original_filename": os.path.basename(path),
+                "config_sha256": config_sha256(ckpt.get("hyper_parameters", {})),
+            }
+            del ckpt
+            artifact = wandb.Artifact(name=f"model-{self.experiment.id}", type="model", metadata=metadata)
+            artifact.add_file(path, name="model.ckpt", policy=self.add_file_policy)
+            self.experiment.log_artifact(artifact, aliases=sorted(set(names)))
+            self._logged_checkpoints[path] = os.path.getmtime(path)
+            log.info("W&B: %s logged as model-%s:%s", path, self.experiment.id, ",".join(sorted(set(names))))
+
+
+def download_wandb_checkpoint(spec: str) -> str:
+    """``wandb:ENTITY/PROJECT/ARTIFACT:ALIAS`` -> the local path of its ``model.ckpt`` (downloaded; needs W&B online)."""
+    from pix2pix_lit.errors import CheckpointError
+
+    name = spec[len("wandb:"):]
+    if name.count("/") != 2 or ":" not in name.rsplit("/", 1)[-1]:
+        raise CheckpointError(f"--ckpt_path {spec}: give wandb:ENTITY/PROJECT/ARTIFACT:ALIAS, e.g. "
+                              "wandb:me/pix2pix-lit/model-1a2b3c4d:best")
+    if wandb_offline():
+        raise CheckpointError(f"--ckpt_path {spec} needs W&B online (wandb login, or WANDB_API_KEY; WANDB_MODE is "
+                              f"{os.environ.get('WANDB_MODE', 'unset')}): download the artifact on a machine that is, "
+                              "and pass its model.ckpt")
+    import wandb
+
+    try:
+        folder = wandb.Api().artifact(name, type="model").download()
+    except Exception as e:  # wandb raises CommError, ValueError, requests errors, ...
+        raise CheckpointError(f"--ckpt_path {spec}: W&B could not give that artifact ({str(e).splitlines()[0][:160]})") from None
+    path = os.path.join(folder, "model.ckpt")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"--ckpt_path {spec}: the artifact holds no model.ckpt (not logged by pix2pix-lit)")
+    return path
 
     @property
     def experiment(self):

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,6 +54,17 @@ def test_fit_writes_a_wandb_run_with_metrics_grids_and_config(trained):
     grid = Image.open(sorted((root / "images").glob("val_epoch*.png"))[0])
     assert grid.size == (3 * 34 + 2, 4 * 34 + 2)  # 4 val samples as rows of source | output | target, 32 px
     assert len(list((root / "images").glob("val_start_step0000000.png"))) == 1  # before any training
+    # the best and the last checkpoint, as versions of the run's model artifact (recorded offline for wandb sync)
+    best, last = data["artifacts"]
+    best_file = next((root / "checkpoints").glob("best-*.ckpt"))
+    assert {a["name"] for a in (best, last)} == {f"model-{run_dir.name.rsplit('-', 1)[-1]}"}
+    assert {a["type"] for a in (best, last)} == {"model"} and "best" in best["aliases"] and "latest" in last["aliases"]
+    assert best["metadata"]["monitor"] == "val/fid" and best["metadata"]["score"] == pytest.approx(min(fids), rel=1e-6)
+    assert best["metadata"]["original_filename"] == best_file.name and last["metadata"]["original_filename"] == "last.ckpt"
+    assert best["metadata"]["step"] == 4 and last["metadata"]["step"] == 4 and last["metadata"]["epoch"] == 2
+    assert re.fullmatch(r"[0-9a-f]{64}", best["metadata"]["config_sha256"])
+    assert best["metadata"]["config_sha256"] == last["metadata"]["config_sha256"]  # one run, one config
+    assert Path(best["files"]["model.ckpt"]).read_bytes() == best_file.read_bytes()  # the file itself, staged
     l1 = [h["samples/val_l1"] for h in data["history"] if "samples/val_l1" in h]
     assert len(l1) == 3 and all(0 < v < 2 for v in l1)
     assert "val/l1" in keys
@@ -161,6 +173,9 @@ def test_bad_checkpoints_are_one_line_and_write_nothing(trained, tmp_path):
         (tmp_path / "missing.ckpt", "missing.ckpt does not exist"),
         (truncated, "cut.ckpt cannot be read"),
         (other, f"made for another architecture than this config (1 tensor(s) differ in shape, e.g. {key}"),
+        # a W&B model artifact needs W&B online (env: WANDB_MODE=offline); a malformed name is told how to spell it
+        ("wandb:me/pix2pix-lit/model-1a2b3c4d:best", "needs W&B online"),
+        ("wandb:model-1a2b3c4d", "give wandb:ENTITY/PROJECT/ARTIFACT:ALIAS"),
     ]
     for command in ("test", "predict", "fit"):
         for ckpt, message in cases:

@@ -51,9 +51,10 @@ def records(path: Path):
 
 
 def read_run(run_dir: Path) -> dict:
-    """{"history": [dict per step], "config": {key: value}, "summary": {...}} of an offline run folder."""
+    """{"history": [dict per step], "config": {key: value}, "summary": {...}, "artifacts": [logged artifacts]} of an
+    offline run folder."""
     (path,) = list(Path(run_dir).glob("*.wandb"))
-    history, config, summary = [], {}, {}
+    history, config, summary, artifacts = [], {}, {}, []
     for rec in records(path):
         kind = rec.WhichOneof("record_type")
         if kind == "history":
@@ -65,7 +66,12 @@ def read_run(run_dir: Path) -> dict:
         elif kind == "config":
             for item in rec.config.update:
                 config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+        elif kind == "artifact":
+            a = rec.artifact
+            artifacts.append({"name": a.name, "type": a.type, "aliases": list(a.aliases),
+                              "metadata": json.loads(a.metadata or "{}"),
+                              "files": {c.path: c.local_path for c in a.manifest.contents}})
         elif kind == "summary":
             for item in rec.summary.update:
                 summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
-    return {"history": history, "config": config, "summary": summary}
+    return {"history": history, "config": config, "summary": summary, "artifacts": artifacts}
