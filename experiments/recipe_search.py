@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -26,6 +27,9 @@ MAPS = REPO.parent / "shared" / "datasets" / "maps"
 # name: (options over configs/maps.yaml, what it changes and why)
 _RESNET_HINGE = ["--model.netG", "resnet_9blocks", "--model.norm", "instance", "--model.no_dropout", "true",
                  "--model.gan_mode", "hinge", "--model.lambda_L1", "10"]
+
+_UNET_IN_MS_FM = ["--model.norm", "instance", "--model.no_dropout", "true", "--model.netD", "multiscale",
+                  "--model.num_D", "2", "--model.gan_mode", "lsgan", "--model.lambda_feat", "10"]
 
 # name: (options over configs/maps.yaml, what it changes and why). G's cost at 256x256 (torch's FlopCounterMode,
 # forward): unet_256 ngf 64 12.1 GFLOP; resnet_9blocks ngf 64 99.1, ngf 32 25.4, ngf 24 ~14.3 (ngf squared)
@@ -41,10 +45,8 @@ RECIPES: dict[str, tuple[list[str], str]] = {
         [*_RESNET_HINGE, "--model.ngf", "24", "--model.spectral_norm_D", "true", "--model.lr", "0.0001",
          "--model.lr_D", "0.0004"],
         "resnet_hinge + spectral norm in D + two time-scale learning rates (G 1e-4, D 4e-4)"),
-    "unet_in_ms_fm": (
-        ["--model.norm", "instance", "--model.no_dropout", "true", "--model.netD", "multiscale", "--model.num_D", "2",
-         "--model.gan_mode", "lsgan", "--model.lambda_feat", "10"],
-        "pix2pixHD's losses on the U-Net: instance norm, 2-scale D, LSGAN, feature matching x10"),
+    "unet_in_ms_fm": (_UNET_IN_MS_FM, "pix2pixHD's losses on the U-Net: instance norm, 2-scale D, LSGAN, feature matching x10"),
+    "unet_in_ms_fm_ema": ([*_UNET_IN_MS_FM, "--model.ema_decay", "0.99"], "unet_in_ms_fm + EMA 0.99"),
 }
 
 
@@ -63,6 +65,13 @@ class StepTimer(pl.Callback):
         if self.t0 is not None:
             steps = trainer.global_step - self.start
             Path(self.out).write_text(json.dumps({"steps": steps, "s_per_step": (time.perf_counter() - self.t0) / steps}))
+
+
+def torch_threads() -> int:
+    """The threads each run's torch uses (OMP_NUM_THREADS if set, else torch's default: the cores)."""
+    import torch
+
+    return int(os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads())
 
 
 def cli(args: list[str]) -> None:
@@ -124,8 +133,9 @@ def main() -> None:
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         raise SystemExit(f"unknown recipe(s) {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
+    extra = f" --val-pairs {args.val_pairs}" if args.val_pairs else ""
     print(f"`python experiments/recipe_search.py --recipes {args.recipes} --seed {args.seed} --steps {args.steps} "
-          f"--train-pairs {args.train_pairs}` ({cpu_model()})\n")
+          f"--train-pairs {args.train_pairs}{extra}` ({cpu_model()}, {torch_threads()} thread(s))\n")
     print("| recipe | seed | scored mode | images | FID | KID | SSIM | PSNR | L1 | s/step |")
     print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for name in names:
