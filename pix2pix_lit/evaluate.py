@@ -26,7 +26,7 @@ from PIL import Image
 from pix2pix_lit.data.datasets import match_pairs
 from pix2pix_lit.data.io import check_decodable, list_images, load_image, to_tensor, write_text_atomic
 from pix2pix_lit.errors import ConfigError, InceptionWeightsError, Pix2PixLitError
-from pix2pix_lit.fid_stats import RealStats
+from pix2pix_lit.fid_stats import RealStats, check_writable
 from pix2pix_lit.inception import weights_sha256
 from pix2pix_lit.metrics import FID_FEATURES, ImageQualityMetrics, find_inception_weights, load_inception
 
@@ -115,6 +115,7 @@ def save_real_stats(real_dir: Path, out: Path, size: Optional[int] = None, batch
     paths = list_images(real_dir)
     if len(paths) < 2:
         raise ConfigError(f"--save_stats {real_dir} holds {len(paths)} image(s); FID statistics need at least 2")
+    check_writable(out)
     check_decodable(paths)
     weights = find_inception_weights(inception_weights)
     metrics = ImageQualityMetrics(fid=True, kid=False)

@@ -55,17 +55,31 @@ class RealStats:
 
     def save(self, path: Path) -> None:
         """Write to ``path`` via a temporary file and a rename (no half-written file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = check_writable(path)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
         try:
             np.savez(tmp, mu=self.mu, sigma=self.sigma, num_images=np.int64(self.num_images),
                      inception_sha256=np.str_(self.inception_sha256), format_version=np.int64(FORMAT_VERSION),
                      protocol=np.str_(json.dumps(self.protocol, sort_keys=True)))
             os.replace(tmp, path)
+        except OSError as e:
+            raise ConfigError(f"FID statistics cannot be written to {path} ({e.strerror}); choose another file") from None
         finally:
             if tmp.exists():
                 tmp.unlink()
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """``path`` if a file can be written there (its folder made if missing), else a one-line error — checked before
+    the statistics are computed, which takes a pass over every image."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"FID statistics cannot be written to {path} ({e.strerror}); choose another file") from None
+    if path.is_dir() or not os.access(path.parent, os.W_OK):
+        raise ConfigError(f"FID statistics cannot be written to {path} (a folder, or not writable); choose another file")
+    return path
 
 
 def load_real_stats(path: str | os.PathLike, option: str = "model.fid_real_stats") -> RealStats:

@@ -130,5 +130,8 @@ def test_save_stats_bad_input(tmp_path: Path, pairs: Path, capsys) -> None:
     assert eval_main(["--save_stats", str(broken), str(out)]) != 0
     assert "truncated or corrupt" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob(".out.npz*"))
+    (tmp_path / "folder.npz").mkdir()
+    assert eval_main(["--save_stats", str(pairs / "test" / "B"), str(tmp_path / "folder.npz")]) != 0
+    assert "cannot be written to" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         eval_main(["fake", "--save_stats", str(pairs / "test" / "B"), str(out)])
