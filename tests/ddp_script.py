@@ -6,7 +6,6 @@ re-runs this script for rank 1, so it is a script and not a test function.
 """
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -73,8 +72,9 @@ def main(out: Path, strategy: str, kind: str, num_nodes: int = 1) -> None:
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         callbacks=[SaveEachRank(out, kind)],
     )
-    # each node its own copy of the data, as on a cluster's local disks (one node: the folder the tests read)
-    node = int(os.environ.get("NODE_RANK", "0"))
+    # each node its own copy of the data, as on a cluster's local disks (one node: the folder the tests read); the
+    # trainer knows the node from NODE_RANK (set by hand) or GROUP_RANK (set by torchrun)
+    node = trainer.node_rank
     dm = datamodule(str(out / ("data" if node == 0 else f"data-node{node}")), kind)
     trainer.fit(model, dm)
     metrics = trainer.validate(model, dm, verbose=False)[0]
