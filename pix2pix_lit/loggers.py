@@ -82,7 +82,10 @@ class WandbLogger(_WandbLogger):
     @rank_zero_only
     def finalize(self, status: str) -> None:
         if self.log_checkpoints and getattr(self, "_experiment", None) is not None:
-            self._log_checkpoint_artifacts()
+            try:
+                self._log_checkpoint_artifacts()
+            except Exception as e:  # never hide why a run ended (e.g. a full disk) behind an artifact failure
+                log.warning("W&B: the checkpoints could not be logged as artifacts (%s); they are on disk", e)
         super().finalize(status)
 
     def _log_checkpoint_artifacts(self) -> None:
