@@ -6,7 +6,9 @@
   photos, with OpenCV's filters, to train edges -> photo models (drawing -> picture);
 - ``split SRC OUT --val 0.1 --test 0.1 --seed 0``: the ``train/val/test`` layout, seeded;
 - ``labels SRC OUT --palette cityscapes|FILE``: colour renderings of label maps turned into id maps (PNG, one
-  class id per pixel) by exact colour match, for ``data.label_nc`` (an unknown colour is an error naming it).
+  class id per pixel) by exact colour match, for ``data.label_nc`` (an unknown colour is an error naming it);
+- ``shards SRC OUT [--unpaired] [layout options]``: a dataset in any layout the DataModules read, as LitData
+  chunks for the streaming DataModules (``pix2pix_lit.data.streaming``), to put on object storage.
 """
 
 from __future__ import annotations
@@ -232,6 +234,21 @@ def main(argv: Optional[list[str]] = None) -> int:
                      help="cityscapes (its *_gtFine_color.png colours), or a file: a JSON list of [r, g, b] per id, "
                      "or one 'r g b' line per id")
     lab.add_argument("--workers", type=int, default=None)
+    sh = sub.add_parser("shards", help="LitData chunks of a dataset, for the streaming DataModules")
+    sh.add_argument("src", type=Path)
+    sh.add_argument("out", type=Path)
+    sh.add_argument("--unpaired", action="store_true", help="two domains (trainA/trainB, ...): for CycleGAN")
+    sh.add_argument("--layout", default=None, help="the data.layout of SRC (default: aligned; unpaired: folders)")
+    for option in ("a_dir", "b_dir", "a_suffix", "b_suffix", "instance_dir", "instance_suffix"):
+        sh.add_argument(f"--{option}", default=None, help=f"as data.{option}")
+    sh.add_argument("--label_nc", type=int, default=None, help="as data.label_nc: SRC holds label maps")
+    sh.add_argument("--contain_dontcare_label", action="store_true", default=None)
+    sh.add_argument("--no_instance", action="store_true", default=None)
+    sh.add_argument("--max_dataset_size", type=int, default=None, help="at most this many samples per split")
+    sh.add_argument("--val_fraction", type=float, default=0.1, help="held out of train when SRC has no val split")
+    sh.add_argument("--seed", type=int, default=0, help="the seed of that hold-out")
+    sh.add_argument("--chunk_bytes", default="64MB", help="LitData's chunk size")
+    sh.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -245,6 +262,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         elif args.command == "labels":
             n, classes = labels_folder(args.src, args.out, args.palette, args.workers)
             print(f"wrote {n} id map(s) ({classes} classes in the palette) to {args.out}")
+        elif args.command == "shards":
+            from pix2pix_lit.data.streaming import write_shards
+
+            layout = {k: getattr(args, k) for k in ("layout", "a_dir", "b_dir", "a_suffix", "b_suffix", "instance_dir",
+                                                    "instance_suffix", "label_nc", "contain_dontcare_label",
+                                                    "no_instance", "max_dataset_size")}
+            counts = write_shards(args.src, args.out, args.unpaired, args.val_fraction, args.seed, args.chunk_bytes,
+                                  args.workers, **layout)
+            print(f"wrote {', '.join(f'{k} {v}' for k, v in counts.items())} sample(s) as LitData shards to {args.out}")
         elif args.command == "edges":
             n = edges_folder(args.src, args.out, args.method, args.workers, low=args.low, high=args.high, sigma=args.sigma)
             print(f"wrote {n} {args.method} sketch(es) to {args.out}")

@@ -298,7 +298,25 @@ def test_export_command_from_a_checkpoint(trained, tmp_path):
 
 
 CONFIGS = sorted(p.relative_to(REPO / "configs").as_posix() for p in (REPO / "configs").rglob("*.yaml")
-                 if p.parent.name != "trainer")
+                 if p.parent.name not in ("trainer", "data"))
+DATA_OVERLAYS = sorted(p.name for p in (REPO / "configs" / "data").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("overlay", DATA_OVERLAYS)
+def test_every_data_overlay_builds_with_the_config_its_header_names(overlay, tmp_path, monkeypatch):
+    from pix2pix_lit.cli import build_cli
+
+    text = (REPO / "configs" / "data" / overlay).read_text()
+    (command,) = [line for line in text.splitlines() if line.startswith("#") and " fit -c " in line]
+    configs = re.findall(r"-c (\S+)", command)
+    assert configs[-1] == f"configs/data/{overlay}"
+    monkeypatch.chdir(tmp_path)
+    args = [a for c in configs for a in ("-c", str(REPO / c))] + ["--trainer.logger", "false"]
+    cli = build_cli(args, args, run=False)
+    assert type(cli.datamodule).__name__.startswith("Streaming")
+    # the built-in images' size and crop, not the folder DataModules' 286/256 defaults
+    assert (cli.datamodule.hparams.load_size, cli.datamodule.hparams.crop_size) == (72, 64)
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("config", CONFIGS)

@@ -3,6 +3,7 @@
 from pix2pix_lit.data.base import ImageDataModule
 from pix2pix_lit.data.datasets import AlignedDataset, FolderPairDataset, SeededSampler, SingleImageDataset
 from pix2pix_lit.data.paired import PairedDataModule, SyntheticLabelDataModule, SyntheticPairedDataModule
+from pix2pix_lit.data.streaming import StreamingPairedDataModule, StreamingUnpairedDataModule
 from pix2pix_lit.data.unpaired import SyntheticUnpairedDataModule, UnpairedDataModule
 
 __all__ = [
@@ -12,6 +13,8 @@ __all__ = [
     "PairedDataModule",
     "SeededSampler",
     "SingleImageDataset",
+    "StreamingPairedDataModule",
+    "StreamingUnpairedDataModule",
     "SyntheticLabelDataModule",
     "SyntheticPairedDataModule",
     "SyntheticUnpairedDataModule",

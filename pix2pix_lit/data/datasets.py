@@ -272,14 +272,19 @@ class SeededSampler(DistributedSampler):
         self.resume_epoch, self.resume_skip = epoch, samples_done
 
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
-        base = (self.seed * 1_000_003 + self.epoch) * 1_000_003
         skip = 0
         if self.resume_epoch is not None:
             skip = self.resume_skip if self.epoch == self.resume_epoch else 0
             self.resume_epoch = None
         for i, idx in enumerate(super().__iter__()):
             if i >= skip:
-                yield idx, (base + idx) % (2**63)
+                yield idx, sample_seed(self.seed, self.epoch, idx)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of sample ``index`` in ``epoch`` (0-based) of a run seeded ``seed``: what
+    :class:`SeededSampler` gives the folder datasets, and the streamed ones use for the same crops and flips."""
+    return ((seed * 1_000_003 + epoch) * 1_000_003 + index) % (2**63)
 
 
 def fingerprint(dataset: Dataset, *extra: Any) -> str:
