@@ -47,6 +47,8 @@ RECIPES: dict[str, tuple[list[str], str]] = {
         "resnet_hinge + spectral norm in D + two time-scale learning rates (G 1e-4, D 4e-4)"),
     "unet_in_ms_fm": (_UNET_IN_MS_FM, "pix2pixHD's losses on the U-Net: instance norm, 2-scale D, LSGAN, feature matching x10"),
     "unet_in_ms_fm_ema": ([*_UNET_IN_MS_FM, "--model.ema_decay", "0.99"], "unet_in_ms_fm + EMA 0.99"),
+    "unet_in_ms_fm_ema_l1_30": ([*_UNET_IN_MS_FM, "--model.ema_decay", "0.99", "--model.lambda_L1", "30"],
+                                "unet_in_ms_fm_ema with L1 x30: less pull to the pixel average, more to D's textures"),
 }
 
 

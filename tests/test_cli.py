@@ -357,3 +357,26 @@ def test_the_model_class_comes_from_the_configs_and_command_line():
     assert model_class_path(["fit", "--model.class_path=pix2pix_lit.module.Pix2Pix"]).endswith(".Pix2Pix")
     with pytest.raises(ConfigError, match="'Nope' is not an image-translation model"):
         model_class_path(["fit", "--model", "Nope"])
+
+
+def test_maps_best_is_the_recipe_search_winner_over_the_official_recipe(tmp_path, monkeypatch):
+    """configs/maps_best.yaml and the recipe experiments/recipe_search.py scored as it are the same options."""
+    import importlib.util
+
+    from pix2pix_lit.cli import build_cli
+
+    spec = importlib.util.spec_from_file_location("recipe_search", REPO / "experiments" / "recipe_search.py")
+    recipe_search = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe_search)
+    monkeypatch.chdir(tmp_path)
+    best = build_cli(args := ["-c", str(REPO / "configs" / "maps_best.yaml"), "--trainer.logger", "false"], args,
+                     run=False)
+    overlay, _ = recipe_search.RECIPES["unet_in_ms_fm_ema"]
+    searched = build_cli(args := ["-c", str(REPO / "configs" / "maps.yaml"), *overlay, "--trainer.logger", "false"],
+                         args, run=False)
+    assert dict(best.model.hparams) == dict(searched.model.hparams)
+    assert dict(best.datamodule.hparams) == dict(searched.datamodule.hparams)
+    official = build_cli(args := ["-c", str(REPO / "configs" / "maps.yaml"), "--trainer.logger", "false"], args,
+                         run=False)
+    changed = {k for k, v in best.model.hparams.items() if official.model.hparams[k] != v}
+    assert changed == {"norm", "no_dropout", "netD", "num_D", "gan_mode", "lambda_feat", "ema_decay"}
