@@ -458,9 +458,8 @@ class StreamingUnpairedDataModule(_StreamingBase, UnpairedDataModule):
         streams = [self._domain(split, d, train, seed + k) for k, d in enumerate("AB")]
         if not train:
             return _Domains(*(ByIndex(s, _join(self.url, f"{split}{d}")) for s, d in zip(streams, "AB")))
-        length = max(samples(s) for s in streams)
-        return _litdata().ParallelStreamingDataset(streams, length=length, transform=_zip_domains,
-                                                   seed=seed, resume=True)
+        return _zipped_class()(streams, length=max(samples(s) for s in streams), transform=_zip_domains, seed=seed,
+                               resume=True)
 
     def evaluated_sizes(self, dataset: Dataset, name: str) -> dict[str, int]:
         return {f"{name}'s domain {d}": len(getattr(dataset, d)) for d in "AB"}
@@ -486,14 +485,36 @@ def _zip_domains(samples: tuple) -> dict[str, Any]:
     return {"A": a["image"], "B": b["image"], "name_A": a["name"], "name_B": b["name"]}
 
 
-class _Domains:
-    """The two domains of an unpaired split, each read by index (evaluation)."""
+def _zipped_class():
+    litdata = _litdata()
+
+    class ZippedStreams(litdata.ParallelStreamingDataset):
+        """LitData's parallel streams (A and B, each shuffled on its own), also read by index for the image grids'
+        fixed training samples: item ``i`` is A's record ``i`` with B's record ``i mod |B|``."""
+
+        def __getitem__(self, index: int) -> dict[str, Any]:
+            return _zip_domains(tuple(d[int(index) % samples(d)] for d in self._datasets))
+
+    return ZippedStreams
+
+
+class _Domains(Dataset):
+    """The two domains of an unpaired split read by index (evaluation): ``A`` and ``B`` for the metrics' loaders;
+    as a dataset, A image ``i`` with B image ``i mod |B|`` (the image grids), as the folders' evaluation split."""
 
     def __init__(self, A: ByIndex, B: ByIndex) -> None:
         self.A, self.B = A, B
 
+    def __len__(self) -> int:
+        return max(len(self.A), len(self.B))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return _zip_domains((self.A[int(index) % len(self.A)], self.B[int(index) % len(self.B)]))
+
 
 class _DomainSources(Dataset):
+    """One domain's streamed images as ``predict`` items (``source``, ``name``, ``size``)."""
+
     def __init__(self, images: ByIndex) -> None:
         self.images = images
 

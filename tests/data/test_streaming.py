@@ -155,8 +155,11 @@ def test_unpaired_streams_are_two_shuffles_and_resume_exactly(tmp_path):
     assert pairs[10:] == pairs[5:10]
     assert all(torch.equal(x, y) for x, y in zip(whole.state_dict().values(), resumed.state_dict().values()))
     dm = StreamingUnpairedDataModule(str(out), **SIZES)
-    dm.setup("validate")
+    dm.setup("fit")
     assert [len(d) for d in dm.eval_datasets(dm.val_dataset)] == [1, 1]
+    # read by index, as the image grids take their fixed samples: A image i with B image i mod |B|
+    assert [dm.train_dataset[i]["name_B"] for i in range(3)] == ["trainB0", "trainB2", "trainB0"]
+    assert dm.val_dataset[0]["A"].shape == (3, 32, 32) and dm.val_dataset[0]["name_B"] == "trainB1"
 
 
 def _count_batches(rank, out, result):
@@ -204,3 +207,21 @@ def test_bad_shards_and_options_are_one_line_errors(tmp_path, capsys):
     unpaired = shards(_unpaired(tmp_path / "u"), tmp_path / "su", "--unpaired")
     with pytest.raises(DataError, match="unpaired shards: use pix2pix_lit.data.StreamingUnpairedDataModule"):
         StreamingPairedDataModule(str(unpaired), **SIZES).make_split("train", train=True)
+
+
+def test_the_readme_commands_as_a_user_types_them(tmp_path, cli_env):
+    """`prepare shards` and `fit` with the shipped overlay, each a real process (the built-in data's layout, tiny)."""
+    from conftest import REPO, run
+
+    write_aligned(tmp_path / "data" / "synthetic" / "train", 6, size=36, seed=1)
+    write_aligned(tmp_path / "data" / "synthetic" / "val", 2, size=36, seed=2)
+    prepared = run(["prepare", "shards", "--unpaired", "--layout", "aligned", "data/synthetic",
+                    "data/synthetic-unpaired-shards"], cli_env, tmp_path)
+    assert "wrote trainA 6, trainB 6, valA 2, valB 2 sample(s)" in prepared.stdout
+    run(["fit", "-c", str(REPO / "configs" / "cyclegan" / "quickstart.yaml"), "-c",
+         str(REPO / "configs" / "data" / "synthetic_unpaired_shards.yaml"), "--data.load_size", "36",
+         "--data.crop_size", "32", "--model.ngf", "8", "--model.ndf", "8", "--model.kid_subset_size", "2",
+         "--trainer.max_steps", "7", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+         "--trainer.default_root_dir", "run"], cli_env, tmp_path)
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert sorted(p.name.split("_")[0] for p in (tmp_path / "run" / "images").glob("*.png"))[:2] == ["train", "train"]
