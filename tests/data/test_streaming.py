@@ -220,7 +220,7 @@ def test_the_readme_commands_as_a_user_types_them(tmp_path, cli_env):
     assert "wrote trainA 6, trainB 6, valA 2, valB 2 sample(s)" in prepared.stdout
     run(["fit", "-c", str(REPO / "configs" / "cyclegan" / "quickstart.yaml"), "-c",
          str(REPO / "configs" / "data" / "synthetic_unpaired_shards.yaml"), "--data.load_size", "36",
-         "--data.crop_size", "32", "--model.ngf", "8", "--model.ndf", "8", "--model.kid_subset_size", "2",
+         "--data.crop_size", "32", "--model.ngf", "8", "--model.ndf", "8", "--model.fid", "false", "--model.kid", "false",
          "--trainer.max_steps", "7", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
          "--trainer.default_root_dir", "run"], cli_env, tmp_path)
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
