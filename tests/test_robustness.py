@@ -223,6 +223,26 @@ def test_runs_that_cannot_start_leave_nothing(tmp_path, env):
         assert "Traceback" not in proc.stderr and not (tmp_path / "r").exists(), extra
 
 
+# A callback the stopped run loads from the test's folder: at step 30 it says so in a file and waits for the
+# signal, so the SIGTERM sent from outside lands mid-run however fast the CPU finishes the 100 steps.
+WAIT_FOR_SIGTERM = """
+import time
+from pathlib import Path
+from lightning.pytorch.callbacks import Callback
+
+class WaitForSigterm(Callback):
+    def __init__(self, at_step: int, ready: str):
+        self.at_step, self.ready = at_step, ready
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.at_step:
+            Path(self.ready).write_text("")
+            deadline = time.monotonic() + 120
+            while not trainer.received_sigterm and time.monotonic() < deadline:
+                time.sleep(0.05)
+"""
+
+
 @pytest.mark.slow
 def test_sigterm_saves_exits_non_zero_and_resumes_exactly(tmp_path, env):
     args = tiny(tmp_path / "stopped", tmp_path / "syn", "--model.fid", "false", "--model.kid", "false",
@@ -230,19 +250,22 @@ def test_sigterm_saves_exits_non_zero_and_resumes_exactly(tmp_path, env):
                 "--trainer.logger", "false", "--trainer.callbacks", "[]", "--image_grid.every_n_epochs", "0")
     whole = run(["fit", *args, "--trainer.default_root_dir", str(tmp_path / "whole")], env, tmp_path)
     assert whole.returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "pix2pix_lit", "fit", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list((tmp_path / "stopped").glob("csv*")) \
-            and not (tmp_path / "stopped" / "config.yaml").exists():
-        time.sleep(0.2)
-    time.sleep(3)  # into the first epochs (100 steps in all)
-    proc.send_signal(signal.SIGTERM)
+    (tmp_path / "wait_for_sigterm.py").write_text(WAIT_FOR_SIGTERM)
+    ready = tmp_path / "at_step_30"
+    waiting = ["--trainer.callbacks+=wait_for_sigterm.WaitForSigterm", "--trainer.callbacks.at_step", "30",
+               "--trainer.callbacks.ready", str(ready)]
+    proc = subprocess.Popen([sys.executable, "-m", "pix2pix_lit", "fit", *args, *waiting], cwd=tmp_path,
+                            env=dict(env, PYTHONPATH=str(tmp_path)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not ready.exists() and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # from outside, as a scheduler or kill sends it
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-2000:]
     assert "stopped by SIGTERM" in err.strip().splitlines()[-1]
     saved = torch.load(tmp_path / "stopped" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert 0 < saved["global_step"] < 100
+    assert saved["global_step"] == 30
     run(["fit", *args, "--ckpt_path", "last"], env, tmp_path)
     a = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=False)
     b = torch.load(tmp_path / "stopped" / "checkpoints" / "last.ckpt", weights_only=False)
