@@ -49,6 +49,12 @@ RECIPES: dict[str, tuple[list[str], str]] = {
     "unet_in_ms_fm_ema": ([*_UNET_IN_MS_FM, "--model.ema_decay", "0.99"], "unet_in_ms_fm + EMA 0.99"),
     "unet_in_ms_fm_ema_l1_30": ([*_UNET_IN_MS_FM, "--model.ema_decay", "0.99", "--model.lambda_L1", "30"],
                                 "unet_in_ms_fm_ema with L1 x30: less pull to the pixel average, more to D's textures"),
+    "unet_in_ms_fm_ema_l1_30_lr4": (
+        [*_UNET_IN_MS_FM, "--model.ema_decay", "0.99", "--model.lambda_L1", "30", "--model.lr", "0.0004"],
+        "unet_in_ms_fm_ema_l1_30 at twice the learning rate (G and D 4e-4): 2000 steps are the first 2% of the "
+        "official schedule, where the step size rather than stability limits progress"),
+    "unet_in_ms_fm_ema_l1_10": ([*_UNET_IN_MS_FM, "--model.ema_decay", "0.99", "--model.lambda_L1", "10"],
+                                "unet_in_ms_fm_ema with L1 x10 (GAN Compression's weight)"),
 }
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from pix2pix_lit.nets.norm import uses_bias
+from pix2pix_lit.nets.norm import InstanceNorm2d, uses_bias
 
 
 class UnetSkipConnectionBlock(nn.Module):
@@ -210,7 +210,7 @@ class LocalEnhancer(nn.Module):
         input_nc: int,
         output_nc: int,
         ngf: int = 32,
-        norm_layer: Callable[[int], nn.Module] = nn.InstanceNorm2d,
+        norm_layer: Callable[[int], nn.Module] = InstanceNorm2d,
         use_dropout: bool = False,
         n_downsample_global: int = 4,
         n_blocks_global: int = 9,

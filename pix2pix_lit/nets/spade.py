@@ -15,6 +15,7 @@ from torch.nn.utils import spectral_norm
 
 from pix2pix_lit.errors import ConfigError, check_choice
 from pix2pix_lit.nets.discriminators import MultiscaleDiscriminator
+from pix2pix_lit.nets.norm import InstanceNorm2d
 
 ParamFreeNorm = Literal["syncbatch", "batch", "instance"]
 PARAM_FREE_NORMS = get_args(ParamFreeNorm)
@@ -28,7 +29,7 @@ def param_free_norm(kind: str, channels: int) -> nn.Module:
     """Normalisation without learned scale and shift (SPADE supplies them)."""
     check_choice("model.param_free_norm", kind, PARAM_FREE_NORMS)
     if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=False)
+        return InstanceNorm2d(channels, affine=False)
     if kind == "syncbatch":  # batch norm over all processes (a plain BatchNorm on one)
         return nn.SyncBatchNorm(channels, affine=False)
     return nn.BatchNorm2d(channels, affine=False)
@@ -178,7 +179,7 @@ def _spectral_instance(conv: nn.Conv2d) -> nn.Sequential:
     """The official ``spectralinstance``: a spectrally normalised conv without bias (the norm removes it), then
     instance norm without parameters."""
     conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
-    return nn.Sequential(spectral_norm(conv), nn.InstanceNorm2d(conv.out_channels, affine=False))
+    return nn.Sequential(spectral_norm(conv), InstanceNorm2d(conv.out_channels, affine=False))
 
 
 class SPADEPatchDiscriminator(nn.Module):

@@ -40,6 +40,30 @@ def test_discriminator_shapes(size):
     assert [o.shape[-1] for o in outs] == [side, size // 16 - 2, size // 32 - 2]
 
 
+def test_instance_norm_equals_torchs_and_keeps_channels_last():
+    from pix2pix_lit.nets.norm import InstanceNorm2d
+
+    torch.manual_seed(0)
+    for shape, affine in (((1, 8, 12, 10), False), ((1, 8, 12, 10), True), ((3, 8, 12, 10), False)):
+        ours, theirs = InstanceNorm2d(8, affine=affine), torch.nn.InstanceNorm2d(8, affine=affine)
+        if affine:
+            for net in (ours, theirs):
+                net.weight.data = torch.linspace(0.5, 2, 8)
+                net.bias.data = torch.linspace(-1, 1, 8)
+        x = (torch.randn(*shape) * 3 + 1).to(memory_format=torch.channels_last)
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = ours(a), theirs(b)
+        torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
+        (ya * torch.arange(ya.numel()).view_as(ya)).sum().backward()
+        (yb * torch.arange(yb.numel()).view_as(yb)).sum().backward()
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-4)
+        if affine:
+            torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=1e-4, atol=1e-3)
+        if shape[0] == 1:
+            assert ya.is_contiguous(memory_format=torch.channels_last)  # torch's returns NCHW
+    assert not list(InstanceNorm2d(8).state_dict())  # nothing new in checkpoints: the official layer's (empty) state
+
+
 def test_unet_any_depth_and_size_multiple():
     g = define_G(1, 3, ngf=8, netG="unet", num_downs=6)
     assert g.size_multiple == 64
