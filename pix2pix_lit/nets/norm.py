@@ -26,11 +26,12 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     channel normalised by its own mean and biased variance over the pixels); torch's batch-norm kernel works in
     channels_last, while ``F.instance_norm`` copies the input to NCHW, so the next convolution copies it back. On a
     CPU under bf16 autocast the copies made a 256x256 U-Net's forward and backward ~25% slower than with batch norm
-    (``experiments/norm_layout.py``). Batches of several images, 3-D inputs and running statistics take torch's path.
+    (``experiments/norm_layout.py``). Batches of several images, 3-D inputs and running statistics take torch's path,
+    and so does a trace (TorchScript, ONNX export): a graph traced at batch 1 must stay right for any batch.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4 and x.shape[0] == 1 and not self.track_running_stats:
+        if x.dim() == 4 and x.shape[0] == 1 and not self.track_running_stats and not torch.jit.is_tracing():
             return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
         return super().forward(x)
 

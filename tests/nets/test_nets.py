@@ -62,6 +62,9 @@ def test_instance_norm_equals_torchs_and_keeps_channels_last():
         if shape[0] == 1:
             assert ya.is_contiguous(memory_format=torch.channels_last)  # torch's returns NCHW
     assert not list(InstanceNorm2d(8).state_dict())  # nothing new in checkpoints: the official layer's (empty) state
+    traced = torch.jit.trace(InstanceNorm2d(8), torch.randn(1, 8, 6, 6))  # as export traces: at batch 1
+    x = torch.randn(3, 8, 6, 6) * torch.arange(1, 4).view(3, 1, 1, 1)  # images of different spreads
+    torch.testing.assert_close(traced(x), torch.nn.InstanceNorm2d(8)(x))
 
 
 def test_unet_any_depth_and_size_multiple():
