@@ -50,6 +50,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=5)
     args = p.parse_args()
+    if args.rounds < 1 or args.steps < 1:
+        p.error(f"--rounds {args.rounds} --steps {args.steps}: both must be at least 1")
     print(cpu_report())
     kinds = ["instance norm, torch's", "instance norm, ours", "batch norm"]
     for bf16 in (True, False):
