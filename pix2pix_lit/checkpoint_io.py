@@ -30,6 +30,7 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from pix2pix_lit.atomic import process_running
 from pix2pix_lit.errors import CheckpointError, find_in_chain
 
 log = logging.getLogger(__name__)
@@ -47,16 +48,6 @@ def checkpoint_bytes(obj: Any) -> int:
     return 0
 
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def remove_stale_partials(folder: Path) -> int:
     """Delete the temporary files of saves that never finished (a process killed while writing): those of
     processes that no longer run. Returns the bytes freed."""
@@ -66,7 +57,7 @@ def remove_stale_partials(folder: Path) -> int:
     freed = 0
     for path in folder.iterdir():
         m = _PARTIAL.match(path.name)
-        if m and path.is_file() and not _running(int(m["pid"])):
+        if m and path.is_file() and not process_running(int(m["pid"])):
             freed += path.stat().st_size
             path.unlink(missing_ok=True)
     if freed:

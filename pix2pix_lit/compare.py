@@ -28,23 +28,40 @@ class CompareError(Exception):
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
-    """{"name", "config": flat dict, "history": {metric: [(step, value)]}} of one run folder."""
-    if not run_dir.is_dir():
+    """{"name", "config": flat dict or None (no config.yaml), "history": {metric: [(step, value)]}} of one run
+    folder; a CompareError naming the file for what cannot be read."""
+    if not run_dir.exists():
         raise CompareError(f"run folder {run_dir} does not exist")
+    if not run_dir.is_dir():
+        raise CompareError(f"{run_dir} is a file, not a run folder; give the folder a fit wrote (trainer.default_root_dir)")
     cfg_path = run_dir / "config.yaml"
-    config = flatten_config(yaml.safe_load(cfg_path.read_text())) if cfg_path.is_file() else {}
+    config = None
+    if cfg_path.is_file():
+        try:
+            loaded = yaml.safe_load(cfg_path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise CompareError(f"{cfg_path} cannot be read as YAML ({type(e).__name__}); remove it or restore it from the "
+                               "run's W&B files") from None
+        if not isinstance(loaded, dict):
+            raise CompareError(f"{cfg_path} holds a {type(loaded).__name__}, not a run's config")
+        config = flatten_config(loaded)
     files = sorted((run_dir / "csv").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[-1]))
     if not files:
         raise CompareError(f"{run_dir} has no csv/version_*/metrics.csv; was it trained with the CSVLogger of the shipped configs?")
     history: dict[str, dict[int, float]] = {}
     for path in files:  # later versions (resumed fits) override the same steps
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                step = int(float(row.get("step") or 0))
-                for key, value in row.items():
-                    if key in ("epoch", "step") or value in (None, ""):
-                        continue
-                    history.setdefault(key, {})[step] = float(value)
+        line = 1
+        try:
+            with open(path, newline="") as f:
+                for line, row in enumerate(csv.DictReader(f), start=2):
+                    step = int(float(row.get("step") or 0))
+                    for key, value in row.items():
+                        if key in ("epoch", "step") or value in (None, ""):
+                            continue
+                        history.setdefault(key, {})[step] = float(value)
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, csv.Error) as e:
+            raise CompareError(f"{path} is not a metrics table the CSVLogger wrote ({type(e).__name__} near line "
+                               f"{line}); remove it or the run") from None
     return {
         "name": run_dir.name if run_dir.name not in ("", ".") else str(run_dir),
         "config": config,
@@ -53,13 +70,17 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 
 
 def config_differences(runs: list[dict]) -> list[tuple[str, list[Any]]]:
-    keys = sorted(set().union(*(r["config"] for r in runs)))
+    """The options whose values differ between the runs that have a config.yaml (``?`` for a run without)."""
+    known = [r["config"] for r in runs if r["config"] is not None]
+    if len(known) < 2:
+        return []
+    keys = sorted(set().union(*known))
     diffs = []
     for key in keys:
         if key.startswith(IGNORED_CONFIG) or key.endswith(".dirpath"):
             continue
-        values = [r["config"].get(key, "-") for r in runs]
-        if any(repr(v) != repr(values[0]) for v in values):
+        values = [r["config"].get(key, "-") if r["config"] is not None else "?" for r in runs]
+        if any(repr(v) != repr(known[0].get(key, "-")) for v in values if v != "?"):
             diffs.append((key, values))
     return diffs
 
@@ -94,7 +115,13 @@ def report(runs: list[dict], metrics: tuple[str, ...]) -> str:
     names = [r["name"] for r in runs]
     diffs = config_differences(runs)
     out = ["config differences:"]
-    out.append(_table(["option", *names], [[k, *map(_fmt, v)] for k, v in diffs]) if diffs else "  (none)")
+    missing = [r["name"] for r in runs if r["config"] is None]
+    if sum(r["config"] is not None for r in runs) < 2:
+        out.append("  (not compared: fewer than two runs have a config.yaml)")
+    else:
+        out.append(_table(["option", *names], [[k, *map(_fmt, v)] for k, v in diffs]) if diffs else "  (none)")
+    if missing:
+        out.append(f"  ({', '.join(missing)}: no config.yaml, shown as ?)")
     header = ["run", "last step"]
     for m in metrics:
         header += [f"best {m} (step)", f"last {m}"]
@@ -113,6 +140,26 @@ def report(runs: list[dict], metrics: tuple[str, ...]) -> str:
         rows.append(row)
     out += ["", "metrics:", _table(header, rows)]
     return "\n".join(out)
+
+
+def check_output(path: Path) -> None:
+    """The plot can be written to ``path``: not a folder, a suffix matplotlib writes."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    if path.is_dir():
+        raise CompareError(f"--output {path} is a folder; give a file name such as {path / 'compare.png'}")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lstrip(".").lower() not in formats:
+        raise CompareError(f"--output {path}: the plot is written as {', '.join('.' + f for f in sorted(formats))}; "
+                           "end the name with one of them")
+
+
+def check_metrics(runs: list[dict], metrics: tuple[str, ...]) -> None:
+    """At least one of ``metrics`` was logged by a run (else nothing would be reported): a CompareError naming
+    what was logged."""
+    logged = sorted(set().union(*(r["history"] for r in runs)))
+    if not any(m in logged for m in metrics):
+        raise CompareError(f"--metrics {' '.join(metrics)}: no run logged any of them; logged: {', '.join(logged) or 'nothing'}")
 
 
 def plot(runs: list[dict], metrics: tuple[str, ...], path: Path) -> Path:
@@ -153,11 +200,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("compare.png"), help="where to write the plot")
     args = parser.parse_args(argv)
     try:
+        check_output(args.output)
         runs = [read_run(p) for p in args.runs]
-    except (CompareError, OSError, yaml.YAMLError, ValueError) as e:
+        metrics = tuple(args.metrics) if args.metrics else default_metrics(runs)
+        check_metrics(runs, metrics)
+    except (CompareError, OSError) as e:
         print(f"pix2pix-lit compare: error: {e}", file=sys.stderr)
         return 2
-    metrics = tuple(args.metrics) if args.metrics else default_metrics(runs)
+    for r in runs:
+        if r["config"] is None:
+            print(f"pix2pix-lit compare: warning: {args.runs[runs.index(r)] / 'config.yaml'} is missing: that run's "
+                  "options are not compared", file=sys.stderr)
     print(report(runs, metrics))
     print(f"\ncurves written to {plot(runs, metrics, args.output)}")
     return 0

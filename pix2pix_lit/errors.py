@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class Pix2PixLitError(Exception):
     """An error the user can fix; its message names the file or option and the fix."""
@@ -51,3 +53,29 @@ def check_choice(option: str, value: str, choices) -> str:
     if value not in choices:
         raise ConfigError(f"{option}={value!r} is not known; choose one of: {', '.join(map(str, choices))}")
     return value
+
+
+
+_RULE = re.compile(r"^(?:(>=|>)(-?[\d.]+)|([\[(])(-?[\d.]+),(-?[\d.]+)([\])]))$")
+
+
+def check_numbers(values: dict, rules: dict[str, str], prefix: str = "model.") -> None:
+    """Every numeric option in ``rules`` that ``values`` holds (and is not None) in its range, else a ConfigError
+    naming the first that is not: ``">=1"``, ``">0"``, ``"[0,1)"`` (NaN is in no range). One table per class, so
+    a bad number stops the run before anything is built or written."""
+    for name, rule in rules.items():
+        value = values.get(name)
+        if value is None or isinstance(value, bool):
+            continue
+        m = _RULE.match(rule.replace(" ", ""))
+        if m is None:
+            raise ValueError(f"bad range rule {rule!r} for {name}")
+        if m[1]:
+            ok = value >= float(m[2]) if m[1] == ">=" else value > float(m[2])
+            wanted = f"{m[1]} {m[2]}"
+        else:
+            low, high = float(m[4]), float(m[5])
+            ok = (value >= low if m[3] == "[" else value > low) and (value <= high if m[6] == "]" else value < high)
+            wanted = f"in {m[3]}{m[4]}, {m[5]}{m[6]}"
+        if not ok:  # also NaN: every comparison with it is False
+            raise ConfigError(f"{prefix}{name}={value} must be {wanted}")

@@ -63,3 +63,46 @@ def batches_done_in_epoch(trainer: Optional["pl.Trainer"], batches_per_epoch: in
     progress = trainer.fit_loop.epoch_loop.batch_progress
     done = progress.current.processed
     return done if 0 < done < batches_per_epoch and not progress.is_last_batch else 0
+
+
+def epoch_cut_short(trainer: "pl.Trainer") -> bool:
+    """Whether the epoch that is ending stopped before its last batch (``max_steps`` reached inside it): then its
+    epoch-end work (the LR step) belongs to the run that finishes it."""
+    batches = trainer.fit_loop.epoch_loop.batch_progress
+    return _cut(batches.current.completed, batches.is_last_batch, trainer.num_training_batches)
+
+
+def _cut(done: int, is_last_batch: bool, per_epoch: float) -> bool:
+    return 0 < done and not is_last_batch and done < per_epoch
+
+
+def settle_epoch_counts(trainer: Optional["pl.Trainer"], checkpoint: dict[str, Any]) -> bool:
+    """The loop counters of a checkpoint written after an epoch's last trained batch as a resumed fit must find
+    them; True if it changed them.
+
+    When its batch loop stops, the fit loop marks the epoch processed, then completed, also when ``max_steps``
+    cut it short, and it keeps the epoch's batch count until the next epoch starts. Resumed as they are, an epoch
+    cut at batch k is finished as the next epoch, and a finished one counted twice (``ModelCheckpoint``'s
+    ``on_train_end`` save): every later epoch (number, LR schedule, file names) is one ahead. Here a cut epoch goes
+    back to "batch k of epoch N" (what a step-wise save at that batch holds), and a finished, counted one to
+    "epoch N+1 not started"."""
+    if trainer is None or "loops" not in checkpoint:
+        return False
+    loop = checkpoint["loops"].get("fit_loop", {})
+    epochs, batches = loop.get("epoch_progress"), loop.get("epoch_loop.batch_progress")
+    if not epochs or not batches:
+        return False
+    started, processed, completed = (epochs["current"][k] for k in ("started", "processed", "completed"))
+    if _cut(batches["current"]["completed"], batches.get("is_last_batch", True), trainer.num_training_batches):
+        if processed != started:
+            return False  # saved inside the epoch: Lightning resumes that
+        for part in ("total", "current"):
+            epochs[part]["processed"] = epochs[part]["completed"] = epochs[part]["started"] - 1
+    elif completed == started and batches["current"]["completed"] > 0:
+        for key in batches["current"]:
+            batches["current"][key] = 0
+        batches["is_last_batch"] = False
+    else:
+        return False
+    checkpoint["epoch"] = epochs["current"]["completed"]
+    return True

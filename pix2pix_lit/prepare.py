@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import random
@@ -22,16 +21,18 @@ import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
 
+from pix2pix_lit.atomic import check_free_output, staged_folder
 from pix2pix_lit.data.datasets import match_pairs
 from pix2pix_lit.data.io import (
     check_decodable,
     list_images,
     load_image,
+    lossy_format,
     oriented_size,
     peek_image,
     save_image_atomic,
@@ -51,38 +52,6 @@ def _parallel(fn: Callable, items: list, workers: Optional[int] = None) -> list:
         return list(pool.map(fn, items))
 
 
-def _free_output(out: Path, *inputs: Path) -> None:
-    """``out`` can take the results: new or empty, and neither inside an input folder nor holding one (the next
-    run would read the outputs as inputs)."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output {out} is a file; give a folder that does not exist yet")
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"output folder {out} is not empty; choose a new folder (nothing is overwritten)")
-    target = out.resolve()
-    for folder in inputs:
-        src = Path(folder).resolve()
-        if target == src or src in target.parents or target in src.parents:
-            raise ConfigError(f"output folder {out} is inside the input folder {folder} (or holds it); choose an "
-                              "output folder outside the inputs")
-
-
-@contextlib.contextmanager
-def _staged(out: Path) -> Iterator[Path]:
-    """A temporary folder beside ``out`` to write into, renamed to ``out`` when everything is written: a failure
-    leaves no output at all (and a rerun is not refused for a half-filled folder)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir()
-    try:
-        yield stage
-        if out.exists():
-            out.rmdir()  # empty (checked by _free_output)
-        os.replace(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
 # -- combine ---------------------------------------------------------------------------------------
 def combine(dir_a: Path, dir_b: Path, out: Path, workers: Optional[int] = None) -> tuple[int, list[str], list[str]]:
     """Write ``out/<name>.png`` = A | B for every name in both folders; returns (count, only in A, only in B).
@@ -92,7 +61,10 @@ def combine(dir_a: Path, dir_b: Path, out: Path, workers: Optional[int] = None) 
     have the same size (a DataError names the first pair that does not).
     """
     dir_a, dir_b, out = Path(dir_a), Path(dir_b), Path(out)
-    _free_output(out, dir_a, dir_b)
+    if dir_a.resolve() == dir_b.resolve():
+        raise ConfigError(f"A_DIR and B_DIR are the same folder ({dir_a}): every pair would be an image beside "
+                          "itself; give the folder of the inputs and the folder of the targets")
+    check_free_output(out, dir_a, dir_b)
     pairs = match_pairs(dir_a, dir_b)
     keys_a = {p.relative_to(dir_a).with_suffix("").as_posix() for p in list_images(dir_a)}
     keys_b = {p.relative_to(dir_b).with_suffix("").as_posix() for p in list_images(dir_b)}
@@ -104,7 +76,7 @@ def combine(dir_a: Path, dir_b: Path, out: Path, workers: Optional[int] = None) 
                             "a pair needs one size (resize one of them first); nothing was written")
     check_decodable([p for _, pa, pb in pairs for p in (pa, pb)])  # a bad file stops it before anything is written
 
-    with _staged(out) as stage:
+    with staged_folder(out) as stage:
         def one(pair: tuple[str, Path, Path]) -> None:
             name, pa, pb = pair
             with load_image(pa) as a, load_image(pb) as b:
@@ -155,11 +127,11 @@ def _convert_folder(src: Path, out: Path, convert: Callable[[Image.Image, Path],
                     workers: Optional[int] = None) -> int:
     """``convert(image, path)`` of every image under ``src``, as PNGs under ``out`` with the same relative names,
     written to a staged folder renamed into place at the end (nothing half-written on an error)."""
-    _free_output(out, src)
+    check_free_output(out, src)
     files = list_images(src)
     check_decodable(files)
 
-    with _staged(out) as stage:
+    with staged_folder(out) as stage:
         def one(path: Path) -> None:
             with load_image(path) as img:
                 converted = convert(img, path)
@@ -174,6 +146,12 @@ def labels_folder(src: Path, out: Path, palette: str = "cityscapes", workers: Op
     """Every colour rendering under ``src`` as an id map under ``out`` (same relative names, ``.png``; mode ``L``
     for up to 256 classes, else 16-bit); returns (files, classes in the palette)."""
     colours = load_palette(palette)
+    for path in list_images(src):  # exact colours are the ids: a lossy rendering has mixed ones at every border
+        with peek_image(path) as img:
+            lossy = lossy_format(img)
+        if lossy:
+            raise DataError(f"{path} is a {lossy} file: lossy compression mixes the colours of a label rendering, "
+                            "so they are no class's; use the lossless PNG renderings; nothing was written")
 
     def to_ids(img: Image.Image, path: Path) -> Image.Image:
         ids = colours_to_ids(np.asarray(to_channels(img, 3)), colours, path)
@@ -188,7 +166,7 @@ def split(src: Path, out: Path, val: float = 0.1, test: float = 0.1, seed: int =
     src, out = Path(src), Path(out)
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise ConfigError(f"--val {val} and --test {test} must be fractions in [0, 1) adding up to less than 1")
-    _free_output(out, src)
+    check_free_output(out, src)
     files = list_images(src)
     order = list(range(len(files)))
     random.Random(seed).shuffle(order)
@@ -196,7 +174,7 @@ def split(src: Path, out: Path, val: float = 0.1, test: float = 0.1, seed: int =
     parts = {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
     if not parts["train"]:
         raise ConfigError(f"{src} has {len(files)} image(s): nothing would be left for train; lower --val/--test")
-    with _staged(out) as stage:
+    with staged_folder(out) as stage:
         for name, idx in parts.items():
             for i in idx:
                 dst = stage / name / files[i].relative_to(src)

@@ -29,6 +29,7 @@ from pix2pix_lit.data.labels import (
     DONTCARE_ID,
     label_classes,
     read_ids,
+    remembered_ids,
     to_class_ids,
 )
 from pix2pix_lit.errors import CheckpointError, ConfigError, DataError, check_choice
@@ -265,6 +266,26 @@ def read_label_classes(path: Path, scorer: Scorer, label_format: str, size: Opti
     return classes
 
 
+def check_ade20k_format(paths: list[Path], num_classes: Optional[int], where: Path) -> None:
+    """Label maps read as ADE20K's (0 unlabelled, the classes stored as 1..N) must look like it: maps of plain
+    class ids (0..N-1) read so would score every class as its neighbour, so the ids the whole folder holds decide:
+    an id above N cannot be ADE20K's; 0 present while N is nowhere is what plain ids of N classes look like."""
+    found: set[int] = set()
+    for ids in remembered_ids(paths).values():
+        found.update(ids)
+    if not found or num_classes is None:
+        return
+    top = max(found)
+    if top > num_classes:
+        raise DataError(f"--label_format ade20k: the label maps in {where} hold id {top}, but ADE20K-style maps of "
+                        f"this segmenter's {num_classes} classes store 0..{num_classes}; check --label_format and the "
+                        "segmenter")
+    if 0 in found and num_classes not in found:
+        raise DataError(f"--label_format ade20k: the label maps in {where} hold ids {min(found)}..{top} and never "
+                        f"{num_classes}: they look like plain class ids (0..{num_classes - 1}; use --label_format ids), "
+                        f"where ADE20K stores the classes as 1..{num_classes} with 0 unlabelled")
+
+
 def read_photo(path: Path, size: tuple[int, int]) -> torch.Tensor:
     """A photo as read for scoring: as saved (8-bit), resized bicubic to ``size`` (W, H) if it is not that size."""
     from pix2pix_lit.data.io import load_image, to_tensor
@@ -290,6 +311,9 @@ def score_folder(photo_dir: Path, label_dir: Path, scorer: Scorer, label_format:
     pairs = match_pairs(Path(photo_dir), Path(label_dir), photo_suffix, label_suffix,
                         ("--fake-suffix", "--label-suffix"))
     check_decodable([photo for _, photo, _ in pairs])
+    if label_format == "ade20k":
+        check_ade20k_format([label for *_, label in pairs], scorer.num_classes if scorer.class_mapping is None
+                            else None, label_dir)
     scores = SegmentationScores(scorer.num_classes)
     batch: list[tuple[torch.Tensor, torch.Tensor]] = []
 

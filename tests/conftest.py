@@ -59,6 +59,21 @@ def write_folders(root: Path, split: str, names: list[str], size=(40, 32), seed:
         Image.fromarray(fn(a)).save(root / split / "B" / f"{name}{b_suffix}")
 
 
+def step_at_start():
+    """A callback recording the global step a fit starts training from (``.step``): 0 for a fresh fit, the
+    checkpoint's step for a resumed one. The resume tests seed the resumed process differently and assert it, so
+    a resume that ignored its checkpoint (and trained again from scratch) cannot pass them."""
+    from lightning.pytorch.callbacks import Callback
+
+    class StepAtStart(Callback):
+        step = None
+
+        def on_train_start(self, trainer, pl_module):
+            self.step = trainer.global_step
+
+    return StepAtStart()
+
+
 TINY_MODEL = dict(netG="unet", num_downs=5, ngf=8, ndf=8, fid=False, kid=False, n_epochs=1, n_epochs_decay=1)
 
 

@@ -1,5 +1,6 @@
 """The command line as a user runs it: fit / validate / test / predict / compare, W&B run read back, errors."""
 
+import csv
 import json
 import re
 from pathlib import Path
@@ -75,9 +76,16 @@ def test_fit_writes_a_wandb_run_with_metrics_grids_and_config(trained):
 
 def test_resume_continues_step_count(trained):
     tmp, env = trained
-    run(["fit", *tiny(tmp / "run_a", tmp / "syn", "--trainer.max_epochs", "3", "--ckpt_path", "last")], env, tmp)
+    # seeded otherwise than the first fit, so a fit that ignored the checkpoint could not look like a resumed one
+    proc = run(["fit", *tiny(tmp / "run_a", tmp / "syn", "--trainer.max_epochs", "3", "--ckpt_path", "last",
+                            "--seed_everything", "1")], env, tmp)
+    assert "Restored all states from the checkpoint at" in proc.stdout + proc.stderr
     ckpt = torch.load(tmp / "run_a" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["global_step"] == 6  # 2 epochs before + 1 resumed, 2 batches each
+    assert ckpt["global_step"] == 6 and ckpt["epoch"] == 3  # 2 epochs before + 1 resumed, 2 batches each
+    # the resumed fit logged only its own epoch: steps 5 and 6 (a fit from scratch would log from step 0)
+    resumed_log = max((tmp / "run_a" / "csv").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:]))
+    steps = {int(row["step"]) for row in csv.DictReader(resumed_log.open()) if row.get("train/loss_G_L1")}
+    assert steps and min(steps) >= 4, steps
 
 
 def test_test_writes_metrics_json_and_predict_writes_images(trained):

@@ -65,7 +65,9 @@ def test_sigkill_then_resume(tmp_path, model):
     assert proc.returncode == -signal.SIGKILL
     killed_at = load_all(ckpt_dir)["last.ckpt"]
     assert killed_at >= 15 and killed_at < 120
-    done = subprocess.run(fit_cmd(tmp_path, model, "--ckpt_path", "last"), env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600)
+    # seeded otherwise than the killed fit: a fit that ignored the checkpoint could not pass for a resumed one
+    done = subprocess.run(fit_cmd(tmp_path, model, "--ckpt_path", "last", "--seed_everything", "1"), env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert f"Restored all states from the checkpoint at {ckpt_dir / 'last.ckpt'}" in done.stdout + done.stderr
     assert load_all(ckpt_dir)["last.ckpt"] == 120  # 30 epochs x 4 batches: the run finished

@@ -34,6 +34,7 @@ from conftest import (
     quiet_trainer,
     run,
     run_in_process,
+    step_at_start,
     tiny,
     write_aligned,
     write_folders,
@@ -266,7 +267,9 @@ def test_sigterm_saves_exits_non_zero_and_resumes_exactly(tmp_path, env):
     assert "stopped by SIGTERM" in err.strip().splitlines()[-1]
     saved = torch.load(tmp_path / "stopped" / "checkpoints" / "last.ckpt", weights_only=False)
     assert saved["global_step"] == 30
-    run(["fit", *args, "--ckpt_path", "last"], env, tmp_path)
+    # seeded otherwise: only the checkpoint (weights, RNG states, data position) can make it equal the whole run
+    resumed = run(["fit", *args, "--ckpt_path", "last", "--seed_everything", "1"], env, tmp_path)
+    assert "Restored all states from the checkpoint at" in resumed.stdout + resumed.stderr
     a = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=False)
     b = torch.load(tmp_path / "stopped" / "checkpoints" / "last.ckpt", weights_only=False)
     assert a["global_step"] == b["global_step"] == 100 and a["epoch"] == b["epoch"]
@@ -274,31 +277,43 @@ def test_sigterm_saves_exits_non_zero_and_resumes_exactly(tmp_path, env):
 
 
 def test_mid_epoch_resume_goes_on_with_the_rest_of_the_epoch(tmp_path):
-    """From a periodic checkpoint inside an epoch, the resumed run equals the uninterrupted one; a run stopped by
-    max_steps inside an epoch counts that epoch as done (Lightning's rule, as the README says)."""
+    """From a periodic checkpoint inside an epoch, and from the last.ckpt of a run that max_steps stopped inside an
+    epoch, the resumed run equals the uninterrupted one: weights, step, epoch number and learning rate."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     write_aligned(tmp_path / "d" / "train", 8, seed=1)
     write_aligned(tmp_path / "d" / "val", 2, seed=2)
 
-    def fit(root, max_steps, ckpt=None, every=None):
-        pl.seed_everything(0)
+    def fit(root, max_steps, ckpt=None, every=None, seed=0):
+        pl.seed_everything(seed)  # resumed fits are seeded otherwise: only the checkpoint can make them equal
         dm = PairedDataModule(str(tmp_path / "d"), load_size=32, crop_size=32, batch_size=2, num_workers=0)
-        model = Pix2Pix(**TINY_MODEL)
-        callbacks = [ModelCheckpoint(dirpath=root, every_n_train_steps=every, save_top_k=-1,
-                                     filename="{step}")] if every else []
-        trainer = quiet_trainer(max_steps=max_steps, limit_val_batches=0, callbacks=callbacks,
-                                enable_checkpointing=bool(every), default_root_dir=root)
+        model = Pix2Pix(**TINY_MODEL)  # the linear LR policy over 1 + 1 epochs: the LR changes at each epoch end
+        saver = (ModelCheckpoint(dirpath=root, every_n_train_steps=every, save_top_k=-1, filename="{step}") if every
+                 else ModelCheckpoint(dirpath=root, save_last=True, save_top_k=0))
+        start = step_at_start()
+        trainer = quiet_trainer(max_steps=max_steps, limit_val_batches=0, callbacks=[saver, start],
+                                enable_checkpointing=True, default_root_dir=root)
         trainer.fit(model, dm, ckpt_path=ckpt)
-        return model, trainer
+        return model, trainer, start.step
 
-    whole, _ = fit(tmp_path / "whole", 10, every=1)
-    resumed, _ = fit(tmp_path / "resumed", 10, ckpt=str(tmp_path / "whole" / "step=1.ckpt"))
-    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
-    _, stopped = fit(tmp_path / "short", 1)
-    stopped.save_checkpoint(tmp_path / "short.ckpt")
-    assert torch.load(tmp_path / "short.ckpt", weights_only=False)["epoch"] == 1  # epoch 0 counted as done
+    def same(a, b):
+        (ma, ta, _), (mb, tb, _) = a, b
+        assert all(torch.equal(x, y) for x, y in zip(ma.state_dict().values(), mb.state_dict().values()))
+        assert ta.global_step == tb.global_step == 10 and ta.current_epoch == tb.current_epoch
+        assert [o.param_groups[0]["lr"] for o in ta.optimizers] == [o.param_groups[0]["lr"] for o in tb.optimizers]
+
+    whole = fit(tmp_path / "whole", 10, every=1)  # 4 batches an epoch: ends at batch 2 of epoch 2
+    resumed = fit(tmp_path / "resumed", 10, ckpt=str(tmp_path / "whole" / "step=1.ckpt"), seed=1)
+    assert resumed[2] == 1
+    same(whole, resumed)
+    for stop in (6, 8):  # inside epoch 1, and at its end
+        fit(tmp_path / f"short{stop}", stop)
+        saved = torch.load(tmp_path / f"short{stop}" / "last.ckpt", weights_only=False)
+        assert (saved["global_step"], saved["epoch"]) == (stop, stop // 4)  # the epochs done, no more
+        again = fit(tmp_path / f"short{stop}", 10, ckpt=str(tmp_path / f"short{stop}" / "last.ckpt"), seed=2)
+        assert again[2] == stop
+        same(whole, again)
 
 
 def test_the_official_horse2zebra_layout_with_grey_jpegs_trains(tmp_path, env):

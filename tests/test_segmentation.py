@@ -26,7 +26,7 @@ from pix2pix_lit.segmentation import (
     read_label_classes,
 )
 
-from conftest import quiet_trainer
+from conftest import quiet_trainer, step_at_start
 
 
 def test_scores_equal_a_hand_computed_confusion_matrix():
@@ -139,12 +139,13 @@ class _StopAfterFirstEpoch(Callback):
         trainer.should_stop = True
 
 
-def _train_segmenter(ckpt_dir, data_dir, interrupted=False, ckpt_path=None):
-    ckpt = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)
-    callbacks = [_StopAfterFirstEpoch(), ckpt] if interrupted else [ckpt]
+def _train_segmenter(ckpt_dir, data_dir, interrupted=False, ckpt_path=None, seed=0):
+    ckpt, start = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0), step_at_start()
+    callbacks = [_StopAfterFirstEpoch(), ckpt, start] if interrupted else [ckpt, start]
     trainer = quiet_trainer(max_epochs=2, enable_checkpointing=True, callbacks=callbacks, limit_val_batches=0,
                             deterministic=True)
-    torch.manual_seed(0)
+    trainer.step_at_start = start
+    torch.manual_seed(seed)  # a resumed fit is seeded otherwise: only its checkpoint can make it equal
     # DeepLabV3: its head's dropout draws from the global RNG, which the checkpoint must carry
     model = Segmenter(arch="deeplabv3_resnet50", aux_loss=True, label_nc=5)
     trainer.fit(model, _tiny_segmenter_data(data_dir), ckpt_path=ckpt_path)
@@ -154,8 +155,8 @@ def _train_segmenter(ckpt_dir, data_dir, interrupted=False, ckpt_path=None):
 def test_a_segmenter_checkpoint_resumes_exactly(tmp_path):
     straight, t1 = _train_segmenter(tmp_path / "a", tmp_path / "data")
     _, stopped = _train_segmenter(tmp_path / "b", tmp_path / "data", interrupted=True)
-    resumed, t2 = _train_segmenter(tmp_path / "b", tmp_path / "data", ckpt_path="last")
-    assert stopped.global_step == 3
+    resumed, t2 = _train_segmenter(tmp_path / "b", tmp_path / "data", ckpt_path="last", seed=1)
+    assert stopped.global_step == 3 and t2.step_at_start.step == 3
     assert t1.global_step == t2.global_step == 6
     for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), k  # batch-norm statistics and the poly learning rate's steps included

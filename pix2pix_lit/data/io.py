@@ -64,6 +64,24 @@ def peek_image(path: Path) -> Image.Image:
         raise DataError(f"{path} cannot be opened ({e}); check the file's permissions or remove it") from None
 
 
+def lossy_format(img: Image.Image) -> Optional[str]:
+    """The name of ``img``'s file format if it stores pixels lossily (JPEG, lossy WebP), else None: an id map
+    saved so has compression noise on its ids (a grey JPEG of 5 classes: ~12 % of the pixels in another class)."""
+    if img.format in ("JPEG", "MPO"):
+        return "JPEG"
+    if img.format == "WEBP":
+        fp = getattr(img, "fp", None)
+        try:  # a WebP is lossless if its image chunk is VP8L ("VP8 " is lossy); the chunks sit near the start
+            pos = fp.tell()
+            fp.seek(0)
+            head = fp.read(4096)
+            fp.seek(pos)
+        except (AttributeError, OSError, ValueError):
+            return "WebP"
+        return None if b"VP8L" in head and b"VP8 " not in head else "lossy WebP"
+    return None
+
+
 def check_mode(path: Path, mode: str, bands: tuple[str, ...], nc: int, option: str, strict: bool = False) -> bool:
     """Whether reading ``path`` with ``nc`` channels turns a grayscale image into RGB (True), which the official
     code does for every image (a few grey JPEGs sit in its horse2zebra and other downloads); ``strict``

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import random
@@ -95,10 +96,10 @@ def write_shards(src: Path, out: Path, unpaired: bool = False, val_fraction: flo
     docstring); ``layout`` takes the folder DataModule's layout options (``layout``, ``a_dir``, ``label_nc``, ...).
     Every file is checked first, as training would (a DataError names the first bad one). Without a val split,
     ``val_fraction`` of train is held out (seeded), as the folder DataModules do. Returns the samples per split."""
-    from pix2pix_lit.prepare import _free_output, _staged
+    from pix2pix_lit.atomic import check_free_output, staged_folder
 
     litdata = _litdata()
-    _free_output(out, src)
+    check_free_output(out, src)
     options = {k: v for k, v in layout.items() if v is not None}
     module_cls = UnpairedDataModule if unpaired else PairedDataModule
     module = module_cls(root=str(src), val_fraction=val_fraction, seed=seed, **options)
@@ -116,7 +117,7 @@ def write_shards(src: Path, out: Path, unpaired: bool = False, val_fraction: flo
         parts[h.train_split] = (h.train_split, "train")
         parts[h.val_split] = (h.train_split, "val")
     counts: dict[str, int] = {}
-    with _staged(out) as stage:
+    with staged_folder(out) as stage:
         for name, (split, part) in parts.items():
             dataset = module.make_split(split, train=False, part=part)
             if unpaired:
@@ -310,6 +311,31 @@ def _index_digest(url: str) -> str:
     return hashlib.sha1(index.read_bytes()).hexdigest() if not is_remote(url) and index.is_file() else ""
 
 
+def verify_shards(split: Path) -> None:
+    """A local split's ``index.json`` and chunk files agree (the index parses; every chunk it lists is there with
+    the size it records), else a DataError naming the file: a chunk cut short by a copy would otherwise stall in
+    LitData's wait for it and end in its ChunkWaitTimeoutError. Cheap: it reads the index and stats the files."""
+    index = split / "index.json"
+    hint = f"write the shards again with `pix2pix-lit prepare shards SRC {split.parent}`"
+    try:
+        meta = json.loads(index.read_text())
+        chunks = meta["chunks"]
+        compressed = (meta.get("config") or {}).get("compression") is not None
+        listed = [(c["filename"], int(c["chunk_bytes"])) for c in chunks]
+    except OSError as e:
+        raise DataError(f"{index} cannot be read ({e.strerror or e}); {hint}") from None
+    except (ValueError, KeyError, TypeError) as e:  # not JSON, or not LitData's index
+        raise DataError(f"{index} is not a LitData index ({type(e).__name__}); {hint}") from None
+    for filename, size in listed:
+        chunk = split / filename
+        if not chunk.is_file():
+            raise DataError(f"{chunk} is missing (listed in {index}); {hint}")
+        actual = chunk.stat().st_size
+        if (actual != size) if not compressed else actual == 0:
+            raise DataError(f"{chunk} has {actual} bytes but {index} records {size}: the file is cut short or "
+                            f"replaced; {hint}")
+
+
 class _StreamingBase(ImageDataModule):
     """What both streaming DataModules share: the shards' splits, the streams and the loaders."""
 
@@ -342,6 +368,8 @@ class _StreamingBase(ImageDataModule):
 
     def _open(self, name: str, decode: Optional[Callable], train: bool, seed: Optional[int] = None):
         self.require_root()
+        if not is_remote(self.url):
+            verify_shards(Path(_join(self.url, name)))
         h = self.hparams
         shuffle = train and not h.serial_batches
         return _stream_class()(_join(self.url, name), decode, h.seed if seed is None else seed, shuffle=shuffle,

@@ -121,21 +121,43 @@ def _write_sample(folder: Path, i: int, seed: int, size: int, form: str) -> None
         Image.fromarray(np.concatenate([a, b], axis=1)).save(folder / f"{i:05d}.png")
 
 
+MARKER_NAME = "dataset.json"
+MARKER_KEYS = {"sizes", "image_size", "seed", "version"}  # what every marker generate() ever wrote holds
+
+
+def _our_marker(marker: Path) -> dict | None:
+    """The parameters recorded in ``marker`` if generate() wrote it (its keys), else None."""
+    try:
+        params = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(params, dict) and MARKER_KEYS <= set(params) <= MARKER_KEYS | {"form"}:
+        return params
+    return None
+
+
 def generate(root: str | os.PathLike, sizes: dict[str, int], image_size: int = 72, seed: int = 0,
              form: str = "pairs") -> Path:
     """Write the dataset to ``root`` unless it is already there: ``{split}/{i}.png`` (A|B side by side), or with
     ``form="labels"`` ``{split}/labels|instances|photos/{i}.png``.
 
     Written to a temporary folder and renamed into place, so an interrupted run leaves nothing
-    half-made; ``root/dataset.json`` records the parameters, and a different request regenerates it.
+    half-made; ``root/dataset.json`` records the parameters, and a different request regenerates it. A ``root``
+    that exists, is not empty and has no such record is someone else's: a ConfigError, nothing touched.
     """
     root = Path(root)
     params = {"sizes": sizes, "image_size": image_size, "seed": seed, "version": 1}
     if form != "pairs":
         params["form"] = form
     marker = root / "dataset.json"
-    if marker.is_file() and json.loads(marker.read_text()) == params:
+    written = _our_marker(marker)
+    if written == params:
         return root
+    if written is None and root.exists() and (not root.is_dir() or any(root.iterdir())):
+        # never replace what this project did not write: a user's folder given as the built-in set's root
+        raise ConfigError(f"data.root {root} holds files the built-in dataset did not write (no {MARKER_NAME} of its "
+                          "own); the built-in set is generated only into an empty or absent folder: give another "
+                          "data.root, or train on your images with PairedDataModule (README 'Train on your data')")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:

@@ -20,8 +20,8 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from pix2pix_lit.checkpoints import EMA_SUFFIX
 from pix2pix_lit.ema import make_ema
-from pix2pix_lit.errors import ConfigError, NonFiniteLossError, check_choice
-from pix2pix_lit.lightning_internals import allow_unused_parameters, count_manual_step
+from pix2pix_lit.errors import ConfigError, NonFiniteLossError, check_choice, check_numbers
+from pix2pix_lit.lightning_internals import allow_unused_parameters, count_manual_step, epoch_cut_short
 from pix2pix_lit.metrics import ImageQualityMetrics
 from pix2pix_lit.models.evaluation import Evaluation
 from pix2pix_lit.models.inference import Inference
@@ -42,6 +42,18 @@ RUNTIME_OPTIONS = (
     "mifid", "mifid_eps", "inception_weights", "fid_real_stats", "kid_subset_size", "max_nonfinite_steps", "use_ema_for_eval",
     "vgg_weights", "vgg_sha256", "segmenter", "segmenter_weights", "checkpoint_activations",
 )
+
+# the range of every shared numeric option (errors.check_numbers); each model adds a table of its own
+SHARED_NUMBERS = {
+    "lr": ">0", "beta1": "[0,1)", "beta2": "[0,1)", "n_epochs": ">=0", "n_epochs_decay": ">=0",
+    "lr_decay_iters": ">=1", "predict_size": ">=1", "predict_tile": ">=0", "kid_subset_size": ">=1",
+    "max_nonfinite_steps": ">=1", "mifid_eps": "(0,1]", "label_nc": ">=0",
+}
+# what the GANs' network options share (Pix2Pix, CycleGAN; SPADE's are in its file)
+NETWORK_NUMBERS = {
+    "input_nc": ">=1", "output_nc": ">=1", "ngf": ">=1", "ndf": ">=1", "num_downs": ">=1", "n_blocks": ">=0",
+    "n_layers_D": ">=1", "num_D": ">=1", "init_gain": ">0", "lambda_gp": ">=0", "pool_size": ">=0",
+}
 
 
 class ImageTranslationModel(TrainingState, Inference, Evaluation):
@@ -138,12 +150,11 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
         checkpoint_activations: bool = False,
     ) -> None:
         super().__init__()
-        if label_nc < 0:
-            raise ConfigError(f"model.label_nc={label_nc}: the number of classes of label-map sources, or 0 for images")
+        check_numbers(locals(), SHARED_NUMBERS)
         check_choice("model.lr_policy", lr_policy, LR_POLICIES)
         check_choice("model.inference_mode", inference_mode, INFERENCE_MODES)
         check_choice("model.predict_fit", predict_fit, ("pad", "resize"))
-        if predict_tile < 0 or (predict_tile and predict_fit != "pad"):
+        if predict_tile and predict_fit != "pad":
             raise ConfigError(f"model.predict_tile={predict_tile}: give a tile side in pixels (with model.predict_fit "
                               "pad), or 0 for whole images")
         if predict_tile_overlap is not None and not 0 <= 2 * predict_tile_overlap <= predict_tile:
@@ -151,8 +162,6 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
                               f"model.predict_tile={predict_tile}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ConfigError(f"model.ema_decay={ema_decay} must be between 0 and 1 (e.g. 0.999), or null for no EMA")
-        if lr <= 0 or max_nonfinite_steps < 1:
-            raise ConfigError("model.lr must be > 0 and model.max_nonfinite_steps >= 1")
         if mifid and not (fid and kid):
             raise ConfigError("model.mifid needs model.fid and model.kid (MiFID is FID divided by a memorization term "
                               "computed on the Inception features KID keeps)")
@@ -162,8 +171,6 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
                                   "it needs model.fid: true and model.kid: false (KID needs every real image's features)"
                                   + (f", and {type(self).__name__} scores {len(self.metric_domains)} domains"
                                      if len(self.metric_domains) > 1 else ""))
-        if not 0.0 < mifid_eps <= 1.0:
-            raise ConfigError(f"model.mifid_eps={mifid_eps} must be in (0, 1] (Kaggle's threshold is 0.1)")
         if segmenter is not None:
             if label_nc == 0 or self.data_kind != "paired":
                 raise ConfigError("model.segmenter scores generated photos against the label maps they were made from: "
@@ -331,6 +338,8 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
                      batch_size=batch_size)
 
     def on_train_epoch_end(self) -> None:
+        if epoch_cut_short(self.trainer):
+            return  # max_steps ended the run inside the epoch: the run that finishes the epoch steps the LR
         schedulers = self.lr_schedulers()
         for sched in schedulers if isinstance(schedulers, list) else [schedulers]:
             if isinstance(sched, ReduceLROnPlateau):

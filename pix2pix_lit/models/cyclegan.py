@@ -13,9 +13,9 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from pix2pix_lit.errors import ConfigError, check_choice
+from pix2pix_lit.errors import ConfigError, check_choice, check_numbers
 from pix2pix_lit.losses import GANLoss, GANMode, gradient_penalty
-from pix2pix_lit.models.base import ImageTranslationModel
+from pix2pix_lit.models.base import NETWORK_NUMBERS, ImageTranslationModel
 from pix2pix_lit.modes import DIRECTIONS, Direction
 from pix2pix_lit.nets import DISCRIMINATORS, GENERATORS, DiscriminatorName, GeneratorName, InitName, NormName, define_D, define_G
 from pix2pix_lit.nets.image_pool import ImagePool
@@ -82,8 +82,7 @@ class CycleGAN(ImageTranslationModel):
         check_choice("model.netG", netG, GENERATORS)
         check_choice("model.netD", netD, DISCRIMINATORS)
         check_choice("model.predict_direction", predict_direction, DIRECTIONS)
-        if min(lambda_A, lambda_B, lambda_identity, pool_size) < 0:
-            raise ConfigError("model.lambda_A, lambda_B, lambda_identity and pool_size must be >= 0")
+        check_numbers(locals(), {**NETWORK_NUMBERS, "lambda_A": ">=0", "lambda_B": ">=0", "lambda_identity": ">=0"})
         if lambda_identity > 0 and input_nc != output_nc:
             raise ConfigError(
                 f"model.lambda_identity={lambda_identity} needs as many channels in A as in B (input_nc={input_nc}, "

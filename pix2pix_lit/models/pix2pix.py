@@ -8,11 +8,17 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from pix2pix_lit.errors import ConfigError, check_choice
+from pix2pix_lit.errors import ConfigError, check_choice, check_numbers
 from pix2pix_lit.losses import VGG19_SOURCE, GANLoss, GANMode, VGGLoss, feature_matching_loss, gradient_penalty
-from pix2pix_lit.models.base import ImageTranslationModel
+from pix2pix_lit.models.base import NETWORK_NUMBERS, ImageTranslationModel
 from pix2pix_lit.nets import DISCRIMINATORS, GENERATORS, DiscriminatorName, GeneratorName, InitName, NormName, define_D, define_G
 from pix2pix_lit.nets.image_pool import ImagePool
+
+# the range of each numeric option of its own (errors.check_numbers)
+PIX2PIX_NUMBERS = {
+    "n_downsample_global": ">=1", "n_blocks_global": ">=0", "n_local_enhancers": ">=1", "n_blocks_local": ">=0",
+    "lambda_L1": ">=0", "lambda_vgg": ">=0", "lambda_feat": ">=0", "lr_D": ">0", "niter_fix_global": ">=0",
+}
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +98,7 @@ class Pix2Pix(ImageTranslationModel):
     ) -> None:
         check_choice("model.netG", netG, GENERATORS)
         check_choice("model.netD", netD, DISCRIMINATORS)
-        if lambda_vgg < 0:
-            raise ConfigError(f"model.lambda_vgg={lambda_vgg} must be >= 0")
-        if lr_D is not None and lr_D <= 0:
-            raise ConfigError(f"model.lr_D={lr_D} must be > 0, or null for model.lr")
-        if lambda_L1 < 0 or pool_size < 0 or niter_fix_global < 0:
-            raise ConfigError("model.lambda_L1, model.pool_size and model.niter_fix_global must be >= 0")
+        check_numbers(locals(), {**NETWORK_NUMBERS, **PIX2PIX_NUMBERS})
         if (init_global_from or niter_fix_global) and netG != "local":
             raise ConfigError("model.init_global_from and model.niter_fix_global are pix2pixHD's coarse-to-fine "
                               f"training of netG local (its global part); netG is {netG}")
@@ -114,8 +115,15 @@ class Pix2Pix(ImageTranslationModel):
         self.__dict__["vgg"] = None
         self.finish_networks()
 
+    def prepare_data(self) -> None:
+        super().prepare_data()
+        self._load_vgg(self.trainer.state.fn)  # Lightning calls this before any logger starts: a bad file leaves none
+
     def setup(self, stage: str) -> None:
         super().setup(stage)
+        self._load_vgg(stage)
+
+    def _load_vgg(self, stage: str) -> None:
         h = self.hparams
         if stage == "fit" and h.lambda_vgg > 0 and self.vgg is None:  # test and predict never need the file
             if h.vgg_weights is None:

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from pix2pix_lit.checkpoints import collect_rng_states, set_rng_states
 from pix2pix_lit.data.labels import colorize
-from pix2pix_lit.errors import ConfigError, check_choice
+from pix2pix_lit.errors import ConfigError, check_choice, check_numbers
+from pix2pix_lit.lightning_internals import settle_epoch_counts
 from pix2pix_lit.segmentation import (
     IGNORE_INDEX,
     SCALAR_SCORES,
@@ -82,10 +83,8 @@ class Segmenter(pl.LightningModule):
         if label_nc < 1:
             raise ConfigError("model Segmenter learns label maps: use a data module of label maps (data.label_nc > 0, "
                               "e.g. pix2pix_lit.data.SyntheticLabelDataModule or layout: cityscapes)")
-        if lr <= 0 or weight_decay < 0 or poly_power < 0 or not 0 <= momentum < 1:
-            raise ConfigError("model.lr must be > 0, model.weight_decay and model.poly_power >= 0, model.momentum in [0, 1)")
-        if bn_momentum is not None and not 0 < bn_momentum <= 1:
-            raise ConfigError(f"model.bn_momentum={bn_momentum} must be in (0, 1], or null for torchvision's")
+        check_numbers(locals(), {"lr": ">0", "momentum": "[0,1)", "weight_decay": ">=0", "poly_power": ">=0",
+                                 "bn_momentum": "(0,1]", "input_nc": ">=1", "output_nc": ">=1"})
         self.save_hyperparameters()
         self.num_classes = num_classes_for(label_nc, class_mapping)
         self.net = SegmentationNet(build_torchvision(arch, self.num_classes, aux_loss))
@@ -181,6 +180,7 @@ class Segmenter(pl.LightningModule):
         # dropout in the heads draws from the global RNG, which Lightning does not store
         checkpoint.setdefault("hyper_parameters", {}).setdefault(
             "_class_path", f"{type(self).__module__}.{type(self).__qualname__}")
+        settle_epoch_counts(self._trainer, checkpoint)  # saved after the last batch: resumable as such
         checkpoint["pix2pix_lit"] = {"rng_states": collect_rng_states()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

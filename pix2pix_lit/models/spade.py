@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from pix2pix_lit.errors import ConfigError
+from pix2pix_lit.errors import ConfigError, check_numbers
 from pix2pix_lit.losses import VGG19_SOURCE, GANLoss, GANMode, VGGLoss, feature_matching_loss
 from pix2pix_lit.models.base import ImageTranslationModel
 from pix2pix_lit.modes import InferenceMode
@@ -97,8 +97,10 @@ class SPADE(ImageTranslationModel):
         if norm is None:
             raise ConfigError(f"model.norm_G={norm_G!r} is not known; use e.g. spectralspadesyncbatch3x3, "
                               f"spadebatch3x3, spectralspadeinstance3x3")
-        if min(lambda_feat, lambda_vgg) < 0:
-            raise ConfigError("model.lambda_feat and model.lambda_vgg must be >= 0")
+        check_numbers(locals(), {
+            "output_nc": ">=1", "ngf": ">=1", "ndf": ">=1", "n_layers_D": ">=1", "num_D": ">=1", "z_dim": ">=1",
+            "crop_size": ">=1", "aspect_ratio": ">0", "init_variance": ">0", "lambda_feat": ">=0", "lambda_vgg": ">=0",
+            "lambda_kld": ">=0"})
         if not kwargs.get("label_nc", 0):
             raise ConfigError("SPADE turns label maps into photos: give the data label maps (data.label_nc > 0, e.g. "
                               "pix2pix_lit.data.SyntheticLabelDataModule or data.layout cityscapes)")
@@ -116,8 +118,30 @@ class SPADE(ImageTranslationModel):
         self.__dict__["vgg"] = None
         self.finish_networks()
 
+    def prepare_data(self) -> None:
+        super().prepare_data()
+        self._check_vae_size()
+        self._load_vgg(self.trainer.state.fn)  # Lightning calls this before any logger starts: a bad file leaves none
+
     def setup(self, stage: str) -> None:
         super().setup(stage)
+        self._check_vae_size()
+        self._load_vgg(stage)
+
+    def _check_vae_size(self) -> None:
+        """With the VAE, G starts from ``z`` projected onto the grid of ``crop_size`` x ``aspect_ratio``: it makes
+        images of that size only, so the data must be cropped to it (a one-line error before any logger starts)."""
+        h = self.hparams
+        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if not h.use_vae or data is None:
+            return
+        crop, aspect = data.hparams.get("crop_size"), data.hparams.get("aspect_ratio", 1.0)
+        if crop is not None and (crop, float(aspect)) != (h.crop_size, float(h.aspect_ratio)):
+            raise ConfigError(f"model.use_vae makes images of model.crop_size={h.crop_size} (aspect_ratio "
+                              f"{h.aspect_ratio}) but the data is cropped to {crop} (aspect_ratio {aspect}); set "
+                              f"model.crop_size {crop} and model.aspect_ratio {aspect}, as the data's")
+
+    def _load_vgg(self, stage: str) -> None:
         h = self.hparams
         if stage != "fit" or self.vgg is not None or h.no_vgg_loss or h.lambda_vgg == 0:
             return

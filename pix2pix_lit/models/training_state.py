@@ -14,6 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 
 from pix2pix_lit.checkpoints import align_ema_weights, collect_rng_states, set_rng_states
+from pix2pix_lit.lightning_internals import settle_epoch_counts
 from pix2pix_lit.nets.image_pool import ImagePool
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class TrainingState(pl.LightningModule):
         # which model class this is, also for models built in Python (LightningCLI writes it for its own)
         checkpoint.setdefault("hyper_parameters", {}).setdefault(
             "_class_path", f"{type(self).__module__}.{type(self).__qualname__}")
+        settle_epoch_counts(self._trainer, checkpoint)  # saved after the last batch: resumable as such
         checkpoint["pix2pix_lit"] = {
             "rng_states": collect_rng_states(),
             "image_pools": {k: [t.cpu() for t in pool.images] for k, pool in self.image_pools().items()},

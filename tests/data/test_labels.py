@@ -1,6 +1,8 @@
 """Label maps: ids read exactly and resized nearest-neighbour with the photo's crop and flip, don't-care, ids out
 of range, instance edges against a hand computation, the Cityscapes and ADE20K layouts, palette conversion."""
 
+import json
+import os
 import random
 
 import numpy as np
@@ -216,3 +218,67 @@ def test_the_ids_of_each_label_map_are_read_once_and_remembered(tmp_path, monkey
     Image.fromarray(np.full((29, 37), 9, np.uint8), "L").save(tmp_path / "d" / "train" / "labels" / "0.png")
     with pytest.raises(AssertionError, match="0.png was read again"):  # a changed file is read again
         label_data(tmp_path / "d").setup("fit")
+
+
+# -- lossy id maps, remembered ids (issue: nothing a user sends lies to them) -----------------------------------
+def test_a_jpeg_label_map_is_refused_everywhere_label_maps_are_read(tmp_path):
+    from pix2pix_lit.data.labels import LabelMapsForPredict
+    from pix2pix_lit.prepare import labels_folder
+
+    write_label_folders(tmp_path, n=3, label_nc=5)
+    grey = np.asarray(Image.open(tmp_path / "train" / "labels" / "1.png"))
+    Image.fromarray(grey, "L").save(tmp_path / "train" / "labels" / "1.jpg", quality=90)
+    (tmp_path / "train" / "labels" / "1.png").unlink()
+    # what the JPEG does to the ids (the reason for the refusal): pixels at class borders change class
+    assert (np.asarray(Image.open(tmp_path / "train" / "labels" / "1.jpg")) != grey).mean() > 0.01
+    lossy = r"1.jpg is a JPEG file: lossy compression changes the ids of a label map"
+    with pytest.raises(DataError, match=lossy):  # fit (and validate/test: the same datasets)
+        label_data(tmp_path, label_nc=5, load_size=32, crop_size=32, val_fraction=0.34).setup("fit")
+    with pytest.raises(DataError, match=lossy):  # predict
+        LabelMapsForPredict([tmp_path / "train" / "labels" / "1.jpg"], tmp_path, 5, False, False)
+    with pytest.raises(DataError, match=lossy):  # eval --labels reads them with read_ids
+        read_ids(tmp_path / "train" / "labels" / "1.jpg")
+    # a lossy WebP too (a lossless one holds RGB, no id map: refused for its mode)
+    Image.fromarray(grey, "L").save(tmp_path / "lossy.webp", lossless=False, quality=80)
+    Image.fromarray(grey, "L").save(tmp_path / "lossless.webp", lossless=True)
+    with pytest.raises(DataError, match="lossy.webp is a lossy WebP file"):
+        read_ids(tmp_path / "lossy.webp")
+    with pytest.raises(DataError, match="lossless.webp is a RGB image where a label map of integer ids"):
+        read_ids(tmp_path / "lossless.webp")
+    # prepare labels: a JPEG colour rendering, refused before anything is written
+    (tmp_path / "colour").mkdir()
+    Image.fromarray(palette()[grey]).save(tmp_path / "colour" / "a.jpg", quality=95)
+    with pytest.raises(DataError, match=r"a.jpg is a JPEG file: lossy compression mixes the colours"):
+        labels_folder(tmp_path / "colour", tmp_path / "ids", palette=str(_palette_file(tmp_path)))
+    assert not (tmp_path / "ids").exists()
+
+
+def _palette_file(tmp_path):
+    path = tmp_path / "palette.json"
+    path.write_text(json.dumps(palette()[:5].tolist()))
+    return path
+
+
+def test_a_label_map_edited_in_place_with_size_and_time_kept_is_read_again(tmp_path):
+    from pix2pix_lit.data.labels import check_label_files
+
+    write_label_folders(tmp_path, n=2, label_nc=5)
+    path = tmp_path / "train" / "labels" / "0.png"
+    ids = np.asarray(Image.open(path)).copy()
+    Image.fromarray(ids, "L").save(path, compress_level=0)  # stored: the file's size is the image's, not its content's
+    check_label_files([path], 5, False)  # read once, remembered
+    st = path.stat()
+    ids[0, 0] = 9  # an id out of range, in a file of the same size and modification time
+    Image.fromarray(ids, "L").save(path, compress_level=0)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    with pytest.raises(DataError, match=r"0.png: class id 9 at pixel \(x=0, y=0\) is not below data.label_nc=5"):
+        check_label_files([path], 5, False)
+
+
+def test_palette_that_is_not_text_is_one_line(tmp_path):
+    from pix2pix_lit.data.labels import load_palette
+
+    (tmp_path / "pal.bin").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(DataError, match=r"--palette .*pal.bin is not a text file"):
+        load_palette(str(tmp_path / "pal.bin"))

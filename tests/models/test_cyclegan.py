@@ -14,7 +14,7 @@ from pix2pix_lit.errors import ConfigError
 from pix2pix_lit.models import CycleGAN
 from pix2pix_lit.models.base import count_parameters
 
-from conftest import quiet_trainer
+from conftest import quiet_trainer, step_at_start
 
 TINY = dict(netG="resnet_6blocks", ngf=8, ndf=8, fid=False, kid=False, n_epochs=1, n_epochs_decay=1)
 
@@ -86,11 +86,12 @@ def test_identity_loss_needs_equal_channels():
     assert CycleGAN(input_nc=1, output_nc=3, lambda_identity=0.0, **TINY).G_B.model[1].in_channels == 3
 
 
-def _fit(tmp_path, epochs, ckpt_path=None, **extra):
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True, save_top_k=0)
-    trainer = quiet_trainer(max_epochs=epochs, enable_checkpointing=True, callbacks=[ckpt], limit_val_batches=0,
-                            deterministic=True)
-    seed_everything(0)  # the pools draw from Python's random
+def _fit(tmp_path, epochs, ckpt_path=None, seed=0, **extra):
+    ckpt, start = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True, save_top_k=0), step_at_start()
+    trainer = quiet_trainer(max_epochs=epochs, enable_checkpointing=True, callbacks=[ckpt, start],
+                            limit_val_batches=0, deterministic=True)
+    trainer.step_at_start = start
+    seed_everything(seed)  # the pools draw from Python's random; a resumed fit is seeded otherwise
     model = CycleGAN(**{**TINY, "pool_size": 3, **extra})
     dm = SyntheticUnpairedDataModule(str(tmp_path.parent / "syn"), num_train=6, num_val=2, num_test=2, image_size=36,
                                      load_size=36, crop_size=32, num_workers=0)
@@ -108,8 +109,8 @@ def test_training_counts_batches_and_resume_is_exact(tmp_path, ema):
         assert not torch.equal(next(getattr(fresh, name).parameters()), next(getattr(straight, name).parameters()))
     assert (straight.G_A_ema is not None) == (ema is not None)
     _fit(tmp_path / "b", 1, ema_decay=ema)  # stops after the first epoch...
-    resumed, t2 = _fit(tmp_path / "b", 2, ckpt_path="last", ema_decay=ema)  # ...and goes on: the same weights
-    assert t2.global_step == 12
+    resumed, t2 = _fit(tmp_path / "b", 2, ckpt_path="last", seed=1, ema_decay=ema)  # ...goes on: the same weights
+    assert t2.step_at_start.step == 6 and t2.global_step == 12
     for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), k
     for pool in ("fake_A_pool", "fake_B_pool"):

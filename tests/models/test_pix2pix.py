@@ -11,7 +11,7 @@ from pix2pix_lit.callbacks import PredictionWriter
 from pix2pix_lit.data import PairedDataModule
 from pix2pix_lit.errors import ConfigError, NonFiniteLossError
 
-from conftest import TINY_MODEL, noise_image, quiet_trainer
+from conftest import TINY_MODEL, noise_image, quiet_trainer, step_at_start
 
 
 def synthetic(tmp_path, **kw):
@@ -41,19 +41,21 @@ def test_global_step_counts_batches_and_resume_continues(tmp_path):
     trainer.fit(model, dm)
     assert trainer.global_step == 4  # 16 samples / batch 4: one step per batch (D and G update each)
     assert torch.load(tmp_path / "ck" / "last.ckpt", weights_only=True)["global_step"] == 4
-    trainer2 = quiet_trainer(max_epochs=2, enable_checkpointing=True, callbacks=[ckpt], limit_val_batches=0)
+    start = step_at_start()
+    trainer2 = quiet_trainer(max_epochs=2, enable_checkpointing=True, callbacks=[ckpt, start], limit_val_batches=0)
     trainer2.fit(Pix2Pix(**TINY_MODEL), synthetic(tmp_path), ckpt_path="last")
-    assert trainer2.global_step == 8 and trainer2.current_epoch == 2
+    assert start.step == 4 and trainer2.global_step == 8 and trainer2.current_epoch == 2
     limited = quiet_trainer(max_steps=3, limit_val_batches=0)
     limited.fit(Pix2Pix(**TINY_MODEL), synthetic(tmp_path))
     assert limited.global_step == 3 and limited.fit_loop.epoch_loop.batch_progress.total.completed == 3
 
 
-def _train(tmp_path, dm_dir, epochs, ckpt_path=None, workers=0, **extra):
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True, save_top_k=0)
-    trainer = quiet_trainer(max_epochs=epochs, enable_checkpointing=True, callbacks=[ckpt], limit_val_batches=0,
-                            deterministic=True)
-    torch.manual_seed(0)
+def _train(tmp_path, dm_dir, epochs, ckpt_path=None, workers=0, seed=0, **extra):
+    ckpt, start = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True, save_top_k=0), step_at_start()
+    trainer = quiet_trainer(max_epochs=epochs, enable_checkpointing=True, callbacks=[ckpt, start],
+                            limit_val_batches=0, deterministic=True)
+    trainer.step_at_start = start
+    torch.manual_seed(seed)  # a resumed fit is seeded otherwise: only its checkpoint can make it equal
     model = Pix2Pix(**{**TINY_MODEL, "num_downs": 6, "lr_policy": "linear", "n_epochs": 1, "n_epochs_decay": 2, **extra})
     trainer.fit(model, synthetic64(dm_dir, num_workers=workers), ckpt_path=ckpt_path)
     return model, trainer
@@ -65,7 +67,8 @@ def test_exact_resume_equals_uninterrupted_run(tmp_path, ema):
     extra = {"ema_decay": ema, "spectral_norm_D": ema is not None}
     straight, t1 = _train(tmp_path / "a", tmp_path, 2, **extra)
     _train(tmp_path / "b", tmp_path, 1, **extra)
-    resumed, t2 = _train(tmp_path / "b", tmp_path, 2, ckpt_path="last", **extra)
+    resumed, t2 = _train(tmp_path / "b", tmp_path, 2, ckpt_path="last", seed=1, **extra)
+    assert t2.step_at_start.step == 4  # restored from the epoch-1 checkpoint, not trained again
     assert any(k.endswith("weight_u") for k in straight.state_dict()) == (ema is not None)
     assert any(isinstance(m, torch.nn.Dropout) for m in straight.G.modules())  # dropout draws from the RNG
     assert straight.state_dict().keys() == resumed.state_dict().keys()

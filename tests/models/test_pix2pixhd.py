@@ -10,7 +10,7 @@ from pix2pix_lit.data import SyntheticPairedDataModule
 from pix2pix_lit.errors import ConfigError
 from pix2pix_lit.models import Pix2Pix
 
-from conftest import quiet_trainer
+from conftest import quiet_trainer, step_at_start
 
 HD = dict(ngf=4, ndf=4, norm="instance", no_dropout=True, n_downsample_global=2, n_blocks_global=1, netD="multiscale",
           num_D=2, lambda_feat=10.0, fid=False, kid=False)
@@ -50,13 +50,15 @@ class Record(Callback):
             trainer.should_stop = True  # an interruption of the same 3-epoch run
 
 
-def train_local(tmp, global_path, stop_after=None, ckpt_path=None):
+def train_local(tmp, global_path, stop_after=None, ckpt_path=None, seed=1):
     record, ckpt = Record(stop_after), ModelCheckpoint(dirpath=tmp / "ckpt", save_last=True, save_top_k=0)
-    trainer = quiet_trainer(max_epochs=3, enable_checkpointing=True, callbacks=[record, ckpt], limit_val_batches=0,
-                            deterministic=True)
-    torch.manual_seed(1)
+    start = step_at_start()
+    trainer = quiet_trainer(max_epochs=3, enable_checkpointing=True, callbacks=[record, ckpt, start],
+                            limit_val_batches=0, deterministic=True)
+    torch.manual_seed(seed)  # a resumed fit is seeded otherwise: only its checkpoint can make it equal
     model = Pix2Pix(**LOCAL, init_global_from=str(global_path))
     trainer.fit(model, data(tmp / "d"), ckpt_path=ckpt_path)
+    record.step_at_start = start.step
     return model, record
 
 
@@ -77,7 +79,8 @@ def test_exact_resume_across_the_phase_change(tmp_path, global_ckpt, stop_after)
     path, _ = global_ckpt
     straight, _ = train_local(tmp_path / "a", path)
     train_local(tmp_path / "b", path, stop_after=stop_after)
-    resumed, _ = train_local(tmp_path / "b", path, ckpt_path="last")
+    resumed, record = train_local(tmp_path / "b", path, ckpt_path="last", seed=2)
+    assert record.step_at_start == 2 * (stop_after + 1)  # 2 batches an epoch: restored, not trained again
     for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), k
 
