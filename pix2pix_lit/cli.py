@@ -120,6 +120,17 @@ def whole_number_limits(argv: list[str]) -> dict[str, int]:
     return out
 
 
+# where the shipped configs of each model live (a hint in the checkpoint/config mismatch error)
+CONFIG_FOLDERS = {"Pix2Pix": "configs/quickstart.yaml, configs/maps.yaml, configs/pix2pixhd/...",
+                  "CycleGAN": "configs/cyclegan/...", "SPADE": "configs/spade/...", "Segmenter": "configs/segmenter/..."}
+
+
+def config_hint(model_class: type) -> str:
+    """`` (e.g. -c configs/...)`` for a shipped model class, else nothing."""
+    where = CONFIG_FOLDERS.get(model_class.__name__)
+    return f" (e.g. -c {where})" if where else ""
+
+
 class Pix2PixCLI(LightningCLI):
     """LightningCLI with the checkpoint rule: with ``--ckpt_path``, what defines the trained networks comes
     from the checkpoint, how it is run (``RUNTIME_OPTIONS``: inference mode, predict fit, metrics ...) from the
@@ -150,7 +161,7 @@ class Pix2PixCLI(LightningCLI):
         if resolve_model_class(configured) is not trained:
             raise CheckpointError(
                 f"checkpoint {ckpt_path} holds a {trained.__name__} model but the config runs "
-                f"{configured.rsplit('.', 1)[-1]}; use the config it was trained with (e.g. -c configs/cyclegan/...)"
+                f"{configured.rsplit('.', 1)[-1]}; use the config it was trained with{config_hint(trained)}"
             )
         for key in (*RUNTIME_OPTIONS, *DATA_LINKED):  # what the data gives comes from the data
             hparams.pop(key, None)

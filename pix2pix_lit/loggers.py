@@ -8,12 +8,15 @@ import json
 import logging
 import netrc
 import os
-from typing import Any, Optional
+import re
+from typing import Any, Literal, Optional, Union
 
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger as _CSVLogger
 from lightning.pytorch.loggers import WandbLogger as _WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
+
+from pix2pix_lit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,9 @@ def wandb_offline() -> bool:
     return mode in ("offline", "dryrun", "disabled") or (mode is None and not wandb_credentials_available())
 
 
+CHECKPOINT_CHOICES = ("best_and_last", "best", "last")  # what log_checkpoints keeps as artifact versions
+
+
 def config_sha256(hparams: Any) -> str:
     """A hash of a model's hyper-parameters (what a checkpoint was trained with), for artifact metadata."""
     text = json.dumps(hparams, sort_keys=True, default=str)
@@ -49,16 +55,20 @@ class WandbLogger(_WandbLogger):
     ``WANDB_API_KEY``) and ``WANDB_MODE`` does not say otherwise; else offline, said once in the log:
     the run is written to ``<save_dir>/wandb/offline-run-*`` and ``wandb sync`` uploads it later.
 
-    ``log_checkpoints`` (default on): when the run ends (finished or stopped), the best checkpoint and the last
+    ``log_checkpoints`` (default on = ``best_and_last``; ``best``, ``last`` or off): when the run ends (finished
+    or stopped), the best checkpoint and the last
     one are logged as versions of the model artifact ``model-<run id>`` with the aliases ``best`` and ``latest``
     and their step, epoch, monitored metric and score, and a hash of the model's hyper-parameters as metadata —
     offline too: the offline run records them and ``wandb sync`` uploads them. (Lightning's ``log_model``
     refuses offline runs, so it is not used.) ``--ckpt_path wandb:ENTITY/PROJECT/model-ID:best`` resumes or
-    evaluates from such an artifact on any machine that is online.
+    evaluates from such an artifact on any machine that is online. Each logged file is copied into W&B's staging
+    folder (``WANDB_DATA_DIR``, by default ``~/.local/share/wandb``) until it is synced: best + last of every fit;
+    ``log_checkpoints: last`` halves that, and ``add_file_policy: immutable`` stages no copy (the file must then stay
+    unchanged until ``wandb sync``).
     """
 
     def __init__(self, *args: Any, offline: Optional[bool] = None, save_dir: Optional[str] = None,
-                 log_checkpoints: bool = True, **kwargs: Any):
+                 log_checkpoints: Union[bool, Literal["best_and_last", "best", "last"]] = True, **kwargs: Any):
         if offline is None:
             offline = wandb_offline()
             if offline and os.environ.get("WANDB_MODE") is None:
@@ -70,7 +80,12 @@ class WandbLogger(_WandbLogger):
         if self._wandb_init.get("anonymous") is None:
             # Lightning passes anonymous=None, which current wandb versions warn about on every run
             self._wandb_init.pop("anonymous", None)
-        self.log_checkpoints = log_checkpoints and not self._log_model  # log_model: Lightning's own way instead
+        if log_checkpoints not in (True, False, *CHECKPOINT_CHOICES):
+            raise ConfigError(f"WandbLogger log_checkpoints={log_checkpoints!r}: choose true (best_and_last), "
+                              f"{', '.join(CHECKPOINT_CHOICES[1:])} or false")
+        if self._log_model:  # Lightning's own way instead
+            log_checkpoints = False
+        self.log_checkpoints = "best_and_last" if log_checkpoints is True else log_checkpoints
         self._seen_checkpoint_callbacks: dict[int, Any] = {}
         self._logged_checkpoints: dict[str, float] = {}  # path -> modification time when logged
 
@@ -95,11 +110,12 @@ class WandbLogger(_WandbLogger):
 
         aliases: dict[str, list[str]] = {}
         monitors: dict[str, tuple[Optional[str], Any]] = {}
+        keep = self.log_checkpoints
         for cb in self._seen_checkpoint_callbacks.values():
-            if getattr(cb, "best_model_path", "") and cb.monitor:
+            if getattr(cb, "best_model_path", "") and cb.monitor and keep in ("best_and_last", "best"):
                 aliases.setdefault(cb.best_model_path, []).append("best")
                 monitors[cb.best_model_path] = (cb.monitor, cb.best_model_score)
-            if getattr(cb, "last_model_path", ""):
+            if getattr(cb, "last_model_path", "") and keep in ("best_and_last", "last"):
                 aliases.setdefault(cb.last_model_path, []).append("latest")
         # the best first: W&B moves "latest" to the version logged last, which is then the last checkpoint
         for path, names in sorted(aliases.items(), key=lambda item: "best" not in item[1]):
@@ -120,12 +136,16 @@ class WandbLogger(_WandbLogger):
             log.info("W&B: %s logged as model-%s:%s", path, self.experiment.id, ",".join(sorted(set(names))))
 
 
+# ENTITY/PROJECT/ARTIFACT:ALIAS, each part non-empty, no further separators
+WANDB_ARTIFACT = re.compile(r"[^/:\s]+/[^/:\s]+/[^/:\s]+:[^/:\s]+")
+
+
 def download_wandb_checkpoint(spec: str) -> str:
     """``wandb:ENTITY/PROJECT/ARTIFACT:ALIAS`` -> the local path of its ``model.ckpt`` (downloaded; needs W&B online)."""
     from pix2pix_lit.errors import CheckpointError
 
     name = spec[len("wandb:"):]
-    if name.count("/") != 2 or ":" not in name.rsplit("/", 1)[-1]:
+    if not WANDB_ARTIFACT.fullmatch(name):
         raise CheckpointError(f"--ckpt_path {spec}: give wandb:ENTITY/PROJECT/ARTIFACT:ALIAS, e.g. "
                               "wandb:me/pix2pix-lit/model-1a2b3c4d:best")
     if wandb_offline():

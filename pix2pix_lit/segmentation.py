@@ -170,6 +170,10 @@ TORCHVISION_PREFIX = "torchvision:"
 def check_scorer_spec(spec: str, weights: Optional[str], option: str = "--segmenter") -> None:
     """A one-line error now (before any work) if ``spec`` cannot name a scorer."""
     if spec.startswith(TORCHVISION_PREFIX):
+        import torchvision
+
+        check_choice(option, spec, [TORCHVISION_PREFIX + name for name in
+                                    torchvision.models.list_models(module=torchvision.models.segmentation)])
         if not weights:
             raise ConfigError(f"{option} {spec} needs its weights: pass {option}_weights FILE, a local state dict of "
                               f"torchvision.models.segmentation.{spec[len(TORCHVISION_PREFIX):]} (nothing is "
@@ -179,6 +183,9 @@ def check_scorer_spec(spec: str, weights: Optional[str], option: str = "--segmen
     elif not Path(spec).is_file():
         raise ConfigError(f"{option} {spec} does not exist; pass a Segmenter checkpoint (pix2pix-lit fit -c "
                           "configs/segmenter/...: runs/NAME/checkpoints/best-*.ckpt) or torchvision:NAME")
+    elif weights:  # a Segmenter checkpoint holds its own weights: a second file would be silently ignored
+        raise ConfigError(f"{option}_weights {weights}: {option} {spec} is a Segmenter checkpoint with its own weights; "
+                          f"leave {option}_weights out (it goes with torchvision:NAME)")
 
 
 def load_scorer(spec: str, weights: Optional[str] = None, class_mapping: Optional[str] = None,

@@ -69,16 +69,19 @@ def test_test_run_scores_against_the_stats(pairs: Path, tmp_path: Path) -> None:
     from pix2pix_lit.data import PairedDataModule
     from pix2pix_lit.models import Pix2Pix
 
-    stats_file = tmp_path / "real.npz"
+    stats_file, other_file = tmp_path / "real.npz", tmp_path / "other.npz"
     assert eval_main(["--save_stats", str(pairs / "test" / "B"), str(stats_file)]) == 0
+    # the statistics of other images (the inputs, B = 255 - A): a run that ignored the file could not score these
+    assert eval_main(["--save_stats", str(pairs / "test" / "A"), str(other_file)]) == 0
     scores = []
-    for extra in ({}, {"fid_real_stats": str(stats_file)}):
+    for extra in ({}, {"fid_real_stats": str(stats_file)}, {"fid_real_stats": str(other_file)}):
         dm = PairedDataModule(str(pairs), layout="folders", load_size=32, crop_size=32, num_workers=0)
-        pl.seed_everything(0)  # the same generator both times
+        pl.seed_everything(0)  # the same generator each time
         model = Pix2Pix(**{**TINY_MODEL, "fid": True, "kid": False, **extra})
         quiet_trainer().test(model, dm, verbose=False)
         scores.append(model.test_results["test/fid"])
     assert abs(scores[1] - scores[0]) <= 1e-6 * scores[0], scores
+    assert abs(scores[2] - scores[0]) > 0.05 * scores[0], scores  # the file's statistics were used
 
 
 def _rewritten(src: Path, dst: Path, **changes) -> Path:

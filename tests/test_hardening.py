@@ -243,3 +243,60 @@ def test_a_bad_vgg_file_leaves_no_run_folder(tmp_path, cli_env):
                     "--trainer.default_root_dir", str(tmp_path / "run")], cli_env, tmp_path, check=False)
         assert proc.returncode == 2 and message in one_error_line(proc)
         assert not (tmp_path / "run").exists()  # no W&B run, no output.log, no config.yaml
+
+
+# -- smaller: names and files checked, one line each ------------------------------------------------------------
+def test_wandb_artifact_names_are_checked_part_by_part(monkeypatch):
+    from pix2pix_lit.errors import CheckpointError
+    from pix2pix_lit.loggers import download_wandb_checkpoint
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for bad in ("wandb:a/b/c:", "wandb:/b/c:best", "wandb:a//c:best", "wandb:a/b/c:d:e", "wandb:a/b/c"):
+        with pytest.raises(CheckpointError, match="give wandb:ENTITY/PROJECT/ARTIFACT:ALIAS"):
+            download_wandb_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="needs W&B online"):
+        download_wandb_checkpoint("wandb:me/pix2pix-lit/model-1a2b3c4d:best")
+
+
+def test_segmenter_specs_are_named_before_their_weights(tmp_path):
+    from pix2pix_lit.segmentation import check_scorer_spec
+
+    with pytest.raises(ConfigError, match=r"--segmenter='torchvision:nosuchnet' is not known; choose one of: "
+                                          r"torchvision:deeplabv3"):
+        check_scorer_spec("torchvision:nosuchnet", None)
+    (tmp_path / "seg.ckpt").write_bytes(b"x")
+    (tmp_path / "w.pth").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"--segmenter_weights .*w.pth: --segmenter .*seg.ckpt is a Segmenter "
+                                          r"checkpoint with its own weights; leave --segmenter_weights out"):
+        check_scorer_spec(str(tmp_path / "seg.ckpt"), str(tmp_path / "w.pth"))
+
+
+def test_the_checkpoint_mismatch_hint_names_the_trained_models_configs():
+    from pix2pix_lit.cli import config_hint
+    from pix2pix_lit.models import SPADE, CycleGAN, Pix2Pix
+
+    assert config_hint(CycleGAN) == " (e.g. -c configs/cyclegan/...)"
+    assert "configs/spade/" in config_hint(SPADE) and "configs/cyclegan" not in config_hint(Pix2Pix)
+    assert config_hint(type("MyModel", (), {})) == ""
+
+
+@pytest.mark.parametrize("keep,aliases", [(True, [["best"], ["latest"]]), ("last", [["latest"]]),
+                                          ("best", [["best"]])])
+def test_log_checkpoints_keeps_what_it_is_told(tmp_path, monkeypatch, keep, aliases):
+    from types import SimpleNamespace
+
+    from pix2pix_lit.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for name in ("best.ckpt", "last.ckpt"):
+        torch.save({"global_step": 3, "epoch": 1, "hyper_parameters": {}, "state_dict": {}}, tmp_path / name)
+    logger = WandbLogger(save_dir=str(tmp_path), log_checkpoints=keep, add_file_policy="immutable")
+    logged = []
+    logger._experiment = SimpleNamespace(id="abc", log_artifact=lambda artifact, aliases: logged.append(aliases))
+    cb = SimpleNamespace(best_model_path=str(tmp_path / "best.ckpt"), monitor="val/fid", best_model_score=1.0,
+                         last_model_path=str(tmp_path / "last.ckpt"))
+    logger._seen_checkpoint_callbacks[id(cb)] = cb
+    logger._log_checkpoint_artifacts()
+    assert logged == aliases
+    with pytest.raises(ConfigError, match="log_checkpoints='all': choose true"):
+        WandbLogger(save_dir=str(tmp_path), log_checkpoints="all")

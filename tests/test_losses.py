@@ -49,16 +49,19 @@ def test_vgg_loss_takes_a_local_vgg19_file_and_checks_it(tmp_path):
     from torchvision.models import vgg19  # the whole network, as a user would save it
 
     from pix2pix_lit.errors import ConfigError
-    from pix2pix_lit.losses import VGG_SLICES, VGG_WEIGHTS, VGGLoss
+    from pix2pix_lit.losses import VGGLoss
 
+    # pix2pixHD's networks.py (Vgg19 and VGGLoss), written here from the official code: torchvision's vgg19 features
+    # cut after relu1_1, relu2_1, relu3_1, relu4_1, relu5_1, and the L1 of each weighted 1/32, 1/16, 1/8, 1/4, 1
+    official_slices, official_weights = (2, 7, 12, 21, 30), (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
     torch.manual_seed(0)
-    features = vgg19(weights=None).features[: VGG_SLICES[-1]]
+    features = vgg19(weights=None).features[:30]
     path = tmp_path / "vgg19.pth"
     torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
     loss = VGGLoss(str(path), hashlib.sha256(path.read_bytes()).hexdigest())
     x, y = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
     want, a, b, start = 0.0, x, y, 0
-    for weight, end in zip(VGG_WEIGHTS, VGG_SLICES):  # by hand: the same slices of the same network
+    for weight, end in zip(official_weights, official_slices):  # by hand: the official slices of the same network
         a, b = features[start:end](a), features[start:end](b)
         want += weight * (a - b).abs().mean().item()
         start = end

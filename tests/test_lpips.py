@@ -40,6 +40,31 @@ def test_lpips_equals_torchmetrics_with_the_same_backbone(tmp_path, monkeypatch,
     assert float(ours.compute()) > 0
 
 
+@pytest.mark.parametrize("net,builder,features_only", [("alex", "alexnet", False), ("vgg", "vgg16", True)])
+def test_lpips_equals_the_official_lpips_package(tmp_path, net, builder, features_only):
+    """An independent reference: Zhang's own ``lpips`` package (its scaling layer, unit normalisation, linear
+    heads and spatial average), its backbone given the same file's tensors."""
+    import warnings
+
+    import lpips
+
+    model, path = saved_backbone(tmp_path, builder, features_only)
+    gen = torch.Generator().manual_seed(2)
+    fake, real = (torch.rand(4, 3, 64, 64, generator=gen) * 2 - 1 for _ in range(2))
+    ours = LPIPS(str(path), net)
+    ours.update(fake, real)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lpips asks torchvision with its old `pretrained` argument
+        official = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False).eval()
+    owner = {index: name for name, part in official.net.named_children() for index, _ in part.named_children()}
+    features = model.features.state_dict()
+    official.net.load_state_dict({f"{owner[k.split('.')[0]]}.{k}": v for k, v in features.items()
+                                  if k.split(".")[0] in owner})
+    with torch.no_grad():
+        reference = official(fake, real, normalize=False).mean()
+    assert float(ours.compute()) == pytest.approx(float(reference), rel=1e-5)
+
+
 def test_lpips_without_a_right_file_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"--lpips_weights=.*none.pth does not exist; it must be torchvision's "
                                           r"ImageNet alexnet: .*download.pytorch.org/models/alexnet-owt-7be5be79.pth"):

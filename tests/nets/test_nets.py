@@ -146,11 +146,19 @@ def test_activation_checkpointing_gives_the_same_gradients(netG):
     checkpointed.load_state_dict(plain.state_dict())
     assert checkpoint_residual_blocks(checkpointed) > 0
     x = torch.randn(2, 3, 32, 32)
-    grads = []
+    grads, forwards = [], []
     for net in (plain, checkpointed):
+        calls = []
+        block = next(m for m in net.modules() if type(m).__name__ == "ResnetBlock")
+        conv = next(m for m in block.modules() if isinstance(m, torch.nn.Conv2d))
+        hook = conv.register_forward_hook(lambda *_: calls.append(1))
         torch.manual_seed(1)
         net(x).square().mean().backward()
+        hook.remove()
         grads.append({k: p.grad for k, p in net.named_parameters()})
+        forwards.append(len(calls))
+    # checkpointing ran: the block's activations were recomputed in the backward pass (a second forward)
+    assert forwards == [1, 2], forwards
     for k in grads[0]:
         assert torch.allclose(grads[0][k], grads[1][k], atol=1e-5, rtol=1e-5), k
 
@@ -159,6 +167,9 @@ def test_the_checkpoint_activations_option_and_its_refusal():
     from pix2pix_lit.models import Pix2Pix
 
     model = Pix2Pix(netG="resnet_6blocks", ngf=4, ndf=4, checkpoint_activations=True, fid=False, kid=False)
-    assert all(getattr(m, "checkpointed", True) for m in model.G.modules() if type(m).__name__ == "ResnetBlock")
+    blocks = [m for m in model.G.modules() if type(m).__name__ == "ResnetBlock"]
+    assert len(blocks) == 6 and all(m.checkpointed is True for m in blocks)
+    assert not any(m.checkpointed for m in Pix2Pix(netG="resnet_6blocks", ngf=4, ndf=4, fid=False, kid=False).G.modules()
+                   if type(m).__name__ == "ResnetBlock")  # off by default
     with pytest.raises(ConfigError, match="has no residual blocks to checkpoint"):
         Pix2Pix(netG="unet_128", ngf=4, ndf=4, checkpoint_activations=True, fid=False, kid=False)

@@ -3,6 +3,7 @@ foreign Host headers, and images as phones and scanners write them (16-bit, EXIF
 
 import asyncio
 import io
+import os
 import threading
 import time
 
@@ -76,6 +77,33 @@ def test_memory_limits_follow_the_budget_and_the_cost_per_pixel(files):
         r = post(client, flat)
         assert r.status_code == 413 and f"more than the limit of {limits.max_pixels}" in r.json()["error"]
         assert client.get("/health").json()["limits"]["max_pixels"] == limits.max_pixels
+
+
+def _rss(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(field)
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux's resettable peak RSS")
+@pytest.mark.parametrize("kind", ["resnet", 1])
+def test_the_largest_admitted_image_runs_within_the_budget(files, kind):
+    """Measured, not restated: the largest image the limits admit for a 256 MB budget, run through the file, raises
+    the process's peak memory by less than the batch's share of the budget (3/4)."""
+    gen = Generator.load(model=str(files[kind]))
+    budget = 256 * 2**20
+    limits = create_app(gen, Limits(memory_budget_mb=256)).state.limits
+    multiple = gen.contract["input"]["size_multiple"]
+    side = int(limits.max_pixels**0.5) // multiple * multiple
+    nc = gen.contract["input"]["channels"]
+    gen.run(torch.zeros(1, nc, 64, 64))  # the runtime's own start-up is not the image's cost
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak (VmHWM) to the current resident size
+    before = _rss("VmRSS")
+    gen.run(torch.rand(1, nc, side, side) * 2 - 1)
+    grew = _rss("VmHWM") - before
+    assert side * side > 0.9 * limits.max_pixels and grew < budget * 3 / 4, (side, grew / 2**20)
 
 
 def test_a_batch_holds_at_most_its_pixel_budget():
