@@ -6,6 +6,8 @@ follows G: training itself is unchanged. Built on torch's ``AveragedModel``, wit
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 from torch.optim.swa_utils import AveragedModel
@@ -39,4 +41,37 @@ def make_ema(net: nn.Module, decay: float, warmup: bool = True) -> AveragedModel
 
     ema = AveragedModel(net, multi_avg_fn=WarmedUpEMA(decay, warmup), use_buffers=False)
     ema.requires_grad_(False)
+    ema.register_load_state_dict_post_hook(_forget_host_count)
     return ema
+
+
+def _forget_host_count(module: nn.Module, incompatible_keys) -> None:
+    """A loaded state brings its own update count: :func:`ema_update` reads it again."""
+    module._host_count = None
+
+
+def ema_update(ema: AveragedModel, net: nn.Module, skipped: Optional[torch.Tensor] = None) -> None:
+    """``ema.update_parameters(net)`` without waiting for the device, and not where ``skipped`` (a 0-dim device
+    flag, 1.0 when the generator's update was skipped) is set.
+
+    torch's ``update_parameters`` reads its update count from the device (``n_averaged == 0``) and our warm-up
+    needs it as a number: both waits at every step of a GPU run. The count is mirrored on the host instead (read
+    from the device once, after construction or a checkpoint load), and the buffer keeps counting for checkpoints.
+    A skipped update still counts (the warm-up schedule moves on), but leaves the average where it was."""
+    count = getattr(ema, "_host_count", None)
+    if count is None:
+        count = int(ema.n_averaged)
+    averaging = ema.multi_avg_fn
+    weight = 1.0 if count == 0 else 1.0 - ema_decay_at(count, averaging.decay, averaging.warmup)
+    averaged = [p.detach() for p in ema.parameters()]
+    current = [p.detach().to(a.dtype) for p, a in zip(net.parameters(), averaged)]
+    if skipped is None:
+        torch._foreach_lerp_(averaged, current, weight)
+    else:  # averaged += weight * (1 - skipped) * (current - averaged), the flag staying on the device
+        step = torch._foreach_sub(current, averaged)
+        torch._foreach_mul_(step, (1.0 - skipped) * weight)
+        torch._foreach_add_(averaged, step)
+    for b_ema, b_net in zip(ema.module.buffers(), net.buffers()):  # use_buffers=False: kept in sync, not averaged
+        b_ema.detach().copy_(b_net.detach())
+    ema.n_averaged += 1
+    ema._host_count = count + 1

@@ -106,3 +106,15 @@ def settle_epoch_counts(trainer: Optional["pl.Trainer"], checkpoint: dict[str, A
         return False
     checkpoint["epoch"] = epochs["current"]["completed"]
     return True
+
+
+def logs_this_step(trainer: "pl.Trainer") -> bool:
+    """Whether what a training step logs now is kept: the loggers write at this step (``log_every_n_steps``,
+    Lightning's own test, ``_logger_connector.should_update_logs``), or it is the epoch's or the run's last batch
+    (whose values stay in ``callback_metrics`` for callbacks, LR plateaus and whoever reads them after ``fit``).
+    Lightning drops the step values of every other step, so logging them only costs host time."""
+    if trainer._logger_connector.should_update_logs:
+        return True
+    loop = trainer.fit_loop.epoch_loop
+    last_in_epoch = loop.batch_progress.current.ready >= trainer.num_training_batches
+    return last_in_epoch or (trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps)

@@ -27,6 +27,36 @@ def test_toy_average_equals_a_hand_computation():
     assert not torch.allclose(ema.module.weight, net.weight)
 
 
+def test_the_host_counted_update_equals_torchs_and_skips_where_flagged():
+    """``ema_update`` (no device reads) against torch's ``AveragedModel.update_parameters`` with the same warm-up,
+    update by update, buffers included; a flagged update leaves the average, and a checkpoint's count is read."""
+    from pix2pix_lit.ema import ema_update
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    ours, torchs = make_ema(net, decay=0.99), make_ema(net, decay=0.99)
+    for step in range(12):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+            net[1].running_mean.add_(1.0)
+        ema_update(ours, net, torch.zeros(()) if step % 2 else None)
+        torchs.update_parameters(net)
+        for (k, a), (_, b) in zip(ours.state_dict().items(), torchs.state_dict().items()):
+            assert torch.allclose(a.float(), b.float(), atol=1e-6), (step, k)
+    before = [p.clone() for p in ours.parameters()]
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    ema_update(ours, net, torch.ones(()))  # G's update was skipped: the average stays
+    assert all(torch.equal(a, b) for a, b in zip(before, ours.parameters())) and int(ours.n_averaged) == 13
+    fresh = make_ema(net, decay=0.99)
+    ema_update(fresh, net)  # count 0: a copy; then a state with another count is loaded
+    fresh.load_state_dict(torchs.state_dict())
+    torchs.update_parameters(net)
+    ema_update(fresh, net)  # the loaded count (12) decides the decay, not the one mirrored before the load
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(fresh.parameters(), torchs.parameters()))
+
+
 def test_warmup_decay():
     assert ema_decay_at(0, 0.999) == pytest.approx(0.1)
     assert ema_decay_at(1, 0.999) == pytest.approx(2 / 11)

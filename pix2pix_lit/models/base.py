@@ -19,12 +19,13 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from pix2pix_lit.checkpoints import EMA_SUFFIX
-from pix2pix_lit.ema import make_ema
-from pix2pix_lit.errors import ConfigError, NonFiniteLossError, check_choice, check_numbers
-from pix2pix_lit.lightning_internals import allow_unused_parameters, count_manual_step, epoch_cut_short
+from pix2pix_lit.ema import ema_update, make_ema
+from pix2pix_lit.errors import ConfigError, check_choice, check_numbers
+from pix2pix_lit.lightning_internals import allow_unused_parameters, count_manual_step, epoch_cut_short, logs_this_step
 from pix2pix_lit.metrics import ImageQualityMetrics
 from pix2pix_lit.models.evaluation import Evaluation
 from pix2pix_lit.models.inference import Inference
+from pix2pix_lit.models.nonfinite import NonFiniteGuard
 from pix2pix_lit.models.training_state import TrainingState
 from pix2pix_lit.modes import INFERENCE_MODES, InferenceMode
 from pix2pix_lit.nets.generators import checkpoint_residual_blocks
@@ -180,9 +181,7 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
         self.save_hyperparameters(logger=False)
         self.automatic_optimization = False
         self.make_eval_metrics(fid, kid, kid_subset_size, mifid, mifid_eps)
-        self.nonfinite_total = 0
-        self._nonfinite_run = 0
-        self._batch_failed: list[str] = []
+        self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
         self._rng_to_restore: Optional[dict[str, Any]] = None
         self.use_channels_last: bool = bool(channels_last)  # resolved against the Trainer in setup()
 
@@ -236,6 +235,8 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
                                "normalises with its own batch (norm syncbatch -> batch)")
         self._attach_inception(stage)  # loaded now: a bad weights file stops the run before training
         self.make_segmentation_scores()
+        if self._trainer is not None:  # reading the counts costs a CPU nothing, an accelerator a wait
+            self.nonfinite.every_step = self.trainer.strategy.root_device.type == "cpu"
         self.use_channels_last = self._resolve_channels_last()
         fmt = torch.channels_last if self.use_channels_last else torch.contiguous_format
         for net in self.networks():
@@ -285,54 +286,104 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
 
     @contextmanager
     def toggled(self, optimizer) -> Iterator[None]:
-        """Only ``optimizer``'s networks require gradients inside (Lightning's toggle, undone on exit)."""
-        self.toggle_optimizer(optimizer)
+        """Only ``optimizer``'s parameters require gradients inside: the other optimizers' are frozen and given
+        back their own setting on exit (what Lightning's ``toggle_optimizer`` does, from lists built once per
+        set of optimizers instead of a dict of every parameter at every call: at batch 1 a GPU step feels it)."""
+        frozen = self._others_of(optimizer)
+        before = [p.requires_grad for p in frozen]
+        for p in frozen:
+            p.requires_grad = False
         try:
             yield
         finally:
-            self.untoggle_optimizer(optimizer)
+            for p, was in zip(frozen, before):
+                p.requires_grad = was
 
-    def update(self, optimizer, loss: torch.Tensor, name: str) -> bool:
-        """zero_grad, backward, step, unless ``loss`` is NaN/Inf on any process (then the update is skipped).
+    def _others_of(self, optimizer) -> list[torch.nn.Parameter]:
+        """The parameters of the other optimizers (not ``optimizer``'s), cached while the optimizers and the sizes
+        of their groups stay the same (pix2pixHD's phase change regroups G's)."""
+        optimizers = [getattr(o, "optimizer", o) for o in self.trainer.optimizers]
+        key = tuple((id(o), tuple(len(g["params"]) for g in o.param_groups)) for o in optimizers)
+        cache = self.__dict__.get("_toggle_cache")
+        if cache is None or cache[0] != key:
+            cache = (key, {})
+            self.__dict__["_toggle_cache"] = cache
+        inner = getattr(optimizer, "optimizer", optimizer)
+        if id(inner) not in cache[1]:
+            own = {id(p) for g in inner.param_groups for p in g["params"]}
+            seen: set[int] = set()
+            others = []
+            for o in optimizers:
+                for g in o.param_groups:
+                    for p in g["params"]:
+                        if id(p) not in own and id(p) not in seen:
+                            seen.add(id(p))
+                            others.append(p)
+            cache[1][id(inner)] = others
+        return cache[1][id(inner)]
 
-        The backward goes through Lightning (precision plugin: GradScaler under 16-mixed; DDP) and the step
-        through the strategy, but not through the LightningOptimizer, whose step would count one trainer
-        step per optimizer: :meth:`end_batch` counts the batch as one step.
+    def update(self, optimizer, loss: torch.Tensor, name: str) -> torch.Tensor:
+        """zero_grad, backward, step — the step skipped if ``loss`` is NaN/Inf on any process. Returns the skip
+        flag: a 0-dim device tensor, 1.0 where the update was skipped.
+
+        Nothing here waits for the device: the flag goes to the fused Adam as its ``found_inf`` (its kernel leaves
+        weights, moments and step count untouched where it is 1); under a GradScaler (16-mixed) the NaN gradients
+        of such a loss make the scaler's own ``found_inf`` skip it. Only an optimizer without the fused kernel needs
+        the flag on the host. The backward goes through Lightning (precision plugin, DDP) and the step through the
+        strategy, but not through the LightningOptimizer, whose step would count one trainer step per optimizer:
+        :meth:`end_batch` counts the batch as one step.
         """
-        bad = (~torch.isfinite(loss.detach())).float()
-        ok = bool(self.trainer.strategy.reduce(bad, reduce_op="sum").item() == 0)  # all processes step or skip
-        if ok:
-            optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=_no_closure)  # Lightning's public step
-        else:
-            self._batch_failed.append(name)
-        return ok
+        skipped = (~torch.isfinite(loss.detach())).float().reshape(())
+        if self.trainer.world_size > 1:  # all processes step or skip (a collective on the device, no wait)
+            skipped = self.trainer.strategy.reduce(skipped, reduce_op="sum").clamp(max=1)
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        inner = optimizer.optimizer
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None and getattr(inner, "_step_supports_amp_scaling", False):
+            self.trainer.strategy.optimizer_step(inner, closure=_no_closure)  # the scaler's found_inf skips NaN
+        elif scaler is None and inner.defaults.get("fused"):
+            inner.found_inf = skipped
+            try:
+                self.trainer.strategy.optimizer_step(inner, closure=_no_closure)  # Lightning's public step
+            finally:
+                del inner.found_inf
+        elif skipped.item() == 0:  # an optimizer without the fused kernel: the host decides
+            self.trainer.strategy.optimizer_step(inner, closure=_no_closure)
+        self.nonfinite.record(name, skipped)
+        return skipped
 
-    def update_ema(self) -> None:
-        """Move every EMA generator towards its generator (after a generator step)."""
+    def update_ema(self, skipped: Optional[torch.Tensor] = None) -> None:
+        """Move every EMA generator towards its generator (after a generator step; not where ``skipped``)."""
         for name in self.generator_names:
             ema = self.ema_of(name)
             if ema is not None:
-                ema.update_parameters(getattr(self, name))
+                ema_update(ema, getattr(self, name), skipped)
+
+    @property
+    def nonfinite_total(self) -> int:
+        """Batches whose non-finite loss made their updates be skipped (saved in checkpoints)."""
+        return self.nonfinite.total
+
+    @nonfinite_total.setter
+    def nonfinite_total(self, value: int) -> None:
+        self.nonfinite.total = value
 
     def end_batch(self, logs: dict[str, torch.Tensor], batch_size: int, progress: Optional[str] = None) -> None:
-        """Count the batch as one trainer step, apply the non-finite guard and log ``logs`` (as ``train/...``)."""
+        """Count the batch as one trainer step, apply the non-finite guard and log ``logs`` (as ``train/...``).
+
+        Logged only at the steps a logger writes (``log_every_n_steps``) and at an epoch's and a run's last batch
+        (what ``callback_metrics`` then holds): Lightning keeps nothing else of step values, and each ``log`` call
+        costs host time a GPU step at batch 1 can feel."""
         count_manual_step(self.trainer)
-        failed, self._batch_failed = self._batch_failed, []
-        if failed:
-            self.nonfinite_total += 1
-            self._nonfinite_run += 1
-            log.warning("non-finite %s at step %d: the update is skipped", failed[0], self.global_step)
-            if self._nonfinite_run >= self.hparams.max_nonfinite_steps:
-                raise NonFiniteLossError(
-                    f"{self._nonfinite_run} consecutive batches had NaN/Inf losses (last: {failed[0]}); training "
-                    "stopped. Lower model.lr, try trainer.precision=32 or bf16-mixed, or check the data for corrupt images"
-                )
-        else:
-            self._nonfinite_run = 0
+        self.nonfinite.end_batch()
+        writes = logs_this_step(self.trainer)
+        if writes or self.nonfinite.every_step:
+            self.nonfinite.check(self.global_step)
+        if not writes:
+            return
         self.log_dict({f"train/{k}": torch.as_tensor(v).detach().float() for k, v in logs.items()}, batch_size=batch_size)
-        self.log("train/nonfinite_skipped", float(self.nonfinite_total), batch_size=batch_size)
+        self.log("train/nonfinite_skipped", self.nonfinite.logged(), batch_size=batch_size)
         if progress is not None:
             self.log(progress, torch.as_tensor(logs[progress]).detach().float(), prog_bar=True, logger=False,
                      batch_size=batch_size)

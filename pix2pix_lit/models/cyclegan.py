@@ -159,8 +159,7 @@ class CycleGAN(ImageTranslationModel):
 
         with self.toggled(opt_g):  # generators first, with D_A and D_B frozen (official order)
             loss_G, logs_G = self.generator_loss(real_A, real_B, fake_A, fake_B, rec_A, rec_B)
-            if self.update(opt_g, loss_G, "loss_G"):
-                self.update_ema()
+            self.update_ema(skipped=self.update(opt_g, loss_G, "loss_G"))
 
         with self.toggled(opt_d):  # then both discriminators
             loss_D, logs_D = self.discriminator_loss(real_A, real_B, fake_A, fake_B)

@@ -244,8 +244,7 @@ class Pix2Pix(ImageTranslationModel):
 
         with self.toggled(opt_g):  # then G: fool the updated D, stay close to the target
             loss_G, logs_G = self.generator_loss(source, target, fake)
-            if self.update(opt_g, loss_G, "loss_G"):
-                self.update_ema()
+            self.update_ema(skipped=self.update(opt_g, loss_G, "loss_G"))
 
         self.end_batch({**logs_D, **logs_G}, batch_size=source.shape[0], progress="loss_G_L1")
 

@@ -211,8 +211,7 @@ class SPADE(ImageTranslationModel):
             loss_G, logs_G = self.generator_loss(labels, real, self.G(labels, **style))
             if self.E is not None:
                 loss_G, logs_G = loss_G + kld, {**logs_G, "loss_G_KLD": kld, "loss_G": loss_G + kld}
-            if self.update(opt_g, loss_G, "loss_G"):
-                self.update_ema()
+            self.update_ema(skipped=self.update(opt_g, loss_G, "loss_G"))
 
         with self.toggled(opt_d):  # then D, on a fake of the updated G
             with torch.no_grad():
