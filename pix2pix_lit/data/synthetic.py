@@ -157,7 +157,7 @@ def generate(root: str | os.PathLike, sizes: dict[str, int], image_size: int = 7
         # never replace what this project did not write: a user's folder given as the built-in set's root
         raise ConfigError(f"data.root {root} holds files the built-in dataset did not write (no {MARKER_NAME} of its "
                           "own); the built-in set is generated only into an empty or absent folder: give another "
-                          "data.root, or train on your images with PairedDataModule (README 'Train on your data')")
+                          "data.root, or train on your images with PairedDataModule (docs/getting-started.md)")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:

@@ -89,7 +89,7 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
         predict_tile, predict_tile_overlap: ``predict`` (with ``pad``) of images larger than ``predict_tile`` pixels
             a side runs the generator on tiles of that side overlapping by ``predict_tile_overlap`` pixels (``null``:
             a quarter tile), blended with weights that fall off linearly across each overlap: memory of one tile,
-            not of the image. Normalisation layers then see each tile's statistics, not the image's (README).
+            not of the image. Normalisation layers then see each tile's statistics, not the image's (docs/data.md, predict).
             0: the whole image at once.
         channels_last: NHWC memory format. ``null``: on with 16-bit/bf16 precision and on GPUs, off for fp32 on CPU.
         compile: ``torch.compile`` the networks.

@@ -209,17 +209,25 @@ def test_bad_shards_and_options_are_one_line_errors(tmp_path, capsys):
         StreamingPairedDataModule(str(unpaired), **SIZES).make_split("train", train=True)
 
 
-def test_the_readme_commands_as_a_user_types_them(tmp_path, cli_env):
-    """`prepare shards` and `fit` with the shipped overlay, each a real process (the built-in data's layout, tiny)."""
+def test_the_documented_commands_as_a_user_types_them(tmp_path, cli_env):
+    """`prepare shards` and `fit` with the shipped overlay, read from docs/scaling.md, each a real process (the
+    built-in data's layout, tiny)."""
+    import shlex
+
     from conftest import REPO, run
 
+    # the commands as docs/scaling.md writes them (its CycleGAN pair), with small networks and few steps added
+    page = (REPO / "docs" / "scaling.md").read_text()
+    block = next(b for b in page.split("```bash\n")[1:] if "prepare shards --unpaired" in b).split("```")[0]
+    commands = [shlex.split(line)[1:] for line in block.splitlines() if line.startswith("pix2pix-lit ")]
+    prepare, fit = commands[-2], commands[-1]
+    assert prepare[:2] == ["prepare", "shards"] and fit[0] == "fit"
+    fit = [str(REPO / a) if a.startswith("configs/") else a for a in fit]
     write_aligned(tmp_path / "data" / "synthetic" / "train", 6, size=36, seed=1)
     write_aligned(tmp_path / "data" / "synthetic" / "val", 2, size=36, seed=2)
-    prepared = run(["prepare", "shards", "--unpaired", "--layout", "aligned", "data/synthetic",
-                    "data/synthetic-unpaired-shards"], cli_env, tmp_path)
+    prepared = run(prepare, cli_env, tmp_path)
     assert "wrote trainA 6, trainB 6, valA 2, valB 2 sample(s)" in prepared.stdout
-    run(["fit", "-c", str(REPO / "configs" / "cyclegan" / "quickstart.yaml"), "-c",
-         str(REPO / "configs" / "data" / "synthetic_unpaired_shards.yaml"), "--data.load_size", "36",
+    run([*fit, "--data.load_size", "36",
          "--data.crop_size", "32", "--model.ngf", "8", "--model.ndf", "8", "--model.fid", "false", "--model.kid", "false",
          "--trainer.max_steps", "7", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
          "--trainer.default_root_dir", "run"], cli_env, tmp_path)

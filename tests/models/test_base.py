@@ -15,7 +15,7 @@ from conftest import REPO, TINY_MODEL, run, tiny
 
 
 def readme_blocks(language: str) -> list[str]:
-    section = (REPO / "README.md").read_text().split("### Add your own model", 1)[1].split("\n### ", 1)[0]
+    section = (REPO / "docs" / "development.md").read_text().split("### Add your own model", 1)[1].split("\n### ", 1)[0]
     return re.findall(rf"```{language}\n(.*?)```", section, re.S)
 
 
