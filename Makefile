@@ -26,6 +26,7 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check pix2pix_lit tests experiments
+	$(BIN)/lint-imports  # the import contracts of pyproject.toml: layers, no cycles
 
 bench: install
 	$(BIN)/python experiments/bench.py

@@ -197,7 +197,7 @@ def _segmentation_scorer(args: argparse.Namespace):
                           "configs/segmenter/...) or torchvision:NAME with --segmenter_weights")
     if not args.labels.is_dir():
         raise ConfigError(f"--labels {args.labels} is not a folder; pass the folder of label maps (PNG class ids)")
-    from pix2pix_lit.segmentation import load_scorer
+    from pix2pix_lit.models.segmenter import load_scorer
 
     _size(args.seg_size)
     return load_scorer(args.segmenter, args.segmenter_weights, args.class_mapping)

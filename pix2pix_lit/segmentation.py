@@ -4,9 +4,10 @@ prediction is compared with the label map the photo was generated from.
 
 The pieces: the network (:class:`SegmentationNet`: a torchvision segmentation model built with no downloaded
 weights, taking our images in [-1, 1]), the class ids it is scored on (:func:`class_targets`: the don't-care id
-and Cityscapes' 19 train ids), the scores (:class:`SegmentationScores`), the scorer a file names
-(:func:`load_scorer`: a :class:`~pix2pix_lit.models.Segmenter` checkpoint or ``torchvision:NAME`` with a local state
-dict) and the folder scoring behind ``pix2pix-lit eval --labels`` (:func:`score_folder`).
+and Cityscapes' 19 train ids), the scores (:class:`SegmentationScores`), what a scorer is (:class:`Scorer`,
+:func:`check_scorer_spec`, ``torchvision:NAME`` with a local state dict: :func:`torchvision_scorer`; a Segmenter
+checkpoint is read by ``pix2pix_lit.models.segmenter.load_scorer``, which builds the Segmenter: this module never
+imports the models) and the folder scoring behind ``pix2pix-lit eval --labels`` (:func:`score_folder`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pix2pix_lit.data.labels import (
     remembered_ids,
     to_class_ids,
 )
-from pix2pix_lit.errors import CheckpointError, ConfigError, DataError, check_choice
+from pix2pix_lit.errors import ConfigError, DataError, check_choice
 
 IGNORE_INDEX = DONTCARE_ID  # pixels with this id are left out of every score (and of the segmenter's loss)
 # how a dataset's label ids become the classes a segmenter predicts: as they are, or Cityscapes' 34 label ids as its
@@ -188,43 +189,7 @@ def check_scorer_spec(spec: str, weights: Optional[str], option: str = "--segmen
                           f"leave {option}_weights out (it goes with torchvision:NAME)")
 
 
-def load_scorer(spec: str, weights: Optional[str] = None, class_mapping: Optional[str] = None,
-                option: str = "--segmenter") -> Scorer:
-    """The scorer ``spec`` names: a Segmenter checkpoint (its classes and mapping as trained), or
-    ``torchvision:NAME`` with ``weights`` (a state dict of that model; its classes read from the file, the
-    label ids mapped by ``class_mapping``)."""
-    check_scorer_spec(spec, weights, option)
-    if spec.startswith(TORCHVISION_PREFIX):
-        net, num_classes, digest = _torchvision_scorer(spec[len(TORCHVISION_PREFIX):], weights, f"{option}_weights")
-        if class_mapping is not None:
-            check_choice("--class_mapping", class_mapping, CLASS_MAPPINGS)
-        names = class_names_for(num_classes, class_mapping)
-        about = {"segmenter": spec, "weights": str(weights), "weights_sha256": digest}
-        return Scorer(net.eval(), num_classes, class_mapping, names, about)
-    from pix2pix_lit.checkpoints import load_checkpoint
-    from pix2pix_lit.models.segmenter import Segmenter
-
-    ckpt = load_checkpoint(spec)
-    hparams = dict(ckpt.get("hyper_parameters") or {})
-    if not hparams.pop("_class_path", "").endswith(".Segmenter"):
-        raise CheckpointError(f"{option} {spec} is not a Segmenter checkpoint; train one with pix2pix-lit fit -c "
-                              "configs/segmenter/... or pass torchvision:NAME with weights")
-    hparams.pop("_instantiator", None)
-    model = Segmenter(**hparams)
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{option} {spec}: its weights do not fit its own settings ({str(e).splitlines()[0]})") \
-            from None
-    if class_mapping not in (None, model.hparams.class_mapping):
-        raise ConfigError(f"--class_mapping {class_mapping}: the segmenter {spec} was trained with class_mapping "
-                          f"{model.hparams.class_mapping}; leave the option out")
-    about = {"segmenter": str(spec), "arch": model.hparams.arch, "trained_steps": int(ckpt.get("global_step", 0))}
-    names = class_names_for(model.num_classes, model.hparams.class_mapping, ckpt.get("datamodule_hyper_parameters"))
-    return Scorer(model.net.eval(), model.num_classes, model.hparams.class_mapping, names, about)
-
-
-def _torchvision_scorer(arch: str, weights: str, option: str) -> tuple[SegmentationNet, int, str]:
+def torchvision_scorer(arch: str, weights: str, option: str) -> tuple[SegmentationNet, int, str]:
     data = Path(weights).read_bytes()
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)

@@ -16,12 +16,12 @@ from pix2pix_lit.data.labels import CITYSCAPES, CITYSCAPES_TRAIN_CLASSES, CITYSC
 from pix2pix_lit.errors import ConfigError
 from pix2pix_lit.evaluate import main as eval_main
 from pix2pix_lit.models import Segmenter
+from pix2pix_lit.models.segmenter import load_scorer
 from pix2pix_lit.segmentation import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     SegmentationScores,
     build_torchvision,
-    load_scorer,
     map_classes,
     read_label_classes,
 )

@@ -20,12 +20,12 @@ from pix2pix_lit.fid_stats import RealStats, check_compatible, load_real_stats
 from pix2pix_lit.inception import weights_sha256
 from pix2pix_lit.lightning_internals import end_validation_workers
 from pix2pix_lit.metrics import FID_FEATURES, ImageQualityMetrics, find_inception_weights, load_inception
+from pix2pix_lit.models.segmenter import load_scorer
 from pix2pix_lit.precision import EvalPassWeights
 from pix2pix_lit.segmentation import (
     SCALAR_SCORES,
     SegmentationScores,
     class_targets,
-    load_scorer,
     num_classes_for,
     per_class_table,
 )

@@ -21,22 +21,27 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pix2pix_lit.checkpoints import collect_rng_states, set_rng_states
+from pix2pix_lit.checkpoints import collect_rng_states, load_checkpoint, set_rng_states
 from pix2pix_lit.data.labels import colorize
-from pix2pix_lit.errors import ConfigError, check_choice, check_numbers
+from pix2pix_lit.errors import CheckpointError, ConfigError, check_choice, check_numbers
 from pix2pix_lit.lightning_internals import settle_epoch_counts
 from pix2pix_lit.segmentation import (
+    CLASS_MAPPINGS,
     IGNORE_INDEX,
     SCALAR_SCORES,
+    TORCHVISION_PREFIX,
     TRAINED_ARCHS,
     ClassMapping,
+    Scorer,
     SegmentationNet,
     SegmentationScores,
     build_torchvision,
+    check_scorer_spec,
     class_names_for,
     class_targets,
     num_classes_for,
     per_class_table,
+    torchvision_scorer,
 )
 
 
@@ -190,3 +195,37 @@ class Segmenter(pl.LightningModule):
         if self._rng_to_restore is not None:  # after the sanity check, as the GANs do
             set_rng_states(self._rng_to_restore)
             self._rng_to_restore = None
+
+
+# -- the scorer a file names (here, not in segmentation.py: it builds a Segmenter) --------------------------------
+def load_scorer(spec: str, weights: Optional[str] = None, class_mapping: Optional[str] = None,
+                option: str = "--segmenter") -> Scorer:
+    """The scorer ``spec`` names: a Segmenter checkpoint (its classes and mapping as trained), or
+    ``torchvision:NAME`` with ``weights`` (a state dict of that model; its classes read from the file, the
+    label ids mapped by ``class_mapping``)."""
+    check_scorer_spec(spec, weights, option)
+    if spec.startswith(TORCHVISION_PREFIX):
+        net, num_classes, digest = torchvision_scorer(spec[len(TORCHVISION_PREFIX):], weights, f"{option}_weights")
+        if class_mapping is not None:
+            check_choice("--class_mapping", class_mapping, CLASS_MAPPINGS)
+        names = class_names_for(num_classes, class_mapping)
+        about = {"segmenter": spec, "weights": str(weights), "weights_sha256": digest}
+        return Scorer(net.eval(), num_classes, class_mapping, names, about)
+    ckpt = load_checkpoint(spec)
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    if not hparams.pop("_class_path", "").endswith(".Segmenter"):
+        raise CheckpointError(f"{option} {spec} is not a Segmenter checkpoint; train one with pix2pix-lit fit -c "
+                              "configs/segmenter/... or pass torchvision:NAME with weights")
+    hparams.pop("_instantiator", None)
+    model = Segmenter(**hparams)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{option} {spec}: its weights do not fit its own settings ({str(e).splitlines()[0]})") \
+            from None
+    if class_mapping not in (None, model.hparams.class_mapping):
+        raise ConfigError(f"--class_mapping {class_mapping}: the segmenter {spec} was trained with class_mapping "
+                          f"{model.hparams.class_mapping}; leave the option out")
+    about = {"segmenter": str(spec), "arch": model.hparams.arch, "trained_steps": int(ckpt.get("global_step", 0))}
+    names = class_names_for(model.num_classes, model.hparams.class_mapping, ckpt.get("datamodule_hyper_parameters"))
+    return Scorer(model.net.eval(), model.num_classes, model.hparams.class_mapping, names, about)
