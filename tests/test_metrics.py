@@ -14,7 +14,7 @@ from pix2pix_lit.metrics import (
     CONVERTED_FILENAME,
     HUB_FILENAME,
     ImageQualityMetrics,
-    _fid_helper_file,
+    fid_helper_file,
     find_inception_weights,
     load_inception,
     memorization_distance,
@@ -206,7 +206,7 @@ def test_lookup_order_and_missing_error(tmp_path, monkeypatch, weights):
 
 def test_converted_weights_equal_the_torchscript_model(extractor):
     """The converted torch-fidelity network gives the TorchScript model's own 2048-d features."""
-    src = _fid_helper_file()
+    src = fid_helper_file()
     assert src is not None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -223,14 +223,14 @@ def test_converted_weights_equal_the_torchscript_model(extractor):
 def test_conversion_order_matches_reference_key_map():
     from torch_fidelity.feature_extractor_inceptionv3 import BasicConv2d
 
-    from pix2pix_lit.metrics import _fidelity_skeleton
+    from pix2pix_lit.metrics import fidelity_skeleton
 
     pairs = [ln.strip().split("\t") for ln in SHARED_KEYMAP.read_text().splitlines() if ln and not ln.startswith("#")]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        scripted = torch.jit.load(str(_fid_helper_file()), map_location="cpu")
+        scripted = torch.jit.load(str(fid_helper_file()), map_location="cpu")
     src = [k[: -len(".weight")] for k in scripted.state_dict() if k.endswith(".weight")]
-    dst = [n for n, m in _fidelity_skeleton().named_modules() if isinstance(m, BasicConv2d)]
+    dst = [n for n, m in fidelity_skeleton().named_modules() if isinstance(m, BasicConv2d)]
     assert [list(p) for p in zip(src, dst)] == pairs
 
 

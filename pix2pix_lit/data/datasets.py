@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 Index = Union[int, tuple[int, int]]
 
 
-def _split_index(index: Index) -> tuple[int, random.Random]:
+def split_index(index: Index) -> tuple[int, random.Random]:
     if isinstance(index, tuple):
         i, seed = index
         return int(i), random.Random(seed)
@@ -111,7 +111,7 @@ class AlignedDataset(_PairedBase):
         return self.files
 
     def __getitem__(self, index: Index) -> dict[str, Any]:
-        i, rng = _split_index(index)
+        i, rng = split_index(index)
         path = self.files[i]
         with load_image(path) as img:
             w, h = img.size
@@ -208,7 +208,7 @@ class FolderPairDataset(_PairedBase):
         return [p for _, pa, pb in self.pairs for p in (pa, pb)]
 
     def __getitem__(self, index: Index) -> dict[str, Any]:
-        i, rng = _split_index(index)
+        i, rng = split_index(index)
         name, pa, pb = self.pairs[i]
         with load_image(pa) as a, load_image(pb) as b:
             if a.size != b.size:

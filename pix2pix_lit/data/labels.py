@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pix2pix_lit.data.datasets import Index, _split_index
+from pix2pix_lit.data.datasets import Index, split_index
 from pix2pix_lit.data.io import (
     check_decodable,
     check_mode,
@@ -253,7 +253,7 @@ class LabelPairDataset(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, index: Index) -> dict[str, Any]:
-        i, rng = _split_index(index)
+        i, rng = split_index(index)
         name, label_path, photo_path, instance_path = self.pairs[i]
         images = [read_ids(label_path)]
         with load_image(photo_path) as photo:

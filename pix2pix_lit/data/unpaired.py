@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pix2pix_lit.data.base import ImageDataModule, Part
-from pix2pix_lit.data.datasets import Index, SingleImageDataset, _split_index, fingerprint
+from pix2pix_lit.data.datasets import Index, SingleImageDataset, fingerprint, split_index
 from pix2pix_lit.data.io import (
     check_decodable,
     check_mode,
@@ -98,7 +98,7 @@ class UnpairedDataset(Dataset):
         return max(len(self.A), len(self.B))
 
     def __getitem__(self, index: Index) -> dict[str, Any]:
-        i, rng = _split_index(index)
+        i, rng = split_index(index)
         ia = i % len(self.A)
         ib = i % len(self.B) if self.serial else rng.randint(0, len(self.B) - 1)
         (a,) = self.transform([self.A.read(ia)], rng)
@@ -119,7 +119,7 @@ class DomainView(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: Index) -> dict[str, Any]:
-        i, rng = _split_index(index)
+        i, rng = split_index(index)
         item: dict[str, Any] = {"name": self.images.name(i)}
         if self.split.paired:
             image, target = self.split.transform([self.images.read(i), self.other.read(i)], rng)
