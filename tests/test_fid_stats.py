@@ -81,7 +81,9 @@ def test_test_run_scores_against_the_stats(pairs: Path, tmp_path: Path) -> None:
         quiet_trainer().test(model, dm, verbose=False)
         scores.append(model.test_results["test/fid"])
     assert abs(scores[1] - scores[0]) <= 1e-6 * scores[0], scores
-    assert abs(scores[2] - scores[0]) > 0.05 * scores[0], scores  # the file's statistics were used
+    # the file's statistics were used: another real side, another score (the generator is untrained, far from
+    # both sets, so they differ by ~1 %, a thousand times the equality tolerance above; ignoring the file: 0)
+    assert abs(scores[2] - scores[0]) > 1e-3 * scores[0], scores
 
 
 def _rewritten(src: Path, dst: Path, **changes) -> Path:
