@@ -250,6 +250,26 @@ def expected(model_file: Path, img: Image.Image) -> np.ndarray:
 
 
 # -- label maps ----------------------------------------------------------------------------------------------
+def scored_folders(tmp_path: Path, classes: int, n: int, fake_hw: tuple[int, int], label_hw: tuple[int, int],
+                   fake_suffix: str = ".png") -> Path:
+    """For ``eval --labels``: a random torchvision LR-ASPP of ``classes`` classes saved as ``seg.pth`` (returned),
+    ``fake/{i}{fake_suffix}`` random photos and ``labels/{i}.png`` random id maps below ``classes``."""
+    import torch
+
+    from pix2pix_lit.segmentation import build_torchvision
+
+    torch.manual_seed(0)
+    torch.save(build_torchvision("lraspp_mobilenet_v3_large", classes).state_dict(), tmp_path / "seg.pth")
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (*fake_hw, 3), dtype=np.uint8)).save(tmp_path / "fake" / f"{i}{fake_suffix}")
+        Image.fromarray(rng.integers(0, classes, label_hw, dtype=np.uint8), "L").save(tmp_path / "labels" / f"{i}.png")
+    return tmp_path / "seg.pth"
+
+
+
 def write_cityscapes(root: Path, split: str = "train", cities=("aachen", "bremen"), per_city: int = 2,
                      size=(64, 32), seed: int = 0) -> list[str]:
     """A tiny folder in the Cityscapes download layout: ``gtFine/{split}/{city}/*_gtFine_labelIds.png`` (ids 0..33),

@@ -17,7 +17,7 @@ from pix2pix_lit.data.synthetic import generate
 from pix2pix_lit.errors import ConfigError, DataError
 from pix2pix_lit.prepare import main as prepare_main
 
-from conftest import REPO, noise_image, one_error_line, run, run_in_process, write_folders
+from conftest import REPO, noise_image, one_error_line, run, run_in_process, scored_folders, write_folders
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -81,16 +81,8 @@ def test_ade20k_format_on_plain_ids_is_refused_and_named(tmp_path):
 
 def test_eval_labels_with_the_wrong_format_exits_2(tmp_path, capsys):
     from pix2pix_lit.evaluate import main as eval_main
-    from pix2pix_lit.segmentation import build_torchvision
 
-    torch.manual_seed(0)
-    torch.save(build_torchvision("lraspp_mobilenet_v3_large", 5).state_dict(), tmp_path / "seg.pth")
-    (tmp_path / "fake").mkdir()
-    (tmp_path / "labels").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray(noise_image(rng, 32, 32)).save(tmp_path / "fake" / f"{i}.png")
-        Image.fromarray(rng.integers(0, 5, (32, 32)).astype(np.uint8), "L").save(tmp_path / "labels" / f"{i}.png")
+    scored_folders(tmp_path, classes=5, n=2, fake_hw=(32, 32), label_hw=(32, 32))  # plain ids 0..4
     code = eval_main([str(tmp_path / "fake"), "--labels", str(tmp_path / "labels"), "--segmenter",
                       "torchvision:lraspp_mobilenet_v3_large", "--segmenter_weights", str(tmp_path / "seg.pth"),
                       "--label_format", "ade20k", "--output", str(tmp_path / "scores.json")])

@@ -26,7 +26,7 @@ from pix2pix_lit.segmentation import (
     read_label_classes,
 )
 
-from conftest import quiet_trainer, step_at_start
+from conftest import quiet_trainer, scored_folders, step_at_start
 
 
 def test_scores_equal_a_hand_computed_confusion_matrix():
@@ -197,14 +197,7 @@ def test_eval_labels_refusals_are_one_line(tmp_path, capsys):
 
 
 def test_eval_scores_a_folder_against_label_maps_with_a_torchvision_segmenter(tmp_path, capsys):
-    torch.manual_seed(0)
-    torch.save(build_torchvision("lraspp_mobilenet_v3_large", 3).state_dict(), tmp_path / "seg.pth")
-    (tmp_path / "fake").mkdir()
-    (tmp_path / "labels").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(tmp_path / "fake" / f"{i}_fake.png")
-        Image.fromarray(rng.integers(0, 3, (48, 64), dtype=np.uint8), "L").save(tmp_path / "labels" / f"{i}.png")
+    scored_folders(tmp_path, classes=3, n=3, fake_hw=(24, 32), label_hw=(48, 64), fake_suffix="_fake.png")
     out = tmp_path / "scores.json"
     code = eval_main([str(tmp_path / "fake"), "--labels", str(tmp_path / "labels"), "--segmenter",
                       "torchvision:lraspp_mobilenet_v3_large", "--segmenter_weights", str(tmp_path / "seg.pth"),
