@@ -80,3 +80,27 @@ def test_step_counting_validation_workers_and_batch_progress():
     assert model.seen["done"] == [0, 1, 2, 0]
     assert model.seen["fetcher_before"] not in (None, "missing") and model.seen["fetcher_after"] is None
     assert li.batches_done_in_epoch(trainer, 4) == 0  # at the epoch's end: nothing to leave out
+
+
+class _Logs(_Tiny):
+    def training_step(self, batch, batch_idx):
+        super().training_step(batch, batch_idx)
+        self.seen.setdefault("logs", []).append(li.logs_this_step(self.trainer))
+
+    def on_train_epoch_end(self):
+        self.seen.setdefault("cut", []).append(li.epoch_cut_short(self.trainer))
+
+
+def test_logging_steps_cut_epochs_and_settled_checkpoints():
+    """logs_this_step (the logger connector's should_update_logs), epoch_cut_short and settle_epoch_counts (the fit
+    loop's progress counters), each where it was looked up."""
+    model = _Logs()
+    trainer = quiet_trainer(max_steps=6, log_every_n_steps=3, limit_val_batches=0)
+    trainer.fit(model)  # 4 batches an epoch: stopped at batch 2 of epoch 1
+    assert model.seen["logs"] == [False, False, True, True, False, True]  # step 3; epoch 0's last; the run's last
+    assert model.seen["cut"] == [False, True]  # epoch 0 ran its 4 batches; max_steps cut epoch 1 after 2
+    checkpoint = trainer._checkpoint_connector.dump_checkpoint()
+    assert checkpoint["epoch"] == 2  # what Lightning saves after max_steps cut epoch 1
+    assert li.settle_epoch_counts(trainer, checkpoint) is True and checkpoint["epoch"] == 1
+    progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]
+    assert (progress["started"], progress["processed"], progress["completed"]) == (2, 1, 1)
