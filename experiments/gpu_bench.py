@@ -192,8 +192,17 @@ def main() -> None:
     if not dry and not torch.cuda.is_available():
         p.error("no CUDA device here: run with --dry-run to rehearse on the CPU")
     device = torch.device("cpu" if dry else "cuda")
-    steps, warmup = args.steps or (2 if dry else 100), args.warmup or (1 if dry else 20)
-    batches = [int(b) for b in (args.batches or ("1,2" if dry else "1,16,64")).split(",")]
+    steps = args.steps if args.steps is not None else (2 if dry else 100)
+    warmup = args.warmup if args.warmup is not None else (1 if dry else 20)
+    try:
+        batches = [int(b) for b in (args.batches or ("1,2" if dry else "1,16,64")).split(",")]
+    except ValueError:
+        p.error(f"--batches {args.batches}: give batch sizes separated by commas, e.g. 1,16,64")
+    if steps < 1 or warmup < 0 or min(batches) < 1 or args.budget <= 0 or args.peak_tflops <= 0:
+        p.error("--steps, every batch size, --budget and --peak-tflops must be positive, --warmup >= 0")
+    if args.official is not None and not (args.official / "options" / "train_options.py").is_file():
+        p.error(f"--official {args.official}: not a checkout of junyanz/pytorch-CycleGAN-and-pix2pix "
+                "(no options/train_options.py)")
     size, ngf, spade_size, spade_ngf = (64, 8, 64, 4) if dry else (256, 64, 512, 64)
     precisions = ["32-true", "bf16-mixed"] if dry else ["32-true", "16-mixed", "bf16-mixed"]
     compiles = [False] if args.no_compile else [False, True]
