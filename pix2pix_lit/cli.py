@@ -383,8 +383,17 @@ def _remove_new_run_dir() -> None:
     """The run folder this command created, if the run stopped before it saved a checkpoint: no half-started run
     is left behind (config.yaml, logs and a W&B run of a run that never trained)."""
     path = _NEW_RUN_DIR["path"]
-    if path and os.path.isdir(path) and not any(Path(path).rglob("*.ckpt")):
-        shutil.rmtree(path, ignore_errors=True)
+    if not path or (os.path.isdir(path) and any(Path(path).rglob("*.ckpt"))):
+        return
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        # a W&B run that started writes its files (output.log, ...) until it is finished: finish it first, or it
+        # recreates the folder after it was removed
+        try:
+            wandb.finish(exit_code=1)
+        except Exception:  # noqa: BLE001 - the run folder goes anyway; the error the user sees is the one above
+            pass
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def build_cli(args: Optional[list[str]], argv: list[str], run: bool = True) -> Pix2PixCLI:

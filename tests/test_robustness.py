@@ -222,6 +222,12 @@ def test_runs_that_cannot_start_leave_nothing(tmp_path, env):
                       tmp_path, check=False)
         assert proc.returncode == 2 and message in one_error_line(proc), (extra, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr and not (tmp_path / "r").exists(), extra
+        # a W&B run the failed start had begun is finished, so it cannot write its files into the folder later
+        # (it did under load: the next case found the removed folder back with an output.log)
+        wandb = sys.modules.get("wandb")
+        assert wandb is None or wandb.run is None, extra
+    time.sleep(1)
+    assert not (tmp_path / "r").exists()
 
 
 # A callback the stopped run loads from the test's folder: at step 30 it says so in a file and waits for the
