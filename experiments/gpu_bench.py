@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from measure import cpu_report
+from measure import cpu_report, plain_official_update
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -82,20 +82,7 @@ def official_loop(device: torch.device, batch: int, size: int, ngf: int) -> Call
     a, b = (torch.rand(batch, 3, size, size, device=device) * 2 - 1 for _ in range(2))
 
     def step() -> None:
-        fake = G(a)
-        D.requires_grad_(True)
-        opt_d.zero_grad()
-        pf, pr = D(torch.cat([a, fake.detach()], 1)), D(torch.cat([a, b], 1))
-        loss_d = 0.5 * (F.binary_cross_entropy_with_logits(pf, torch.zeros_like(pf))
-                        + F.binary_cross_entropy_with_logits(pr, torch.ones_like(pr)))
-        loss_d.backward()
-        opt_d.step()
-        D.requires_grad_(False)
-        opt_g.zero_grad()
-        pf = D(torch.cat([a, fake], 1))
-        loss_g = F.binary_cross_entropy_with_logits(pf, torch.ones_like(pf)) + 100.0 * F.l1_loss(fake, b)
-        loss_g.backward()
-        opt_g.step()
+        plain_official_update(G, D, opt_g, opt_d, a, b)
 
     return step
 

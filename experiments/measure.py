@@ -167,6 +167,28 @@ def official_step(
     return step
 
 
+def plain_official_update(G, D, opt_g, opt_d, a: torch.Tensor, b: torch.Tensor) -> None:
+    """One official ``optimize_parameters`` (G forward, D update on detached fakes vs reals, G update on
+    GAN + 100 * L1) with the given networks and optimizers, fp32, as a bare loop: the reference the framework's
+    step is timed against (experiments/overhead.py, experiments/gpu_bench.py)."""
+    import torch.nn.functional as F
+
+    fake = G(a)
+    D.requires_grad_(True)
+    opt_d.zero_grad(set_to_none=True)
+    pf, pr = D(torch.cat([a, fake.detach()], 1)), D(torch.cat([a, b], 1))
+    loss_d = 0.5 * (F.binary_cross_entropy_with_logits(pf, torch.zeros_like(pf))
+                    + F.binary_cross_entropy_with_logits(pr, torch.ones_like(pr)))
+    loss_d.backward()
+    opt_d.step()
+    D.requires_grad_(False)
+    opt_g.zero_grad(set_to_none=True)
+    pf = D(torch.cat([a, fake], 1))
+    loss_g = F.binary_cross_entropy_with_logits(pf, torch.ones_like(pf)) + 100.0 * F.l1_loss(fake, b)
+    loss_g.backward()
+    opt_g.step()
+
+
 class PhaseTimer:
     """Milliseconds per phase of :func:`official_step`, summed over the steps since :meth:`reset`."""
 

@@ -17,8 +17,7 @@ import time
 import warnings
 
 import torch
-import torch.nn.functional as F
-from measure import cpu_report
+from measure import cpu_report, plain_official_update
 
 TINY = dict(netG="unet", num_downs=5, ngf=2, ndf=2, n_layers_D=1, fid=False, kid=False, n_epochs=1000,
             n_epochs_decay=0)
@@ -43,21 +42,7 @@ def plain(data: list[dict], warmup: int) -> float:
     for i, batch in enumerate(data):
         if i == warmup:
             start = time.perf_counter()
-        a, b = batch["source"], batch["target"]
-        fake = G(a)
-        D.requires_grad_(True)
-        opt_d.zero_grad(set_to_none=True)
-        pf, pr = D(torch.cat([a, fake.detach()], 1)), D(torch.cat([a, b], 1))
-        loss_d = 0.5 * (F.binary_cross_entropy_with_logits(pf, torch.zeros_like(pf))
-                        + F.binary_cross_entropy_with_logits(pr, torch.ones_like(pr)))
-        loss_d.backward()
-        opt_d.step()
-        D.requires_grad_(False)
-        opt_g.zero_grad(set_to_none=True)
-        pf = D(torch.cat([a, fake], 1))
-        loss_g = F.binary_cross_entropy_with_logits(pf, torch.ones_like(pf)) + 100.0 * F.l1_loss(fake, b)
-        loss_g.backward()
-        opt_g.step()
+        plain_official_update(G, D, opt_g, opt_d, batch["source"], batch["target"])
     return (time.perf_counter() - start) / (len(data) - warmup)
 
 
