@@ -14,6 +14,8 @@ from pix2pix_lit.weights import load_features
 
 GANMode = Literal["vanilla", "lsgan", "hinge", "wgangp"]
 GAN_MODES = get_args(GANMode)
+GANScales = Literal["mean", "sum"]
+GAN_SCALES = get_args(GANScales)
 
 Prediction = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -23,12 +25,16 @@ class GANLoss(nn.Module):
 
     ``vanilla`` is BCE-with-logits (never sigmoid + BCE, so mixed precision is safe), ``lsgan`` is
     least squares, ``hinge`` is the hinge loss (D: relu(1 -/+ x), G: -x), ``wgangp`` is the Wasserstein
-    critic loss (pair it with :func:`gradient_penalty`). Lists are averaged over scales.
+    critic loss (pair it with :func:`gradient_penalty`). Lists are averaged over scales (``scales="mean"``: SPADE,
+    and pix2pix-lit's default) or summed (``"sum"``: pix2pixHD's ``GANLoss``, which gives the adversarial term
+    ``num_D`` times the weight it has beside feature matching and VGG under the mean).
     """
 
-    def __init__(self, gan_mode: str = "vanilla", target_real_label: float = 1.0, target_fake_label: float = 0.0):
+    def __init__(self, gan_mode: str = "vanilla", target_real_label: float = 1.0, target_fake_label: float = 0.0,
+                 scales: str = "mean"):
         super().__init__()
         self.gan_mode = check_choice("gan_mode", gan_mode, GAN_MODES)
+        self.scales = check_choice("gan_scales", scales, GAN_SCALES)
         self.real_label = target_real_label
         self.fake_label = target_fake_label
 
@@ -46,7 +52,8 @@ class GANLoss(nn.Module):
 
     def forward(self, pred: Prediction, target_is_real: bool, for_discriminator: bool = True) -> torch.Tensor:
         if isinstance(pred, (list, tuple)):
-            return torch.stack([self._single(p, target_is_real, for_discriminator) for p in pred]).mean()
+            per_scale = torch.stack([self._single(p, target_is_real, for_discriminator) for p in pred])
+            return per_scale.sum() if self.scales == "sum" else per_scale.mean()
         return self._single(pred, target_is_real, for_discriminator)
 
 
@@ -65,11 +72,12 @@ def gradient_penalty(
     return ((grads.norm(2, dim=1) - constant) ** 2).mean()
 
 
-def feature_matching_loss(real_feats: Sequence, fake_feats: Sequence) -> torch.Tensor:
+def feature_matching_loss(real_feats: Sequence, fake_feats: Sequence, layer_weight: float = 1.0) -> torch.Tensor:
     """pix2pixHD feature matching: L1 between D's intermediate activations on real and fake pairs.
 
     Accepts one discriminator's list of activations or a list of such lists (multi-scale); the last
-    entry of each list (the logits) is left out; the result is averaged over scales.
+    entry of each list (the logits) is left out; the result is averaged over scales and multiplied by
+    ``layer_weight`` (pix2pixHD's ``4 / (n_layers_D + 1)``; SPADE has none: 1).
     """
     if real_feats and isinstance(real_feats[0], torch.Tensor):
         real_feats, fake_feats = [real_feats], [fake_feats]
@@ -77,7 +85,7 @@ def feature_matching_loss(real_feats: Sequence, fake_feats: Sequence) -> torch.T
     for rf, ff in zip(real_feats, fake_feats):
         for r, f in zip(rf[:-1], ff[:-1]):
             total = total + F.l1_loss(f.float(), r.detach().float())
-    return total / len(real_feats)
+    return total * layer_weight / len(real_feats)
 
 
 # where VGG-19's relu1_1, relu2_1, relu3_1, relu4_1 and relu5_1 end in torchvision's ``vgg19().features``, and the

@@ -18,6 +18,7 @@ import torch
 from torchmetrics import Metric
 
 from pix2pix_lit.errors import check_choice
+from pix2pix_lit.precision import autocast_off
 from pix2pix_lit.weights import load_features
 
 LpipsNet = Literal["alex", "vgg"]
@@ -62,7 +63,8 @@ class LPIPS(Metric):
     def update(self, fake: torch.Tensor, real: torch.Tensor) -> None:
         from torchmetrics.functional.image.lpips import _lpips_update
 
-        scores = _lpips_update(fake.float().clamp(-1, 1), real.float().clamp(-1, 1), self.net, normalize=False)
+        with autocast_off(fake.device):  # fp32 whatever the caller's precision, as every score here
+            scores = _lpips_update(fake.float().clamp(-1, 1), real.float().clamp(-1, 1), self.net, normalize=False)
         self.sum_scores += scores.double().sum()
         self.total += scores.numel()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from contextlib import nullcontext
 from typing import Any, Optional
 
 import torch
@@ -38,6 +37,7 @@ from pix2pix_lit.inception import (  # noqa: F401 - the weights' finding and loa
     find_inception_weights,
     load_inception,
 )
+from pix2pix_lit.precision import autocast_off
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,6 @@ def kid_subset_for(n: int, kid_subset_size: int) -> int:
     if n > kid_subset_size:
         return kid_subset_size
     return n // 2 if n >= 4 else n
-
-
-def _autocast_off(device: torch.device):
-    return torch.autocast(device.type, enabled=False) if device.type in ("cpu", "cuda") else nullcontext()
 
 
 class _PrecomputedFeatures(nn.Module):
@@ -265,14 +261,14 @@ class ImageQualityMetrics(nn.Module):
             u8 = u8.expand(-1, 3, -1, -1)
         elif u8.shape[1] == 4:
             u8 = u8[:, :3]
-        with _autocast_off(images.device):
+        with autocast_off(images.device):
             return net(u8.contiguous(memory_format=fmt))[0].float()
 
     @torch.no_grad()
     def update(self, fake: torch.Tensor, real: torch.Tensor) -> None:
         # metrics are computed in fp32 whatever the training precision (SSIM's convs under bf16
         # autocast would be off by percents)
-        with _autocast_off(fake.device):
+        with autocast_off(fake.device):
             self._update(fake, real)
 
     def _update(self, fake: torch.Tensor, real: torch.Tensor) -> None:
@@ -321,17 +317,17 @@ class ImageQualityMetrics(nn.Module):
     @torch.no_grad()
     def update_pairs(self, fake: torch.Tensor, target: torch.Tensor) -> None:
         """SSIM/PSNR/L1 of generated images against their true counterparts."""
-        with _autocast_off(fake.device):
+        with autocast_off(fake.device):
             self._update_pairs(fake, target)
 
     @torch.no_grad()
     def update_fake(self, fake: torch.Tensor) -> None:
-        with _autocast_off(fake.device):
+        with autocast_off(fake.device):
             self._update_set(fake, real=False)
 
     @torch.no_grad()
     def update_real(self, real: torch.Tensor) -> None:
-        with _autocast_off(real.device):
+        with autocast_off(real.device):
             self._update_set(real, real=True)
 
     @torch.no_grad()

@@ -54,7 +54,7 @@ class Adam(torch.optim.Adam):
 
 
 # -- learning-rate policies (the official ``--lr_policy``), stepped once per epoch ---------------------------------
-LR_POLICIES = ("linear", "step", "plateau", "cosine")
+LR_POLICIES = ("linear", "linear_nvidia", "step", "plateau", "cosine")
 
 
 def linear_decay(n_epochs: int, n_epochs_decay: int):
@@ -67,6 +67,17 @@ def linear_decay(n_epochs: int, n_epochs_decay: int):
     return rule
 
 
+def linear_decay_nvidia(n_epochs: int, n_epochs_decay: int):
+    """NVIDIA/pix2pixHD's and NVlabs/SPADE's linear rule: after each epoch e > n_epochs (counted from 1) the lr
+    falls by lr/n_epochs_decay, so epoch k (from 0) trains at 1 - max(0, k - n_epochs)/n_epochs_decay: full for
+    one epoch more than the 'linear' rule, and its last epoch at 1/n_epochs_decay instead of 1/(n_epochs_decay + 1)."""
+
+    def rule(epoch: int) -> float:
+        return max(0.0, 1.0 - max(0, epoch - n_epochs) / float(max(n_epochs_decay, 1)))
+
+    return rule
+
+
 def make_scheduler(opt: torch.optim.Optimizer, policy: str, n_epochs: int, n_epochs_decay: int, lr_decay_iters: int,
                    plateau_monitor: str):
     """The official schedulers: linear (constant then to 0), step (x0.1 every ``lr_decay_iters`` epochs), plateau
@@ -75,8 +86,9 @@ def make_scheduler(opt: torch.optim.Optimizer, policy: str, n_epochs: int, n_epo
 
     from pix2pix_lit.modes import metric_mode
 
-    if policy == "linear":
-        return LambdaLR(opt, lr_lambda=linear_decay(n_epochs, n_epochs_decay))
+    if policy in ("linear", "linear_nvidia"):
+        rule = linear_decay if policy == "linear" else linear_decay_nvidia
+        return LambdaLR(opt, lr_lambda=rule(n_epochs, n_epochs_decay))
     if policy == "step":
         return StepLR(opt, step_size=lr_decay_iters, gamma=0.1)
     if policy == "plateau":

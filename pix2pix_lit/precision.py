@@ -11,6 +11,7 @@ CLI checks it before building the Trainer.
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from typing import Any, Literal, Optional
 
 import torch
@@ -21,6 +22,12 @@ BF16Support = Literal["native", "emulated", "none"]
 
 # 16-bit precisions; on a CPU they put convolutions in bf16 (Lightning turns 16-mixed into bf16-mixed there)
 _16BIT_PRECISIONS = ("bf16-mixed", "bf16", "bf16-true", "16-mixed", "16", 16, "16-true")
+
+
+def autocast_off(device: torch.device):
+    """No autocast inside (on CPU and CUDA): what a score computes must not depend on the trainer's precision (the
+    Inception, SSIM, a segmenter, LPIPS all drift by percents under bf16 autocast)."""
+    return torch.autocast(device.type, enabled=False) if device.type in ("cpu", "cuda") else nullcontext()
 
 
 def is_16bit(precision: Any) -> bool:

@@ -24,6 +24,7 @@ import torch.nn as nn
 from PIL import Image
 from torchmetrics.classification import MulticlassJaccardIndex
 
+from pix2pix_lit.data.io import to_uint8
 from pix2pix_lit.data.labels import (
     CITYSCAPES_TRAIN_CLASSES,
     CITYSCAPES_TRAIN_IDS,
@@ -34,6 +35,7 @@ from pix2pix_lit.data.labels import (
     to_class_ids,
 )
 from pix2pix_lit.errors import ConfigError, DataError, check_choice
+from pix2pix_lit.precision import autocast_off
 
 IGNORE_INDEX = DONTCARE_ID  # pixels with this id are left out of every score (and of the segmenter's loss)
 # how a dataset's label ids become the classes a segmenter predicts: as they are, or Cityscapes' 34 label ids as its
@@ -118,8 +120,11 @@ class SegmentationNet(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, H, W) predicted classes."""
-        return self(images)["out"].argmax(1)
+        """(N, H, W) predicted classes of the images as they would be saved: rounded to 8 bits (what ``eval
+        --segmenter`` reads back from the PNGs; a no-op for images read from files) and scored in fp32 outside any
+        autocast, so the in-training ``val/miou`` is the number ``eval`` gives for the same outputs."""
+        with autocast_off(images.device):
+            return self(to_uint8(images).float() / 127.5 - 1)["out"].argmax(1)
 
 
 # -- the scores -------------------------------------------------------------------------------------------------

@@ -219,3 +219,32 @@ def test_eval_scores_a_folder_against_label_maps_with_a_torchvision_segmenter(tm
         truth = torch.from_numpy(np.asarray(Image.open(tmp_path / "labels" / f"{i}.png"))).long()
         confmat += torch.bincount(truth.flatten() * 3 + pred.flatten(), minlength=9).view(3, 3)
     assert result["metrics"]["pixel_acc"] == pytest.approx(float(confmat.diag().sum() / confmat.sum()), rel=1e-6)
+
+
+def test_the_segmenter_scores_images_as_saved_and_in_fp32_whatever_the_trainers_precision():
+    """In-training ``val/miou`` must be what ``eval --segmenter`` gives for the same outputs: the segmenter sees the
+    images rounded to 8 bits (as read back from the PNGs) and runs outside the trainer's autocast."""
+    from pix2pix_lit.data.io import to_uint8
+    from pix2pix_lit.segmentation import SegmentationNet
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.seen = torch.nn.Conv2d(3, 4, 1), []
+
+        def forward(self, x):
+            out = self.conv(x)
+            self.seen.append((x.clone(), out.dtype))
+            return {"out": out}
+
+    torch.manual_seed(0)
+    net = SegmentationNet(Tiny())
+    fake = torch.rand(2, 3, 8, 8) * 2 - 1  # a generator's unquantised output
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = net.predict(fake)
+    x, dtype = net.model.seen[-1]
+    assert dtype == torch.float32
+    saved = to_uint8(fake).float() / 127.5 - 1  # what eval reads back from the written PNG
+    expected = ((saved + 1) / 2 - net.mean) / net.std
+    torch.testing.assert_close(x, expected, atol=1e-6, rtol=0)
+    assert torch.equal(under_autocast, net.predict(saved))

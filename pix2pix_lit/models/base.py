@@ -78,7 +78,8 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
         ``training_step``, :meth:`generator_for`, :meth:`evaluate_batch`, :meth:`grid_rows`; optionally
         :meth:`image_pools` (saved for exact resume).
     Shared options (official names where the official code has them):
-        lr, beta1, beta2: Adam. lr_policy: linear (n_epochs constant + n_epochs_decay to 0) | step (x0.1 every
+        lr, beta1, beta2: Adam. lr_policy: linear (n_epochs constant + n_epochs_decay to 0, junyanz's rule) |
+            linear_nvidia (the same with pix2pixHD's and SPADE's rule, one epoch later) | step (x0.1 every
             lr_decay_iters epochs) | plateau (x0.2 when ``plateau_monitor`` stalls 5 epochs) | cosine (over n_epochs).
         inference_mode: how the generators run at validation/test/predict. ``paper`` (default): the official
             ``test.py`` without ``--eval``: dropout as in training, every image normalised with its own
@@ -406,7 +407,7 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
 
     def on_fit_start(self) -> None:
         h, t = self.hparams, self.trainer
-        if h.lr_policy == "linear" and t.max_epochs not in (None, -1) and t.max_steps == -1:
+        if h.lr_policy in ("linear", "linear_nvidia") and t.max_epochs not in (None, -1) and t.max_steps == -1:
             if t.max_epochs != h.n_epochs + h.n_epochs_decay:
                 log.warning(
                     "trainer.max_epochs=%d but the linear LR policy spans n_epochs + n_epochs_decay = %d epochs",

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, Literal, Optional, get_args
 
 import torch
 import torch.nn.functional as F
 
 from pix2pix_lit.errors import ConfigError, check_choice, check_numbers
-from pix2pix_lit.losses import VGG19_SOURCE, GANLoss, GANMode, VGGLoss, feature_matching_loss, gradient_penalty
+from pix2pix_lit.losses import VGG19_SOURCE, GANLoss, GANMode, GANScales, VGGLoss, feature_matching_loss, gradient_penalty
 from pix2pix_lit.models.base import NETWORK_NUMBERS, ImageTranslationModel
 from pix2pix_lit.nets import DISCRIMINATORS, GENERATORS, DiscriminatorName, GeneratorName, InitName, NormName, define_D, define_G
 from pix2pix_lit.nets.image_pool import ImagePool
@@ -18,7 +18,13 @@ from pix2pix_lit.nets.image_pool import ImagePool
 PIX2PIX_NUMBERS = {
     "n_downsample_global": ">=1", "n_blocks_global": ">=0", "n_local_enhancers": ">=1", "n_blocks_local": ">=0",
     "lambda_L1": ">=0", "lambda_vgg": ">=0", "lambda_feat": ">=0", "lr_D": ">0", "niter_fix_global": ">=0",
+    "padding_D": ">=0",
 }
+
+# the order of a batch's two updates: pix2pix's official ``optimize_parameters`` steps D, then computes G's loss on
+# the updated D; pix2pixHD's ``train.py`` computes every loss with the D of the batch's start, steps G, then D
+StepOrder = Literal["pix2pix", "pix2pixhd"]
+STEP_ORDERS = get_args(StepOrder)
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +50,24 @@ class Pix2Pix(ImageTranslationModel):
             no_dropout, netD multiscale, lambda_feat 10 and ngf 32 for local).
         netD: basic (70x70 PatchGAN) | n_layers (n_layers_D) | pixel | multiscale (num_D PatchGANs).
             spectral_norm_D: every convolution of D spectrally normalised (not in the official pix2pix).
+            padding_D: of D's 4x4 convolutions: 1 (pix2pix) or 2 (pix2pixHD's ``ceil(3/2)``; same parameters,
+            every map a few pixels larger, so other feature-matching targets).
         lr_D: D's learning rate (null: ``lr``, the official); e.g. 4·lr for the two time-scale update rule.
-        norm: batch | instance | none | syncbatch; init_type/init_gain: weight init.
+        norm: batch | instance | none | syncbatch; init_type/init_gain: weight init (``pix2pixhd``: normal weights,
+            PyTorch's default biases, as NVIDIA/pix2pixHD).
         gan_mode: vanilla (BCE on logits) | lsgan | hinge | wgangp (+ lambda_gp * gradient penalty).
-        lambda_L1: weight of L1(G(source), target). lambda_feat: pix2pixHD feature matching on D's layers.
+        gan_scales: a multi-scale D's adversarial losses averaged (``mean``) or summed (``sum``: pix2pixHD).
+        step_order: ``pix2pix`` (D's update, then G's loss on the updated D: the official pix2pix) or ``pix2pixhd``
+            (every loss on the batch's D, then G's update, then D's: NVIDIA/pix2pixHD's train.py).
+        lambda_L1: weight of L1(G(source), target). lambda_feat: pix2pixHD feature matching on D's layers, each
+            layer weighted ``4 / (n_layers_D + 1)`` as pix2pixHD does (1 at its n_layers_D 3).
         lambda_vgg, vgg_weights, vgg_sha256: pix2pixHD's VGG-19 perceptual loss (its default: 10) with a local
             torchvision VGG-19 state dict (0, the pix2pix default: off).
         pool_size: the official image buffer of (source, fake) pairs shown to D (0: none, the pix2pix default).
         init_global_from, niter_fix_global: pix2pixHD's coarse-to-fine training of ``netG: local``: its global part
             starts from the G of a ``netG: global`` checkpoint (trained at half the resolution, ``2·ngf`` filters),
+            its multi-scale D's scales from that checkpoint's (each scale kept at the resolution it was trained at:
+            the first stage's D scale k becomes scale k + num_D - its num_D, as the official ``--load_pretrain``),
             and for the first ``niter_fix_global`` epochs G's optimizer holds only the outermost enhancer's
             parameters; then a fresh Adam over all of G's (the official ``update_fixed_params``).
     """
@@ -79,10 +94,13 @@ class Pix2Pix(ImageTranslationModel):
         ndf: int = 64,
         n_layers_D: int = 3,
         num_D: int = 3,
+        padding_D: int = 1,
         norm: NormName = "batch",
         init_type: InitName = "normal",
         init_gain: float = 0.02,
         gan_mode: GANMode = "vanilla",
+        gan_scales: GANScales = "mean",
+        step_order: StepOrder = "pix2pix",
         lambda_L1: float = 100.0,
         lambda_gp: float = 10.0,
         spectral_norm_D: bool = False,
@@ -98,6 +116,7 @@ class Pix2Pix(ImageTranslationModel):
     ) -> None:
         check_choice("model.netG", netG, GENERATORS)
         check_choice("model.netD", netD, DISCRIMINATORS)
+        check_choice("model.step_order", step_order, STEP_ORDERS)
         check_numbers(locals(), {**NETWORK_NUMBERS, **PIX2PIX_NUMBERS})
         if (init_global_from or niter_fix_global) and netG != "local":
             raise ConfigError("model.init_global_from and model.niter_fix_global are pix2pixHD's coarse-to-fine "
@@ -107,8 +126,10 @@ class Pix2Pix(ImageTranslationModel):
         self.G = define_G(source_nc, output_nc, ngf, netG, norm, not no_dropout, init_type, init_gain, num_downs, n_blocks,
                           n_downsample_global, n_blocks_global, n_local_enhancers, n_blocks_local)
         self.D = define_D(source_nc + output_nc, ndf, netD, n_layers_D, norm, init_type, init_gain, num_D,
-                          spectral_norm_D)
-        self.criterion_gan = GANLoss(gan_mode)
+                          spectral_norm_D, padding_D)
+        self.criterion_gan = GANLoss(gan_mode, scales=gan_scales)
+        # pix2pixHD's feature-matching weight of each of a PatchGAN's layers (none for the 1x1 pixel D)
+        self.feat_layer_weight = 1.0 if netD == "pixel" else 4.0 / ((3 if netD == "basic" else n_layers_D) + 1)
         self.pool = ImagePool(pool_size)  # holds (source, fake) pairs: a pooled fake keeps its own source
         self.global_fixed = niter_fix_global > 0  # G's optimizer holds only the outermost enhancer (saved)
         # loaded when training starts and kept out of the module tree: fixed ImageNet weights, not the model's
@@ -165,6 +186,35 @@ class Pix2Pix(ImageTranslationModel):
             if net is not None:
                 net.model.load_state_dict({k: theirs[k] for k in ours})
         log.info("the local generator's global part starts from %s (its G, %d tensors)", path, len(ours))
+        self._load_coarser_scales(path, ckpt)
+
+    def _load_coarser_scales(self, path: str, ckpt: dict[str, Any]) -> None:
+        """The first stage's multi-scale D into this D's coarser scales, each at the resolution it was trained
+        at: its scale k (input downsampled k times from half this resolution) becomes scale k + num_D - its num_D.
+        What the official ``--load_pretrain`` does by its layer names (``scale{i}`` sees level ``num_D-1-i``)."""
+        theirs_h = ckpt.get("hyper_parameters") or {}
+        if self.hparams.netD != "multiscale" or theirs_h.get("netD") != "multiscale":
+            log.warning("model.init_global_from: D starts from scratch (only a multiscale D loads a first stage's)")
+            return
+        shift = self.hparams.num_D - theirs_h.get("num_D", 3)
+        prefix = "D.discriminators."
+        theirs = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+        if shift < 0:
+            raise ConfigError(f"model.init_global_from {path}: its D has {theirs_h.get('num_D')} scales, more than this "
+                              f"num_D={self.hparams.num_D}; the second stage needs as many scales or more")
+        for k in range(self.hparams.num_D - shift):
+            part = {name.split(".", 1)[1]: v for name, v in theirs.items() if name.split(".", 1)[0] == str(k)}
+            try:
+                self.D.discriminators[k + shift].load_state_dict(part)
+            except RuntimeError as err:
+                first = str(err).strip().splitlines()[-1].strip()
+                raise ConfigError(f"model.init_global_from {path}: its D scale {k} does not fit this D's scale "
+                                  f"{k + shift} ({first}); both stages need the same ndf, n_layers_D, norm and "
+                                  "data channels") from None
+        if theirs_h.get("padding_D", 1) != self.hparams.padding_D:
+            log.warning("model.init_global_from: its D was trained with padding_D=%s, this one has %s",
+                        theirs_h.get("padding_D", 1), self.hparams.padding_D)
+        log.info("D's scales %d..%d start from %s's D", shift, self.hparams.num_D - 1, path)
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
@@ -219,7 +269,7 @@ class Pix2Pix(ImageTranslationModel):
             with torch.no_grad():
                 feats_real = self.D.features(self.pair(source, target))
             pred = [f[-1] for f in feats_fake] if isinstance(feats_fake[0], list) else feats_fake[-1]
-            loss_feat = feature_matching_loss(feats_real, feats_fake) * h.lambda_feat
+            loss_feat = feature_matching_loss(feats_real, feats_fake, self.feat_layer_weight) * h.lambda_feat
             logs["loss_G_feat"] = loss_feat
         else:
             pred = self.D(fake_pair)
@@ -238,13 +288,21 @@ class Pix2Pix(ImageTranslationModel):
         self.check_size(source)
         fake = self.G(source)
 
-        with self.toggled(opt_d):  # D first: real pairs vs detached fakes
-            loss_D, logs_D = self.discriminator_loss(source, target, fake)
-            self.update(opt_d, loss_D, "loss_D")
-
-        with self.toggled(opt_g):  # then G: fool the updated D, stay close to the target
-            loss_G, logs_G = self.generator_loss(source, target, fake)
+        if self.hparams.step_order == "pix2pixhd":  # every loss on the batch's D; then G's update, then D's
+            with self.toggled(opt_g):
+                loss_G, logs_G = self.generator_loss(source, target, fake)
+            with self.toggled(opt_d):
+                loss_D, logs_D = self.discriminator_loss(source, target, fake)
             self.update_ema(skipped=self.update(opt_g, loss_G, "loss_G"))
+            self.update(opt_d, loss_D, "loss_D")  # its graph holds D's weights of the batch's start: unchanged by G's step
+        else:
+            with self.toggled(opt_d):  # D first: real pairs vs detached fakes
+                loss_D, logs_D = self.discriminator_loss(source, target, fake)
+                self.update(opt_d, loss_D, "loss_D")
+
+            with self.toggled(opt_g):  # then G: fool the updated D, stay close to the target
+                loss_G, logs_G = self.generator_loss(source, target, fake)
+                self.update_ema(skipped=self.update(opt_g, loss_G, "loss_G"))
 
         self.end_batch({**logs_D, **logs_G}, batch_size=source.shape[0], progress="loss_G_L1")
 

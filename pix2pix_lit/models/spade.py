@@ -48,14 +48,15 @@ class SPADE(ImageTranslationModel):
         gan_mode: hinge (official) | vanilla | lsgan | wgangp. lambda_feat: feature matching on D's layers
             (``no_ganFeat_loss`` switches it off). lambda_vgg: the VGG-19 perceptual loss, on only with
             ``vgg_weights`` (a local torchvision VGG-19 state dict; optional ``vgg_sha256``); ``no_vgg_loss``.
-        no_TTUR: one learning rate for both (else G at lr/2 and D at 2·lr, the two time-scale update rule).
+        no_TTUR: one learning rate for both (else G at lr/2 and D at 2·lr, the two time-scale update rule); β1/β2
+            left unset follow it as the official options do: (0, 0.9) with TTUR, (0.5, 0.999) without.
         init_type, init_variance: the official xavier init with gain 0.02.
         use_vae, z_dim, lambda_kld: the image encoder E (the VAE): G starts from a style code z (z_dim 256) drawn
             from E's posterior for the photo (KL term λ 0.05); validation and test take each photo's style (as the
             official test), ``predict`` a random one. crop_size, aspect_ratio: the size G is built for with the
             VAE (its grid is fixed; set them as the data's).
         inference_mode: ``eval`` (the official test.py calls ``model.eval()``: batch norm with running statistics).
-    Shared options (lr 2e-4, β1 0, β2 0.9 here, the LR policy, metrics, EMA) are the base's.
+    Shared options (lr 2e-4, the LR policy: ``linear_nvidia`` here, SPADE's rule; metrics, EMA) are the base's.
     """
 
     generator_names = ("G",)
@@ -83,8 +84,9 @@ class SPADE(ImageTranslationModel):
         no_TTUR: bool = False,
         init_type: InitName = "xavier",
         init_variance: float = 0.02,
-        beta1: float = 0.0,
-        beta2: float = 0.9,
+        beta1: Optional[float] = None,
+        beta2: Optional[float] = None,
+        lr_policy: str = "linear_nvidia",
         inference_mode: InferenceMode = "eval",
         use_vae: bool = False,
         z_dim: int = 256,
@@ -104,7 +106,10 @@ class SPADE(ImageTranslationModel):
         if not kwargs.get("label_nc", 0):
             raise ConfigError("SPADE turns label maps into photos: give the data label maps (data.label_nc > 0, e.g. "
                               "pix2pix_lit.data.SyntheticLabelDataModule or data.layout cityscapes)")
-        super().__init__(beta1=beta1, beta2=beta2, inference_mode=inference_mode, **kwargs)
+        # the official train_options: TTUR's betas (0, 0.9) unless no_TTUR, whose defaults are (0.5, 0.999)
+        beta1 = beta1 if beta1 is not None else (0.5 if no_TTUR else 0.0)
+        beta2 = beta2 if beta2 is not None else (0.999 if no_TTUR else 0.9)
+        super().__init__(beta1=beta1, beta2=beta2, lr_policy=lr_policy, inference_mode=inference_mode, **kwargs)
         semantic_nc = self.source_channels(input_nc)
         self.G = init_weights(SPADEGenerator(semantic_nc, output_nc, ngf, num_upsampling_layers, crop_size, aspect_ratio,
                                              use_vae, z_dim, norm=norm.group(2), spectral=bool(norm.group(1))),

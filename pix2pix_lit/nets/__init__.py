@@ -102,20 +102,21 @@ def define_D(
     init_gain: float = 0.02,
     num_D: int = 3,
     spectral: bool = False,
+    padding: int = 1,
 ) -> nn.Module:
     """Build and initialise a discriminator: ``basic`` (70x70 PatchGAN), ``n_layers``, ``pixel``, ``multiscale``;
     with ``spectral``, every convolution spectrally normalised (Miyato et al. 2018: D's Lipschitz constant bounded,
-    as SPADE's and most later GANs' discriminators)."""
+    as SPADE's and most later GANs' discriminators). ``padding``: of the PatchGANs' convolutions (1 pix2pix, 2 pix2pixHD)."""
     check_choice("netD", netD, DISCRIMINATORS)
     norm_layer = get_norm_layer(norm)
     if netD == "basic":
-        net: nn.Module = NLayerDiscriminator(input_nc, ndf, n_layers=3, norm_layer=norm_layer)
+        net: nn.Module = NLayerDiscriminator(input_nc, ndf, n_layers=3, norm_layer=norm_layer, padding=padding)
     elif netD == "n_layers":
-        net = NLayerDiscriminator(input_nc, ndf, n_layers_D, norm_layer=norm_layer)
+        net = NLayerDiscriminator(input_nc, ndf, n_layers_D, norm_layer=norm_layer, padding=padding)
     elif netD == "pixel":
         net = PixelDiscriminator(input_nc, ndf, norm_layer=norm_layer)
     else:
-        net = MultiscaleDiscriminator(input_nc, ndf, n_layers_D, norm_layer=norm_layer, num_D=num_D)
+        net = MultiscaleDiscriminator(input_nc, ndf, n_layers_D, norm_layer=norm_layer, num_D=num_D, padding=padding)
     net = init_weights(net, init_type, init_gain)
     if spectral:
         for name, conv in [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]:

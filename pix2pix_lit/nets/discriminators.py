@@ -40,12 +40,15 @@ class NLayerDiscriminator(_LayerStack):
         ndf: int = 64,
         n_layers: int = 3,
         norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+        padding: int = 1,
     ) -> None:
+        """``padding``: of every 4x4 convolution; 1 in pix2pix, 2 (= ceil(3/2)) in pix2pixHD, whose maps are so
+        a few pixels larger at each layer (the parameters are the same)."""
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"n_layers_D={n_layers} must be >= 1")
         use_bias = uses_bias(norm_layer)
-        kw, padw = 4, 1
+        kw, padw = 4, padding
         sequence: list[nn.Module] = [
             nn.Conv2d(input_nc, ndf, kernel_size=kw, stride=2, padding=padw),
             nn.LeakyReLU(0.2, True),
@@ -97,13 +100,14 @@ class MultiscaleDiscriminator(nn.Module):
         norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
         num_D: int = 3,
         make: Optional[Callable[[], nn.Module]] = None,
+        padding: int = 1,
     ) -> None:
         """``make``: builds each scale's discriminator (default: an :class:`NLayerDiscriminator`); it has
         ``forward`` (logits) and ``features`` (activations, logits last)."""
         super().__init__()
         if num_D < 1:
             raise ValueError(f"num_D={num_D} must be >= 1")
-        make = make or (lambda: NLayerDiscriminator(input_nc, ndf, n_layers, norm_layer))
+        make = make or (lambda: NLayerDiscriminator(input_nc, ndf, n_layers, norm_layer, padding))
         self.discriminators = nn.ModuleList(make() for _ in range(num_D))
 
     def _scales(self, x: torch.Tensor) -> Iterator[tuple[NLayerDiscriminator, torch.Tensor]]:

@@ -14,7 +14,7 @@ from torch.nn import init
 from pix2pix_lit.errors import check_choice
 
 NormName = Literal["batch", "instance", "none", "syncbatch"]
-InitName = Literal["normal", "xavier", "kaiming", "orthogonal"]
+InitName = Literal["normal", "xavier", "kaiming", "orthogonal", "pix2pixhd"]
 NORMS = get_args(NormName)
 INITS = get_args(InitName)
 
@@ -60,13 +60,15 @@ def uses_bias(norm_layer: Callable[[int], nn.Module]) -> bool:
 
 
 def init_weights(net: nn.Module, init_type: str = "normal", init_gain: float = 0.02) -> nn.Module:
-    """Initialise conv/linear weights with ``init_type`` (scaled by ``init_gain``) and norm weights ~ N(1, gain)."""
+    """Initialise conv/linear weights with ``init_type`` (scaled by ``init_gain``), their biases to 0, and norm
+    weights ~ N(1, gain). ``pix2pixhd`` is NVIDIA/pix2pixHD's ``weights_init``: conv weights ~ N(0, gain) and the
+    biases left at PyTorch's default (uniform in +-1/sqrt(fan_in)), not zeroed."""
     check_choice("init_type", init_type, INITS)
 
     def init_func(m: nn.Module) -> None:
         classname = m.__class__.__name__
         if hasattr(m, "weight") and m.weight is not None and ("Conv" in classname or "Linear" in classname):
-            if init_type == "normal":
+            if init_type in ("normal", "pix2pixhd"):
                 init.normal_(m.weight.data, 0.0, init_gain)
             elif init_type == "xavier":
                 init.xavier_normal_(m.weight.data, gain=init_gain)
@@ -74,7 +76,7 @@ def init_weights(net: nn.Module, init_type: str = "normal", init_gain: float = 0
                 init.kaiming_normal_(m.weight.data, a=0, mode="fan_in")
             else:
                 init.orthogonal_(m.weight.data, gain=init_gain)
-            if getattr(m, "bias", None) is not None:
+            if getattr(m, "bias", None) is not None and init_type != "pix2pixhd":
                 init.constant_(m.bias.data, 0.0)
         elif "BatchNorm2d" in classname and m.weight is not None:
             init.normal_(m.weight.data, 1.0, init_gain)

@@ -2,6 +2,8 @@
 stays fixed (outside G's optimizer) for niter_fix_global epochs, then trains with the rest; exact resume on both
 sides of the change."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -92,3 +94,138 @@ def test_coarse_to_fine_refusals(tmp_path, global_ckpt):
     wrong = Pix2Pix(**{**LOCAL, "ngf": 8})  # its global part has 16 filters, the checkpoint's 8
     with pytest.raises(ConfigError, match="does not fit this local generator's global part"):
         wrong.load_global_generator(str(path))
+
+
+# -- the recipe as NVIDIA/pix2pixHD trains it ---------------------------------------------------------------------
+# ``experiments/pix2pixhd_check.py --official <checkout> --steps 3 --fixture ...`` wrote this file from the official
+# code: small networks' initial weights, a batch, and the official train.py loop's losses and weights after 3 steps
+OFFICIAL_STEPS = Path(__file__).resolve().parents[1] / "fixtures" / "official" / "pix2pixhd_steps.pt"
+RECIPE = dict(input_nc=3, output_nc=3, norm="instance", no_dropout=True, netD="multiscale", gan_mode="lsgan",
+              gan_scales="sum", padding_D=2, step_order="pix2pixhd", init_type="pix2pixhd", lambda_feat=10.0,
+              lambda_L1=0.0, fid=False, kid=False, n_downsample_global=2, n_blocks_global=1, n_local_enhancers=1,
+              n_blocks_local=1, ndf=4, n_layers_D=2, lr_policy="linear_nvidia")
+STAGE = {1: dict(netG="global", ngf=8, num_D=2), 2: dict(netG="local", ngf=4, num_D=3, niter_fix_global=10)}
+
+
+def official_d_to_ours(theirs: dict, ours: dict, num_D: int) -> dict:
+    """The official ``scale{num_D-1-i}_layer{j}.0.*`` tensors under our names (scale i, its j-th convolution)."""
+    out = {}
+    for i in range(num_D):
+        convs = sorted({int(k.split(".")[3]) for k in ours if k.startswith(f"discriminators.{i}.")})
+        for j, idx in enumerate(convs):
+            for p in ("weight", "bias"):
+                out[f"discriminators.{i}.model.{idx}.{p}"] = theirs[f"scale{num_D - 1 - i}_layer{j}.0.{p}"]
+    return out
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_three_steps_equal_the_official_train_loop(stage):
+    """Losses and weights of 3 steps from the official code's starting point: the sum over D's scales, padding 2,
+    all losses on the batch's D then G's and D's updates, the 4/(n_layers_D+1) feature-matching weight (n_layers_D 2
+    here), stage 2's fixed global part. (The biases an instance norm cancels are left out: their gradient is 0 up to
+    rounding, which Adam scales to +-lr a step in either code.)"""
+    from torch.utils.data import DataLoader
+
+    ref = torch.load(OFFICIAL_STEPS, weights_only=True)["stages"][stage]
+    model = Pix2Pix(**RECIPE, **STAGE[stage])
+    model.G.load_state_dict(ref["G0"])
+    model.D.load_state_dict(ref["D0"])
+    seen = []
+    g_loss, d_loss = model.generator_loss, model.discriminator_loss
+    model.generator_loss = lambda *a: (lambda r: (seen.append(dict(r[1])), r)[1])(g_loss(*a))
+    model.discriminator_loss = lambda *a: (lambda r: (seen[-1].update(r[1]), r)[1])(d_loss(*a))
+    label, image = ref["batch"]
+    quiet_trainer(max_steps=3, limit_val_batches=0).fit(
+        model, DataLoader([{"source": label[0], "target": image[0], "name": "x"}] * 3, batch_size=1))
+    for official, ours in zip(ref["losses"], seen, strict=True):
+        for k, v in official.items():
+            assert float(ours[k].detach()) == pytest.approx(v, abs=1e-5), k
+    theirs_d = official_d_to_ours(ref["D"], model.D.state_dict(), STAGE[stage]["num_D"])
+    for net, theirs in (("G", ref["G"]), ("D", theirs_d)):
+        for k, v in getattr(model, net).state_dict().items():
+            if k.endswith("weight"):
+                torch.testing.assert_close(v, theirs[k], atol=1e-6, rtol=0, msg=f"{net}.{k}")
+
+
+def test_gan_loss_summed_over_scales_is_the_official_value():
+    """pix2pixHD's GANLoss (lsgan) on three fixed scales' predictions: 5.334504 (real), 2.115016 (fake), from the
+    official networks.GANLoss; averaged (SPADE, our default) it is a third of that."""
+    from pix2pix_lit.losses import GANLoss
+
+    torch.manual_seed(0)
+    preds = [torch.randn(1, 1, s, 2 * s) for s in (8, 4, 2)]
+    assert GANLoss("lsgan", scales="sum")(preds, True).item() == pytest.approx(5.334504, abs=1e-5)
+    assert GANLoss("lsgan", scales="sum")(preds, False).item() == pytest.approx(2.115016, abs=1e-5)
+    assert GANLoss("lsgan")(preds, True).item() == pytest.approx(5.334504 / 3, abs=1e-5)
+
+
+def test_padding_2_gives_the_official_layer_maps():
+    """The official 3-scale NLayerDiscriminator (padding ceil(3/2) = 2) on a 256x512 input: its layers' maps."""
+    from pix2pix_lit.nets import define_D
+
+    official = [[(129, 257), (65, 129), (33, 65), (34, 66), (35, 67)],
+                [(65, 129), (33, 65), (17, 33), (18, 34), (19, 35)],
+                [(33, 65), (17, 33), (9, 17), (10, 18), (11, 19)]]
+    with torch.no_grad():
+        for padding, expected in ((2, official), (1, None)):
+            feats = define_D(39, 8, "multiscale", 3, "instance", num_D=3, padding=padding).features(
+                torch.zeros(1, 39, 256, 512))
+            shapes = [[tuple(t.shape[2:]) for t in scale] for scale in feats]
+            assert (shapes == expected) if expected else shapes[0][0] == (128, 256)  # pix2pix's padding 1
+
+
+def test_second_stage_d_takes_the_first_stages_scales_at_their_resolutions(tmp_path, global_ckpt):
+    """The official --load_pretrain loads stage 1's ``scale{i}`` (which sees level num_D-1-i) by name into stage 2's
+    3-scale D: our scale k (level k of stage 1, half stage 2's resolution) becomes scale k + 1; scale 0 is new.
+    (``experiments/pix2pixhd_check.py --steps`` checks this against the official loading tensor by tensor.)"""
+    path, _ = global_ckpt
+    stage_one = torch.load(path, weights_only=True)["state_dict"]
+    torch.manual_seed(0)
+    model = Pix2Pix(**{**LOCAL, "num_D": 3})
+    fresh = {k: v.clone() for k, v in model.D.discriminators[0].state_dict().items()}
+    model.load_global_generator(str(path))
+    for k in (0, 1):
+        for name, v in model.D.discriminators[k + 1].state_dict().items():
+            assert torch.equal(v, stage_one[f"D.discriminators.{k}.{name}"]), (k, name)
+    assert all(torch.equal(v, fresh[n]) for n, v in model.D.discriminators[0].state_dict().items())
+    with pytest.raises(ConfigError, match="more than this num_D=1"):
+        Pix2Pix(**{**LOCAL, "num_D": 1}).load_global_generator(str(path))
+
+
+def test_pix2pixhd_init_keeps_pytorchs_biases():
+    """NVIDIA/pix2pixHD's weights_init draws conv weights ~ N(0, 0.02) and leaves biases at PyTorch's default
+    (uniform in +-1/sqrt(fan_in)); junyanz's zeroes them."""
+    from pix2pix_lit.nets import define_D
+
+    torch.manual_seed(0)
+    hd = define_D(6, 16, "basic", norm="instance", init_type="pix2pixhd")
+    first = hd.model[0]
+    bound = 1 / (first.in_channels * 16) ** 0.5
+    assert first.bias.abs().max() <= bound and first.bias.abs().min() > 0
+    assert first.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert define_D(6, 16, "basic", norm="instance").model[0].bias.abs().max() == 0
+
+
+def official_lrs(lr: float, niter: int, niter_decay: int) -> list[float]:
+    """The learning rate of each epoch as NVIDIA/pix2pixHD's train.py (and NVlabs/SPADE's) sets it: after each epoch
+    e (counted from 1) with e > niter, ``update_learning_rate`` takes lr / niter_decay off."""
+    lrs, current = [], lr
+    for epoch in range(1, niter + niter_decay + 1):
+        lrs.append(current)
+        if epoch > niter:
+            current -= lr / niter_decay
+    return lrs
+
+
+@pytest.mark.parametrize("niter,niter_decay", [(3, 4), (100, 100)])
+def test_linear_nvidia_is_the_official_learning_rate_of_every_epoch(niter, niter_decay):
+    from pix2pix_lit.optim import make_scheduler
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2e-4)
+    sched = make_scheduler(opt, "linear_nvidia", niter, niter_decay, 50, "val/fid")
+    ours = []
+    for _ in range(niter + niter_decay):
+        ours.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert ours == pytest.approx(official_lrs(2e-4, niter, niter_decay), abs=1e-12)

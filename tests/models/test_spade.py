@@ -44,10 +44,17 @@ def test_hinge_and_feature_matching_terms_equal_hand_computations(monkeypatch):
 
 
 def test_two_time_scale_update_rule():
+    """NVlabs/SPADE's options: TTUR (lr/2 for G, 2·lr for D) with betas (0, 0.9); --no_TTUR one lr and, unless
+    given, its own default betas (0.5, 0.999) (train_options.py ``set_defaults`` under ``no_TTUR``)."""
     opts, _ = SPADE(**TINY).configure_optimizers()
-    assert [o.param_groups[0]["lr"] for o in opts] == [1e-4, 4e-4] and opts[0].param_groups[0]["betas"] == (0.0, 0.9)
+    assert [o.param_groups[0]["lr"] for o in opts] == [1e-4, 4e-4]
+    assert [o.param_groups[0]["betas"] for o in opts] == [(0.0, 0.9)] * 2
     opts, _ = SPADE(**TINY, no_TTUR=True).configure_optimizers()
     assert [o.param_groups[0]["lr"] for o in opts] == [2e-4, 2e-4]
+    assert [o.param_groups[0]["betas"] for o in opts] == [(0.5, 0.999)] * 2
+    opts, _ = SPADE(**TINY, no_TTUR=True, beta1=0.2).configure_optimizers()
+    assert opts[0].param_groups[0]["betas"] == (0.2, 0.999)  # what the user sets stays
+    assert SPADE(**TINY).hparams.lr_policy == "linear_nvidia"  # SPADE's own decay rule
 
 
 def _train(ckpt_dir, data_dir, epochs, ckpt_path=None, seed=0, **extra):
