@@ -233,6 +233,8 @@ def _loader_class():
         _iterating = False  # LitData's own load_state_dict calls within an epoch (cycling streams) are not restores
 
         def load_state_dict(self, obj: dict) -> None:
+            if not self._iterating:
+                _warn_if_elastic(obj, self.num_workers, self.batch_size)
             super().load_state_dict(obj)
             if not self._iterating:
                 self._restored_iter_pending = self.restore
@@ -251,6 +253,26 @@ def _loader_class():
                 self._iterating = False
 
     return ResumableLoader
+
+
+def _warn_if_elastic(state: dict, num_workers: int, batch_size: int) -> None:
+    """One warning when a saved stream position is restored with other processes, workers or batch size than it was
+    saved with: LitData then resumes the epoch approximately (its elastic resume), never exactly."""
+    import torch.distributed as dist
+    from lightning.pytorch.utilities import rank_zero_warn
+
+    saved = state.get("dataset") or {}
+    now = {"world_size": dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1,
+           "num_workers": max(1, num_workers or 0), "batch_size": int(batch_size or 1)}
+    then = {k: max(1, int(saved[k])) if k == "num_workers" else int(saved[k]) for k in now if k in saved}
+    changed = {k: (then[k], now[k]) for k in then if then[k] != now[k]}
+    if changed:
+        what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+        rank_zero_warn(f"resuming a streamed epoch with other settings than its checkpoint's ({what}; 0 workers count "
+                       f"as 1): LitData goes on approximately, dealing the rest of epoch {state.get('current_epoch')} "
+                       "out anew, so some of its samples can be skipped or seen twice; resume with the checkpoint's "
+                       f"{' and '.join(changed)} (data.num_workers, data.batch_size, trainer.devices/num_nodes) to go "
+                       "on exactly")
 
 
 def _stream_class():
@@ -385,6 +407,26 @@ class _StreamingBase(ImageDataModule):
             raise DataError(f"{self.url} has no {h.val_split} split; `pix2pix-lit prepare shards` writes one (held out "
                             "of train when the source has none)")
         return self.make_split(h.val_split, train=False)
+
+    # -- the topology a streamed epoch's position belongs to --------------------------------------------------
+    # LitData replays a saved position exactly only with the same processes, workers and batch size; otherwise it
+    # resumes "elastically": the rest of the epoch is dealt out anew and samples may be skipped or seen twice.
+    @property
+    def num_workers(self) -> int:
+        """As the folder DataModules', except that a resumed run with ``num_workers: null`` takes the checkpoint's:
+        the automatic choice differs between machines (0 on a CPU, up to 4 on a GPU), and so would the resume."""
+        saved = self.__dict__.get("_saved_topology")
+        if self.hparams.num_workers is None and saved is not None:
+            return int(saved["num_workers"])
+        return super().num_workers
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = self.trainer
+        return {"stream_topology": {"world_size": trainer.world_size if trainer is not None else 1,
+                                    "num_workers": self.num_workers, "batch_size": self.hparams.batch_size}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.__dict__["_saved_topology"] = state.get("stream_topology")
 
     def _stream_loader(self, dataset) -> Any:
         h = self.hparams

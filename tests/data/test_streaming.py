@@ -117,6 +117,41 @@ def test_streaming_fit_resumes_mid_epoch_exactly_from_the_loaders_state(tmp_path
     assert not same(whole, fit(tmp_path / "restarted", ckpt=str(tmp_path / "no-loader-state.ckpt")))
 
 
+def test_a_resume_with_other_workers_says_it_is_approximate_and_auto_workers_take_the_checkpoints(tmp_path):
+    """LitData resumes a streamed epoch exactly only with the saved world size, workers and batch size; otherwise it
+    goes on "elastically" (samples skipped or seen twice). A change is one warning naming it; ``num_workers: null``
+    (whose choice differs between a CPU and a GPU machine) takes the checkpoint's, so such a resume stays exact."""
+    write_aligned(tmp_path / "d" / "train", 8, seed=1)
+    write_aligned(tmp_path / "d" / "val", 2, seed=2)
+    out = shards(tmp_path / "d", tmp_path / "s")
+
+    def fit(root, workers, ckpt=None, every=None):
+        pl.seed_everything(0)
+        dm = StreamingPairedDataModule(str(out), batch_size=2, **{**SIZES, "num_workers": workers})
+        model = Pix2Pix(**TINY_MODEL)
+        callbacks = [ModelCheckpoint(dirpath=root, every_n_train_steps=every, save_top_k=-1, filename="{step}")] \
+            if every else []
+        trainer = quiet_trainer(max_steps=10, limit_val_batches=0, callbacks=callbacks,
+                                enable_checkpointing=bool(every), default_root_dir=root)
+        trainer.fit(model, dm, ckpt_path=ckpt)
+        return model, dm
+
+    whole, _ = fit(tmp_path / "whole", 2, every=1)
+    ckpt = str(tmp_path / "whole" / "step=6.ckpt")
+    saved = torch.load(ckpt, weights_only=False)["StreamingPairedDataModule"]["stream_topology"]
+    assert saved == {"world_size": 1, "num_workers": 2, "batch_size": 2}
+    with pytest.warns(UserWarning, match=r"other settings than its checkpoint's \(num_workers 2 -> 1;.*resume with "
+                                         r"the checkpoint's num_workers .* to go on exactly"):
+        fit(tmp_path / "one", 1, ckpt=ckpt)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="resuming a streamed epoch")
+        auto, dm = fit(tmp_path / "auto", None, ckpt=ckpt)  # on a CPU null would be 0 workers: it takes the 2 saved
+    assert dm.num_workers == 2
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), auto.state_dict().values()))
+
+
 def _unpaired(root):
     rng = np.random.default_rng(0)
     for folder, n in (("trainA", 5), ("trainB", 3), ("testA", 2), ("testB", 2)):
