@@ -246,6 +246,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                      help="how the label maps store classes: ids (as is; 255 ignored) or ade20k (0 ignored, class+1)")
     seg.add_argument("--label-suffix", default="", help="label name ending stripped before matching, e.g. "
                      "_gtFine_labelIds.png (--fake-suffix strips FAKE_DIR's)")
+    seg.add_argument("--seg_protocol", default="cityscapes", choices=("cityscapes", "pix2pix-fcn", "generated-size"),
+                     help="cityscapes: at each label map's size, photos resized bicubic, classes the images lack left "
+                     "out of the means; pix2pix-fcn: pix2pix's FCN-score scripts (photos upsampled bilinear to the label "
+                     "map, lacking classes count 0); generated-size: at each photo's size, labels resized nearest")
     seg.add_argument("--seg_size", default=None, metavar="WxH",
                      help="run the segmenter at WxH (labels resized nearest, images bicubic); default: each label "
                      "map's own size, as the papers score")
@@ -277,7 +281,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             from pix2pix_lit.segmentation import score_folder
 
             scores = score_folder(args.fake_dir, args.labels, scorer, args.label_format, _size(args.seg_size),
-                                  args.fake_suffix, args.label_suffix, args.batch_size)
+                                  args.fake_suffix, args.label_suffix, args.batch_size, args.seg_protocol)
             result["metrics"].update(scores["metrics"])
             result["per_class_iou"] = scores["per_class_iou"]
             result["protocol"]["segmentation"] = scores["protocol"]

@@ -142,12 +142,36 @@ class SegmentationScores(MulticlassJaccardIndex):
         super().__init__(num_classes=num_classes, ignore_index=IGNORE_INDEX, average="none", validate_args=False)
 
     def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        confmat = self.confmat.double()
-        tp, labelled, predicted = confmat.diag(), confmat.sum(1), confmat.sum(0)
-        iou = tp / (labelled + predicted - tp)  # NaN: a class neither labelled nor predicted
-        accuracy = tp / labelled  # NaN: a class no label holds
-        return {"miou": iou.nanmean().float(), "pixel_acc": (tp.sum() / confmat.sum()).float(),
-                "class_acc": accuracy.nanmean().float(), "iou": iou.float()}
+        return scores_from_confmat(self.confmat)
+
+
+def scores_from_confmat(confmat: torch.Tensor, absent: str = "left_out") -> dict[str, torch.Tensor]:
+    """mIoU, pixel accuracy, class accuracy and per-class IoU of a confusion matrix (rows labels, columns
+    predictions). ``absent="zero"`` counts a class the images lack as 0 in the means instead of leaving it out
+    (pix2pix's FCN-score scripts divide by ``... + 1e-12``: such a class scores 0 and the means are over all)."""
+    confmat = confmat.double()
+    tp, labelled, predicted = confmat.diag(), confmat.sum(1), confmat.sum(0)
+    iou = tp / (labelled + predicted - tp)  # NaN: a class neither labelled nor predicted
+    accuracy = tp / labelled  # NaN: a class no label holds
+    mean = (lambda v: v.nan_to_num(0.0).mean()) if absent == "zero" else (lambda v: v.nanmean())
+    return {"miou": mean(iou).float(), "pixel_acc": (tp.sum() / confmat.sum()).float(),
+            "class_acc": mean(accuracy).float(), "iou": iou.float()}
+
+
+# How generated photos are scored against label maps (``eval --seg_protocol``): where the segmenter runs, how the
+# photos are resized to it, and what a class the scored images lack counts in the means.
+SegProtocol = Literal["cityscapes", "pix2pix-fcn", "generated-size"]
+SEG_PROTOCOLS: dict[str, dict[str, str]] = {
+    "cityscapes": {"resolution": "label", "photo_resize": "bicubic", "absent": "left_out",
+                   "about": "each label map's full resolution, photos resized bicubic; classes the images lack are "
+                            "left out of the means (cityscapesScripts, SPADE/pix2pixHD's evaluations)"},
+    "pix2pix-fcn": {"resolution": "label", "photo_resize": "bilinear", "absent": "zero",
+                    "about": "each label map's full resolution, photos upsampled bilinear (scipy.misc.imresize, as "
+                             "pix2pix's scripts/eval_cityscapes); classes the images lack count as 0 in the means"},
+    "generated-size": {"resolution": "photo", "photo_resize": "none", "absent": "left_out",
+                       "about": "each generated photo's own size, label maps resized nearest to it; classes the "
+                                "images lack are left out of the means"},
+}
 
 
 SCALAR_SCORES = ("miou", "pixel_acc", "class_acc")
@@ -263,26 +287,39 @@ def check_ade20k_format(paths: list[Path], num_classes: Optional[int], where: Pa
                         f"where ADE20K stores the classes as 1..{num_classes} with 0 unlabelled")
 
 
-def read_photo(path: Path, size: tuple[int, int]) -> torch.Tensor:
-    """A photo as read for scoring: as saved (8-bit), resized bicubic to ``size`` (W, H) if it is not that size."""
+def read_photo(path: Path, size: Optional[tuple[int, int]], resample: str = "bicubic") -> torch.Tensor:
+    """A photo as read for scoring: as saved (8-bit), resized (``resample``) to ``size`` (W, H) if it is not that
+    size (``None``: as it is)."""
     from pix2pix_lit.data.io import load_image, to_tensor
 
     with load_image(path) as img:
         img = img.convert("RGB")
-        if img.size != size:
-            img = img.resize(size, Image.Resampling.BICUBIC)
+        if size is not None and img.size != size:
+            img = img.resize(size, Image.Resampling.BILINEAR if resample == "bilinear" else Image.Resampling.BICUBIC)
         return to_tensor(img)
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from pix2pix_lit.data.io import load_image
+
+    with load_image(path) as img:
+        return img.size
 
 
 def score_folder(photo_dir: Path, label_dir: Path, scorer: Scorer, label_format: str = "ids",
                  size: Optional[tuple[int, int]] = None, photo_suffix: str = "", label_suffix: str = "",
-                 batch_size: int = 8) -> dict[str, Any]:
-    """The segmentation scores of the photos in ``photo_dir`` against their namesakes in ``label_dir``: each photo
-    is resized bicubic to its label map's size (or both to ``size`` = (W, H), the labels nearest) and segmented."""
+                 batch_size: int = 8, protocol: str = "cityscapes") -> dict[str, Any]:
+    """The segmentation scores of the photos in ``photo_dir`` against their namesakes in ``label_dir`` under
+    ``protocol`` (:data:`SEG_PROTOCOLS`): each photo resized to its label map's size, or each label map to its
+    photo's (the labels only ever nearest), or both to ``size`` = (W, H); then segmented."""
     from pix2pix_lit.data.datasets import match_pairs
     from pix2pix_lit.data.io import check_decodable
 
     check_choice("--label_format", label_format, get_args(LabelFormat))
+    check_choice("--seg_protocol", protocol, get_args(SegProtocol))
+    rule = SEG_PROTOCOLS[protocol]
+    if size is not None and rule["resolution"] == "photo":
+        raise ConfigError("--seg_size and --seg_protocol generated-size both say where to score; give one")
     if batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
     pairs = match_pairs(Path(photo_dir), Path(label_dir), photo_suffix, label_suffix,
@@ -301,28 +338,34 @@ def score_folder(photo_dir: Path, label_dir: Path, scorer: Scorer, label_format:
             batch.clear()
 
     for _, photo_path, label_path in pairs:
-        labels = read_label_classes(label_path, scorer, label_format, size)
-        photo = read_photo(photo_path, (labels.shape[1], labels.shape[0]))
+        at = _image_size(photo_path) if rule["resolution"] == "photo" else size
+        labels = read_label_classes(label_path, scorer, label_format, at)
+        photo = read_photo(photo_path, (labels.shape[1], labels.shape[0]), rule["photo_resize"])
         if batch and batch[0][1].shape != labels.shape:
             flush()  # a batch holds one size
         batch.append((photo, labels))
         if len(batch) == batch_size:
             flush()
     flush()
-    values = scores.compute()
+    values = scores_from_confmat(scores.confmat, rule["absent"])
     return {
         "num_images": len(pairs),
         "metrics": {k: float(values[k]) for k in SCALAR_SCORES},
         "per_class_iou": per_class_table(values["iou"], scorer.class_names),
         "protocol": {
+            "name": protocol,
+            "description": rule["about"],
+            "absent_classes": "count as 0 in mIoU and class accuracy" if rule["absent"] == "zero"
+            else "left out of mIoU (neither labelled nor predicted) and class accuracy (not labelled)",
             **scorer.about,
             "classes": scorer.num_classes,
             "class_mapping": scorer.class_mapping or "label ids as stored",
             "label_format": label_format,
             "ignore_index": IGNORE_INDEX,
-            "resolution": f"{size[0]}x{size[1]} (labels resized nearest)" if size else "each label map's own",
-            "photos": "read as saved (8-bit), resized bicubic to the label map's size",
-            "scores": "confusion matrix over all pixels; mIoU over classes labelled or predicted, class accuracy "
-                      "over classes labelled (FCN score.py / Cityscapes evaluation)",
+            "resolution": f"{size[0]}x{size[1]} (labels resized nearest)" if size else
+            "each generated photo's own (labels resized nearest)" if rule["resolution"] == "photo" else "each label map's own",
+            "photos": "read as saved (8-bit)" + ("" if rule["resolution"] == "photo" and size is None
+                                                 else f", resized {rule['photo_resize']} to the scored size"),
+            "scores": "one confusion matrix over all pixels; IoU TP/(TP+FP+FN), class accuracy TP/(TP+FN)",
         },
     }

@@ -24,6 +24,7 @@ from pix2pix_lit.segmentation import (
     build_torchvision,
     map_classes,
     read_label_classes,
+    scores_from_confmat,
 )
 
 from conftest import quiet_trainer, scored_folders, step_at_start
@@ -248,3 +249,56 @@ def test_the_segmenter_scores_images_as_saved_and_in_fp32_whatever_the_trainers_
     expected = ((saved + 1) / 2 - net.mean) / net.std
     torch.testing.assert_close(x, expected, atol=1e-6, rtol=0)
     assert torch.equal(under_autocast, net.predict(saved))
+
+
+def fcn_get_scores(hist: np.ndarray):
+    """pix2pix's scripts/eval_cityscapes/util.py ``get_scores``: every class in the means, a class the images lack
+    scoring 0 through its ``+ 1e-12``."""
+    acc = np.diag(hist).sum() / (hist.sum() + 1e-12)
+    cl_acc = np.diag(hist) / (hist.sum(1) + 1e-12)
+    iu = np.diag(hist) / (hist.sum(1) + hist.sum(0) - np.diag(hist) + 1e-12)
+    return acc, np.nanmean(cl_acc), np.nanmean(iu)
+
+
+def test_absent_classes_count_as_zero_under_the_fcn_rule_and_are_left_out_under_cityscapes():
+    # 4 classes: 3 never labelled nor predicted, 2 predicted but never labelled
+    preds, target = torch.tensor([[0, 0, 1, 2, 1]]), torch.tensor([[0, 1, 1, 1, 0]])
+    scores = SegmentationScores(4)
+    scores.update(preds, target)
+    acc, cl_acc, miou = fcn_get_scores(scores.confmat.numpy().astype(float))
+    fcn = scores_from_confmat(scores.confmat, "zero")
+    assert float(fcn["pixel_acc"]) == pytest.approx(acc) and float(fcn["class_acc"]) == pytest.approx(cl_acc)
+    assert float(fcn["miou"]) == pytest.approx(miou)  # (1/3 + 1/4 + 0 + 0) / 4
+    kept = scores.compute()  # the cityscapes rule, as in training
+    assert float(kept["miou"]) == pytest.approx((1 / 3 + 1 / 4 + 0) / 3)  # class 3 left out, class 2 predicted: 0
+    assert float(kept["class_acc"]) == pytest.approx((1 / 2 + 1 / 3) / 2)  # over the two labelled classes
+
+
+@pytest.mark.parametrize("protocol", ["pix2pix-fcn", "generated-size"])
+def test_eval_seg_protocols_score_where_they_say_and_name_themselves(tmp_path, protocol):
+    """pix2pix-fcn: photos upsampled bilinear to the label map's size, lacking classes 0; generated-size: label maps
+    resized nearest to each photo's size. The JSON names the protocol and its rule for absent classes."""
+    scored_folders(tmp_path, classes=3, n=2, fake_hw=(24, 32), label_hw=(48, 64), fake_suffix="_fake.png")
+    out = tmp_path / "scores.json"
+    args = [str(tmp_path / "fake"), "--labels", str(tmp_path / "labels"), "--segmenter",
+            "torchvision:lraspp_mobilenet_v3_large", "--segmenter_weights", str(tmp_path / "seg.pth"),
+            "--fake-suffix", "_fake.png", "--output", str(out), "--seg_protocol", protocol]
+    assert eval_main(args) == 0
+    result = json.loads(out.read_text())
+    seg = result["protocol"]["segmentation"]
+    assert seg["name"] == protocol and ("count as 0" in seg["absent_classes"]) == (protocol == "pix2pix-fcn")
+    scorer = load_scorer("torchvision:lraspp_mobilenet_v3_large", str(tmp_path / "seg.pth"))
+    scores = SegmentationScores(3)
+    for i in range(2):
+        img, labels = Image.open(tmp_path / "fake" / f"{i}_fake.png"), Image.open(tmp_path / "labels" / f"{i}.png")
+        if protocol == "pix2pix-fcn":
+            img = img.resize(labels.size, Image.Resampling.BILINEAR)
+        else:
+            labels = labels.resize(img.size, Image.Resampling.NEAREST)
+        x = torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float()[None] / 127.5 - 1
+        scores.update(scorer.net.predict(x), torch.from_numpy(np.asarray(labels)).long()[None])
+    expected = scores_from_confmat(scores.confmat, "zero" if protocol == "pix2pix-fcn" else "left_out")
+    for k in ("miou", "pixel_acc", "class_acc"):
+        assert result["metrics"][k] == pytest.approx(float(expected[k]), rel=1e-6), k
+    refused = eval_main([*args[:-2], "--seg_protocol", "generated-size", "--seg_size", "64x48"])
+    assert refused == 2  # two answers to where to score: refused
