@@ -113,7 +113,8 @@ def cancelled_biases(state: dict, net: str, model) -> set[str]:
         if isinstance(m, torch.nn.Sequential):
             kids = list(m.named_children())
             for (a, conv), (_, norm) in zip(kids, kids[1:]):
-                if isinstance(conv, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and isinstance(norm, torch.nn.InstanceNorm2d) and conv.bias is not None:
+                is_conv = isinstance(conv, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
+                if is_conv and isinstance(norm, torch.nn.InstanceNorm2d) and conv.bias is not None:
                     found.add(f"{name}.{a}.bias")
     if net == "D":  # into the official names, as official_d_names does
         mapped = official_d_names({k: torch.zeros(1) for k in module.state_dict()}, len(module.discriminators))
