@@ -6,6 +6,7 @@ checkpointing (the shipped configs' networks), as RESULTS.md's "memory at high r
     python experiments/memory.py check              # the byte counter against torch's MemTracker
     python experiments/memory.py predict [--workdir D]  # `pix2pix-lit predict` of a 2048x1024 label map, whole and tiled
     python experiments/memory.py one KIND WxH PRECISION CKPT MODE [--tile N]   # one real run, a JSON line
+    python experiments/memory.py spade              # SPADE's Cityscapes step (512x256) at batch 1, 2 and 16
 
 Two measures, and why:
 - **tensor bytes** (the peak of live tensor storage during the step, each allocation rounded up to 512 bytes as
@@ -112,8 +113,15 @@ class PeakTensorBytes(TorchDispatchMode):
 def build(kind: str, checkpointing: bool):
     """The model of ``kind`` without its evaluation metrics (not part of a step; their Inception would be built
     on fake tensors too)."""
-    from pix2pix_lit.models import Pix2Pix
+    from pix2pix_lit.models import SPADE, Pix2Pix
 
+    if kind == "spade":  # configs/spade/cityscapes.yaml; one process: its synchronised batch norms are plain ones
+        from pix2pix_lit.nets.norm import plain_batch_norms
+
+        with mock.patch("pix2pix_lit.models.evaluation.ImageQualityMetrics", lambda *a, **k: nn.Module()):
+            model = SPADE(**_model_args("spade/cityscapes.yaml", no_vgg_loss=True))
+        plain_batch_norms(model.G)
+        return model
     args = KINDS[kind]()
     if checkpointing:
         args["checkpoint_activations"] = True
@@ -158,6 +166,27 @@ def train_step(model, batch, opt_g, opt_d, precision: str) -> None:
     _trainable(model.D, True)
 
 
+def spade_train_step(model, batch, opt_g, opt_d, precision: str) -> None:
+    """One step as ``SPADE.training_step`` runs it: G's update (D frozen), then D's on a fake of the updated G."""
+    with autocast(precision):
+        labels, real = model.network_input(batch), batch["target"]
+        _trainable(model.D, False)
+        loss_G, _ = model.generator_loss(labels, real, model.G(labels))
+    loss_G.backward()
+    opt_g.step()
+    opt_g.zero_grad(set_to_none=True)
+    _trainable(model.D, True)
+    _trainable(model.G, False)
+    with autocast(precision):
+        with torch.no_grad():
+            fake = model.G(labels)
+        loss_D, _ = model.discriminator_loss(labels, real, fake)
+    loss_D.backward()
+    opt_d.step()
+    opt_d.zero_grad(set_to_none=True)
+    _trainable(model.G, True)
+
+
 def infer(model, batch, precision: str, tile: int = 0) -> torch.Tensor:
     with autocast(precision):
         if tile:
@@ -182,7 +211,7 @@ def tensor_bytes(kind: str, size: str, precision: str, checkpointing: bool, mode
             batch = batch_for(model, w, h, batch_size)
             counter.peak = counter.live
             if mode == "train":
-                train_step(model, batch, *opts, precision)
+                (spade_train_step if kind == "spade" else train_step)(model, batch, *opts, precision)
             else:
                 with torch.no_grad():
                     infer(model, batch, precision, tile)
@@ -320,7 +349,7 @@ def predict_full_resolution(work: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["tensors", "measured", "check", "predict", "one"])
+    parser.add_argument("part", choices=["tensors", "measured", "check", "predict", "one", "spade"])
     parser.add_argument("args", nargs="*")
     parser.add_argument("--tile", type=int, default=0)
     parser.add_argument("--workdir", default="/tmp/pix2pix-lit-memory")
@@ -332,6 +361,12 @@ def main() -> None:
     print(f"CPU: {cpu_report()}; {torch.get_num_threads()} threads")
     if a.part == "check":
         check()
+    elif a.part == "spade":
+        rows = [tensor_bytes("spade", "512x256", p, False, "train") for p in PRECISIONS]
+        for r in rows:
+            r["batch16_MiB"] = r["peak_MiB"] + 15 * r["extra_image_MiB"]
+        print(table(rows, ["kind", "params_M", "size", "precision", "fixed_MiB", "peak_MiB", "extra_image_MiB",
+                           "batch16_MiB"]))
     elif a.part == "predict":
         predict_full_resolution(Path(a.workdir))
     elif a.part == "tensors":
