@@ -110,6 +110,8 @@ class SPADE(ImageTranslationModel):
         beta1 = beta1 if beta1 is not None else (0.5 if no_TTUR else 0.0)
         beta2 = beta2 if beta2 is not None else (0.999 if no_TTUR else 0.9)
         super().__init__(beta1=beta1, beta2=beta2, lr_policy=lr_policy, inference_mode=inference_mode, **kwargs)
+        # saved resolved, whichever way the arguments were collected (LightningCLI records the config's nulls)
+        self.hparams.beta1, self.hparams.beta2 = beta1, beta2
         semantic_nc = self.source_channels(input_nc)
         self.G = init_weights(SPADEGenerator(semantic_nc, output_nc, ngf, num_upsampling_layers, crop_size, aspect_ratio,
                                              use_vae, z_dim, norm=norm.group(2), spectral=bool(norm.group(1))),
