@@ -178,7 +178,7 @@ def compare_steps(checkout: Path, steps: int, fixture: Path | None) -> None:
                       f"(of {len(mine)}), our init_global_from loaded {len(same)} alike")
         losses = run_ours(ours, batch, steps)
         print(f"\n### stage {stage} ({STAGES[stage]['netG']} G, {STAGES[stage]['num_D']}-scale D), {steps} steps")
-        print("| step | loss | official | ours | |diff| |\n|---|---|---|---|---|")
+        print("| step | loss | official | ours | abs diff |\n|---|---|---|---|---|")
         for i, (a, b) in enumerate(zip(theirs["losses"], losses)):
             for k in a:
                 print(f"| {i + 1} | {k} | {a[k]:.6f} | {b[k]:.6f} | {abs(a[k] - b[k]):.2g} |")
@@ -222,7 +222,7 @@ def main() -> None:
     w, h = (int(v) for v in args.size.split("x"))
     torch.manual_seed(0)
     x = torch.randn(1, 36, h, w)
-    print("| network | official parameters | ours | state-dict names and shapes equal | max |output difference| |")
+    print("| network | official parameters | ours | state-dict names and shapes equal | max abs output difference |")
     print("|---|---|---|---|---|")
     for name, ngf in (("global", 64), ("local", 32)):
         theirs = official.define_G(36, 3, ngf, name, 4, 9, 1, 3, "instance")

@@ -28,6 +28,11 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     CPU under bf16 autocast the copies made a 256x256 U-Net's forward and backward ~25% slower than with batch norm
     (``experiments/norm_layout.py``). Batches of several images, 3-D inputs and running statistics take torch's path,
     and so does a trace (TorchScript, ONNX export): a graph traced at batch 1 must stay right for any batch.
+
+    The batch-norm path also has the right gradient where torch's has not: on torch 2.14 (CPU) ``F.instance_norm``'s
+    backward for one image is wrong when the gradient reaching it is laid out channels-last (CUT's patch sampling
+    sends it so; ``tests/models/test_cut.py`` runs gradcheck on both paths' cases, ``experiments/cut_check.py``
+    shows the official CUT code trained with the wrong one).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
