@@ -35,7 +35,7 @@ _UNET_IN_MS_FM = ["--model.norm", "instance", "--model.no_dropout", "true", "--m
 # forward): unet_256 ngf 64 12.1 GFLOP; resnet_9blocks ngf 64 99.1, ngf 32 25.4, ngf 24 ~14.3 (ngf squared)
 RECIPES: dict[str, tuple[list[str], str]] = {
     "official": ([], "configs/maps.yaml: the official recipe (U-Net 256, batch norm, dropout, vanilla GAN, L1 x100)"),
-    "ema": (["--model.ema_decay", "0.99"], "+ an EMA generator (configs/maps_better.yaml)"),
+    "ema": (["--model.ema_decay", "0.99"], "+ an EMA generator (what configs/maps_better.yaml was)"),
     "resnet_hinge": ([*_RESNET_HINGE, "--model.ngf", "24"],
                      "GAN Compression's pix2pix teacher (ResNet-9, instance norm, hinge, L1 x10) at ngf 24 "
                      "(G ~14 GFLOP, the U-Net's 12)"),

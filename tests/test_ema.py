@@ -128,10 +128,10 @@ def test_export_takes_the_average_unless_told_not_to(tmp_path):
     trainer.fit(model, data(tmp_path))
     trainer.save_checkpoint(tmp_path / "ema.ckpt")
     x = torch.rand(1, 3, 32, 32) * 2 - 1
-    for use_ema, net in ((True, model.G_ema.module), (False, model.G)):
-        path, contract = export_checkpoint(str(tmp_path / "ema.ckpt"), "torchscript", str(tmp_path / f"{use_ema}.pt"),
-                                           "eval", use_ema)
-        assert contract["generator"] == ("G_ema" if use_ema else "G")
+    for use_ema_for_eval, net in ((True, model.G_ema.module), (False, model.G)):
+        path, contract = export_checkpoint(str(tmp_path / "ema.ckpt"), "torchscript", str(tmp_path / f"{use_ema_for_eval}.pt"),
+                                           "eval", use_ema_for_eval)
+        assert contract["generator"] == ("G_ema" if use_ema_for_eval else "G")
         run, _ = load_exported(path)
         with torch.no_grad():
             assert torch.allclose(torch.from_numpy(run(x)), net.eval()(x), atol=1e-5)

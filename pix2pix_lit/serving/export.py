@@ -259,12 +259,13 @@ def write_checked(net: ExportableGenerator, path: Path, fmt: str, contract: dict
 
 
 def generator_from_checkpoint(
-    ckpt_path: str, inference_mode: InferenceMode = SERVING_INFERENCE_MODE, use_ema: bool = True, direction: Direction = "AtoB",
+    ckpt_path: str, inference_mode: InferenceMode = SERVING_INFERENCE_MODE, use_ema_for_eval: bool = True,
+    direction: Direction = "AtoB",
 ) -> tuple[ExportableGenerator, dict[str, Any]]:
     """The frozen generator of a pix2pix-lit checkpoint in one inference mode, and its input contract.
 
-    The EMA generator when the checkpoint has one (and ``use_ema``), else the generator. ``direction`` picks
-    the generator of a two-way model (CycleGAN: AtoB = G_A, BtoA = G_B); pix2pix has one.
+    The EMA generator when the checkpoint has one (and ``use_ema_for_eval``, the model option of that name), else
+    the generator. ``direction`` picks the generator of a two-way model (CycleGAN: AtoB = G_A, BtoA = G_B); pix2pix has one.
     """
     from pix2pix_lit.checkpoints import load_checkpoint
     from pix2pix_lit.models import DEFAULT_MODEL, ImageTranslationModel, resolve_model_class
@@ -283,7 +284,7 @@ def generator_from_checkpoint(
                           "export and serve take label-only generators in this version; run it with `pix2pix-lit predict`")
     arch = {k: v for k, v in hparams.items() if k not in RUNTIME_OPTIONS and not k.startswith("_")}
     try:
-        model = model_class(**arch, fid=False, kid=False, use_ema_for_eval=use_ema)
+        model = model_class(**arch, fid=False, kid=False, use_ema_for_eval=use_ema_for_eval)
         model.load_state_dict(ckpt["state_dict"])
     except (TypeError, RuntimeError) as e:
         reason = str(e).strip().splitlines()[0]
@@ -355,10 +356,10 @@ def make_contract(input_nc: int, output_nc: int, size_multiple: int, inference_m
 
 def export_checkpoint(
     ckpt_path: str, fmt: str, output: Optional[str] = None, inference_mode: InferenceMode = SERVING_INFERENCE_MODE,
-    use_ema: bool = True, direction: Direction = "AtoB",
+    use_ema_for_eval: bool = True, direction: Direction = "AtoB",
 ) -> tuple[Path, dict[str, Any]]:
     """Export the generator of a pix2pix-lit checkpoint; returns the file written and its contract."""
-    net, contract = generator_from_checkpoint(ckpt_path, inference_mode, use_ema, direction)
+    net, contract = generator_from_checkpoint(ckpt_path, inference_mode, use_ema_for_eval, direction)
     suffix = ".onnx" if fmt == "onnx" else ".torchscript.pt"
     which = contract["generator"].removesuffix(EMA_SUFFIX)
     path = Path(output) if output else Path(ckpt_path).with_name(f"{Path(ckpt_path).stem}.{which}.{inference_mode}{suffix}")
