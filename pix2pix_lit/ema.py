@@ -27,6 +27,8 @@ class WarmedUpEMA:
 
     def __call__(self, ema_params, params, num_averaged) -> None:
         d = ema_decay_at(int(num_averaged), self.decay, self.warmup)
+        # torch's multi-tensor kernels (torch._foreach_*, as its optimizers and AveragedModel's own default use them):
+        # no public call updates a list of tensors in one launch, and a GPU step at batch 1 feels one per tensor
         torch._foreach_lerp_(list(ema_params), [p.to(e.dtype) for p, e in zip(params, ema_params)], 1.0 - d)
 
 

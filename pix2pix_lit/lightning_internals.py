@@ -118,3 +118,15 @@ def logs_this_step(trainer: "pl.Trainer") -> bool:
     loop = trainer.fit_loop.epoch_loop
     last_in_epoch = loop.batch_progress.current.ready >= trainer.num_training_batches
     return last_in_epoch or (trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps)
+
+
+def cluster_environment(trainer: "pl.Trainer") -> Any:
+    """The trainer's cluster environment (SLURM's, torchrun's, ...): Lightning keeps it on its private accelerator
+    connector (``trainer._accelerator_connector``), with no public accessor."""
+    return trainer._accelerator_connector.cluster_environment
+
+
+def hpc_checkpoint_path(trainer: "pl.Trainer") -> str:
+    """Where Lightning's own SLURM requeue saves (``hpc_ckpt_<n>.ckpt`` in the run folder), which ``fit`` resumes
+    from by itself: the private checkpoint connector's ``hpc_save_path``."""
+    return trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)

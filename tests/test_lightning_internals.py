@@ -104,3 +104,13 @@ def test_logging_steps_cut_epochs_and_settled_checkpoints():
     assert li.settle_epoch_counts(trainer, checkpoint) is True and checkpoint["epoch"] == 1
     progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]
     assert (progress["started"], progress["processed"], progress["completed"]) == (2, 1, 1)
+
+
+def test_cluster_environment_and_the_hpc_checkpoint_path(tmp_path):
+    from lightning.pytorch.plugins.environments import LightningEnvironment
+
+    trainer = quiet_trainer(default_root_dir=str(tmp_path))
+    assert isinstance(li.cluster_environment(trainer), LightningEnvironment)  # a plain run: Lightning's own
+    assert li.hpc_checkpoint_path(trainer) == str(tmp_path / "hpc_ckpt_1.ckpt")  # the first one, in the run folder
+    (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(b"")
+    assert li.hpc_checkpoint_path(trainer) == str(tmp_path / "hpc_ckpt_2.ckpt")

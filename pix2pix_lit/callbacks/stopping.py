@@ -13,6 +13,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from pix2pix_lit.lightning_internals import cluster_environment, hpc_checkpoint_path
+
 log = logging.getLogger(__name__)
 
 
@@ -59,7 +61,7 @@ class RequeueOnSlurmSignal(pl.Callback):
         self._signum = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        env = trainer._accelerator_connector.cluster_environment
+        env = cluster_environment(trainer)
         if not (isinstance(env, SLURMEnvironment) and env.auto_requeue):
             return
         # registered by Lightning just before; its handler comes back at teardown (the signal connector's)
@@ -77,7 +79,7 @@ class RequeueOnSlurmSignal(pl.Callback):
         if not requested:
             return
         self.requested = False
-        path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
+        path = hpc_checkpoint_path(trainer)
         trainer.save_checkpoint(path)
         job_id = os.environ.get("SLURM_JOB_ID", "")
         if os.environ.get("SLURM_ARRAY_JOB_ID"):
