@@ -19,6 +19,7 @@ from torch.utils.data import Dataset, DistributedSampler, Subset
 
 from pix2pix_lit.data.io import (
     check_decodable,
+    check_image_files,
     check_mode,
     convert_channels,
     list_images,
@@ -88,21 +89,7 @@ class AlignedDataset(_PairedBase):
 
     def _check(self) -> None:
         (nc_a, opt_a), (nc_b, opt_b) = self._nc_A_B()
-        converted = {opt_a: 0, opt_b: 0}
-        for path in self.files:
-            with peek_image(path) as img:
-                w, _ = oriented_size(img)
-                if w % 2:
-                    raise DataError(
-                        f"{path} is {w} pixels wide, an odd width: side-by-side A|B files need an even width "
-                        "(two halves of equal size); re-export it or use data.layout: folders"
-                    )
-                converted[opt_a] += check_mode(path, img.mode, img.getbands(), nc_a, opt_a, self.strict_channels)
-                if opt_b != opt_a:
-                    converted[opt_b] += check_mode(path, img.mode, img.getbands(), nc_b, opt_b, self.strict_channels)
-        for option, count in converted.items():
-            log_converted(count, option, str(self.files[0].parent) if self.files else "")
-        check_decodable(self.files)
+        check_image_files(self.files, {opt_a: nc_a, opt_b: nc_b}, self.strict_channels, even_width=True)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -222,12 +209,7 @@ class SingleImageDataset(Dataset):
     def __init__(self, files: list[Path], root: Path, input_nc: int = 3, strict_channels: bool = False) -> None:
         self.files, self.root, self.input_nc = list(files), Path(root), input_nc
         self.strict_channels = strict_channels
-        converted = 0
-        for path in self.files:
-            with peek_image(path) as img:
-                converted += check_mode(path, img.mode, img.getbands(), input_nc, "data.input_nc", strict_channels)
-        log_converted(converted, "data.input_nc", str(self.root))
-        check_decodable(self.files)
+        check_image_files(self.files, {"data.input_nc": input_nc}, strict_channels, where=str(self.root))
 
     def __len__(self) -> int:
         return len(self.files)

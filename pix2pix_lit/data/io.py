@@ -228,6 +228,27 @@ def _decode(path: Path) -> Optional[str]:
     return None
 
 
+def check_image_files(files: list[Path], channels: dict[str, int], strict: bool = False, even_width: bool = False,
+                      where: Optional[str] = None) -> None:
+    """The pass every list of image files gets before a run: each file's header against the channels each option
+    in ``channels`` asks of it (``{"data.input_nc": 3}``; a DataError, or a conversion counted and logged once per
+    option), side-by-side A|B files' widths even (``even_width``), then every file decoded once
+    (:func:`check_decodable`). ``where``: the folder named in the conversion log (default: the first file's)."""
+    converted = dict.fromkeys(channels, 0)
+    for path in files:
+        with peek_image(path) as img:
+            width = oriented_size(img)[0]
+            if even_width and width % 2:
+                raise DataError(f"{path} is {width} pixels wide, an odd width: side-by-side A|B files need an even "
+                                "width (two halves of equal size); re-export it or use data.layout: folders")
+            for option, nc in channels.items():
+                converted[option] += check_mode(path, img.mode, img.getbands(), nc, option, strict)
+    if files:
+        for option, count in converted.items():
+            log_converted(count, option, where or str(files[0].parent))
+    check_decodable(files)
+
+
 def check_decodable(paths: list[Path], cache_dir: Optional[Path] = None) -> None:
     """Decode every image once before a run starts, so a truncated file (whose header reads fine) stops the
     run at once with a DataError naming it, not mid-epoch.

@@ -18,14 +18,10 @@ from torch.utils.data import Dataset
 from pix2pix_lit.data.base import ImageDataModule, Part
 from pix2pix_lit.data.datasets import Index, SingleImageDataset, fingerprint, split_index
 from pix2pix_lit.data.io import (
-    check_decodable,
-    check_mode,
+    check_image_files,
     convert_channels,
     list_images,
     load_image,
-    log_converted,
-    oriented_size,
-    peek_image,
     to_tensor,
 )
 from pix2pix_lit.data.synthetic import BuiltInData
@@ -45,17 +41,7 @@ class DomainImages:
         self.files, self.nc, self.option, self.half = list(files), nc, option, half
         self.strict_channels = strict_channels
         if check:
-            converted = 0
-            for path in self.files:
-                with peek_image(path) as img:
-                    width = oriented_size(img)[0]
-                    if half is not None and width % 2:
-                        raise DataError(f"{path} is {width} pixels wide, an odd width: side-by-side A|B files "
-                                        "need an even width; re-export it or use data.layout: folders")
-                    converted += check_mode(path, img.mode, img.getbands(), nc, option, strict_channels)
-            if self.files:
-                log_converted(converted, option, str(self.files[0].parent))
-            check_decodable(self.files)
+            check_image_files(self.files, {option: nc}, strict_channels, even_width=half is not None)
 
     def __len__(self) -> int:
         return len(self.files)
