@@ -340,7 +340,10 @@ def test_every_shipped_config_parses_and_builds(config, tmp_path, monkeypatch):
     cli = build_cli(args, args, run=False)
     for option in ("input_nc", "label_nc", "contain_dontcare_label", "no_instance"):  # what the data decides
         assert cli.model.hparams[option] == cli.datamodule.hparams[option], option
+    from pix2pix_lit.models.cut import CUT
+
     expected = CycleGAN if config.startswith("cyclegan/") else SPADE if config.startswith("spade/") else Pix2Pix
+    expected = CUT if config.startswith("cut/") else expected
     if config.startswith("segmenter/") and "pix2pix" not in config:
         expected = Segmenter
     assert type(cli.model) is expected
@@ -355,6 +358,10 @@ def test_every_shipped_config_parses_and_builds(config, tmp_path, monkeypatch):
     if expected is CycleGAN:  # its own defaults, not pix2pix's carried over
         assert (cli.model.hparams.norm, cli.model.hparams.gan_mode, cli.model.hparams.pool_size) == ("instance", "lsgan", 50)
         assert cli.model.hparams.no_dropout and cli.datamodule.__class__.__name__.endswith("UnpairedDataModule")
+    if expected is CUT:  # the official CUT defaults, on unpaired data
+        h = cli.model.hparams
+        assert (h.init_type, h.netF_nc, h.nce_T, h.antialias, h.gan_mode) == ("xavier", 256, 0.07, True, "lsgan")
+        assert h.nce_idt == ("fastcut" not in config) and cli.datamodule.__class__.__name__.endswith("UnpairedDataModule")
     assert not list(tmp_path.iterdir())  # building writes nothing
 
 
