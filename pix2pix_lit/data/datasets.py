@@ -14,7 +14,6 @@ import random
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
-import torch
 from torch.utils.data import Dataset, DistributedSampler, Subset
 
 from pix2pix_lit.data.io import (
@@ -27,6 +26,7 @@ from pix2pix_lit.data.io import (
     log_converted,
     oriented_size,
     peek_image,
+    predict_item,
     to_tensor,
 )
 from pix2pix_lit.data.transforms import JointTransform
@@ -219,7 +219,7 @@ class SingleImageDataset(Dataset):
         with load_image(path) as img:
             img = convert_channels(img, self.input_nc, path, "data.input_nc", self.strict_channels)
             t = to_tensor(img)
-        return {"source": t, "name": path.relative_to(self.root).as_posix(), "size": torch.tensor(t.shape[-2:])}
+        return predict_item(t, path.relative_to(self.root).as_posix())
 
 
 class SeededSubset(Subset):

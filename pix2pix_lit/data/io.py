@@ -179,6 +179,15 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return t
 
 
+def predict_item(source: torch.Tensor, name: str, edges: Optional[torch.Tensor] = None) -> dict:
+    """What ``predict`` reads of one input, from any dataset: the source (an image, or label ids), the name its
+    output is written under, its own (H, W) (the output is brought back to it), and the instance edges if any."""
+    item = {"source": source, "name": name, "size": torch.tensor(source.shape[-2:])}
+    if edges is not None:
+        item["edges"] = edges
+    return item
+
+
 def to_pil(t: torch.Tensor) -> Image.Image:
     """Tensor (C, H, W) in [-1, 1] -> 8-bit PIL image (1, 3 or 4 channels)."""
     u8 = to_uint8(t)

@@ -34,6 +34,7 @@ from pix2pix_lit.data.io import (
     lossy_format,
     oriented_size,
     peek_image,
+    predict_item,
     to_tensor,
 )
 from pix2pix_lit.data.transforms import JointTransform
@@ -300,10 +301,8 @@ class LabelMapsForPredict(Dataset):
         with read_ids(path) as img:
             ids = to_class_ids(np.asarray(img), self.ade20k)
         source = encode_ids(ids, self.label_nc, self.dontcare)
-        item = {"source": source, "name": path.relative_to(self.root).as_posix(), "size": torch.tensor(ids.shape)}
-        if self.edges:
-            item["edges"] = instance_edges(source.long())
-        return item
+        edges = instance_edges(source.long()) if self.edges else None
+        return predict_item(source, path.relative_to(self.root).as_posix(), edges)
 
 
 def palette(n: int = 256) -> np.ndarray:

@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import torch
 from torch.utils.data import Dataset
 
 from pix2pix_lit.data.base import ImageDataModule, Part
@@ -19,7 +18,7 @@ from pix2pix_lit.data.datasets import (
     keyed_images,
     match_pairs,
 )
-from pix2pix_lit.data.io import list_images
+from pix2pix_lit.data.io import list_images, predict_item
 from pix2pix_lit.data.labels import LabelMapsForPredict, LabelPairDataset
 from pix2pix_lit.data.synthetic import CLASSES, BuiltInData
 from pix2pix_lit.errors import ConfigError, DataError, check_choice
@@ -181,11 +180,7 @@ class _SourcesOnly(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         item = self.paired[index]
-        src = item["source"]
-        out = {"source": src, "name": f"{item['name']}.png", "size": torch.tensor(src.shape[-2:])}
-        if "edges" in item:
-            out["edges"] = item["edges"]
-        return out
+        return predict_item(item["source"], f"{item['name']}.png", item.get("edges"))
 
 
 class SyntheticPairedDataModule(BuiltInData, PairedDataModule):

@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 
 from pix2pix_lit.data.base import ImageDataModule, Part
 from pix2pix_lit.data.datasets import AlignedDataset, FolderPairDataset, SeededSubset, sample_seed
-from pix2pix_lit.data.io import to_tensor
+from pix2pix_lit.data.io import predict_item, to_tensor
 from pix2pix_lit.data.labels import LabelPairDataset
 from pix2pix_lit.data.paired import PairedDataModule, _Field, _SourcesOnly
 from pix2pix_lit.data.unpaired import DomainImages, UnpairedDataModule
@@ -593,5 +593,4 @@ class _DomainSources(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.images[index]
-        t = item["image"]
-        return {"source": t, "name": f"{item['name']}.png", "size": torch.tensor(t.shape[-2:])}
+        return predict_item(item["image"], f"{item['name']}.png")

@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import torch
 from torch.utils.data import Dataset
 
 from pix2pix_lit.data.base import ImageDataModule, Part
@@ -22,6 +21,7 @@ from pix2pix_lit.data.io import (
     convert_channels,
     list_images,
     load_image,
+    predict_item,
     to_tensor,
 )
 from pix2pix_lit.data.synthetic import BuiltInData
@@ -231,8 +231,7 @@ class _DomainImagesForPredict(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        t = to_tensor(self.images.read(index))
-        return {"source": t, "name": f"{self.images.name(index)}.png", "size": torch.tensor(t.shape[-2:])}
+        return predict_item(to_tensor(self.images.read(index)), f"{self.images.name(index)}.png")
 
 
 class SyntheticUnpairedDataModule(BuiltInData, UnpairedDataModule):
