@@ -201,7 +201,7 @@ class UnpairedDataModule(ImageDataModule):
     def predict_direction(self) -> str:
         """The model's ``predict_direction``: its source domain is the one ``predict`` reads."""
         model = self.trainer.lightning_module if self.trainer is not None else None
-        return getattr(model, "hparams", {}).get("predict_direction", "AtoB")
+        return getattr(model, "predict_direction", "AtoB")
 
     def make_predict_dataset(self) -> Dataset:
         h = self.hparams

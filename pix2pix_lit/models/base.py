@@ -201,16 +201,16 @@ class ImageTranslationModel(TrainingState, Inference, Evaluation):
                 raise TypeError(f"{cls} must write {hook}() (see ImageTranslationModel)")
         if self.hparams.predict_size % self.size_multiple:
             raise ConfigError(f"model.predict_size={self.hparams.predict_size} must be a multiple of "
-                              f"{self.size_multiple} for netG={self.hparams.get('netG')}")
+                              f"{self.size_multiple} for netG={self.generator_label}")
         tile = self.hparams.predict_tile
         if tile and (tile % self.size_multiple or tile < self.min_size):
             raise ConfigError(f"model.predict_tile={tile} must be a multiple of {self.size_multiple} and at least "
-                              f"{self.min_size} for netG={self.hparams.get('netG')}")
+                              f"{self.min_size} for netG={self.generator_label}")
         if self.hparams.checkpoint_activations:
             for name in self.generator_names:
                 if not checkpoint_residual_blocks(getattr(self, name)):
                     raise ConfigError(f"model.checkpoint_activations: the generator {name} "
-                                      f"({self.hparams.get('netG', type(getattr(self, name)).__name__)}) has no residual "
+                                      f"({self.generator_label}) has no residual "
                                       "blocks to checkpoint; use a ResNet, global or local netG, or set it false")
         decay = self.hparams.ema_decay
         for name in self.generator_names:

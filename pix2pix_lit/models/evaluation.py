@@ -158,7 +158,7 @@ class Evaluation(pl.LightningModule):
 
     def _real_stats(self) -> Optional[RealStats]:
         """``model.fid_real_stats`` read and checked against the Inception weights in use (once), or None."""
-        path = self.hparams.get("fid_real_stats")
+        path = self.hparams.fid_real_stats
         if not path:
             return None
         if self.__dict__.get("_loaded_real_stats", (None,))[0] != path:

@@ -61,16 +61,27 @@ class Inference(pl.LightningModule):
 
     def shown_source(self, batch: dict[str, Any]) -> torch.Tensor:
         """A batch's sources as images in [-1, 1] for the grids (label maps in a fixed palette)."""
-        if not self.hparams.get("label_nc"):
+        if not self.hparams.label_nc:
             return batch["source"]
         return colorize(batch["source"])
+
+    @property
+    def generator_label(self) -> str:
+        """The generator's name in messages: the model's ``netG`` where it has that option, else its class."""
+        return str(self.hparams["netG"]) if "netG" in self.hparams else type(self).__name__
+
+    @property
+    def predict_direction(self) -> str:
+        """The way ``predict`` translates: a two-way model's ``model.predict_direction`` (CycleGAN), else AtoB (a
+        one-way model: the data resolved the direction)."""
+        return str(self.hparams["predict_direction"]) if "predict_direction" in self.hparams else "AtoB"
 
     def check_size(self, x: torch.Tensor) -> None:
         h, w = x.shape[-2:]
         m = self.size_multiple
         if h % m or w % m:
             raise ConfigError(
-                f"images are {h}x{w} but netG={self.hparams.get('netG', type(self).__name__)} needs sides divisible by {m}; "
+                f"images are {h}x{w} but netG={self.generator_label} needs sides divisible by {m}; "
                 f"set data.crop_size to a multiple of {m} (or choose another netG)"
             )
 
@@ -84,7 +95,7 @@ class Inference(pl.LightningModule):
         (and ``use_ema_for_eval``), else the generator."""
         name = self.generator_for(direction)
         ema = self.ema_of(name)
-        if ema is not None and self.hparams.get("use_ema_for_eval", True):
+        if ema is not None and self.hparams.use_ema_for_eval:
             return ema.module
         return getattr(self, name)
 
@@ -148,12 +159,12 @@ class Inference(pl.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Any image size: padded to what the generator accepts (or resized), translated (whole, or in tiles
         with ``predict_tile``), brought back."""
-        direction = self.hparams.get("predict_direction", "AtoB")  # one-way models: the data chose it
+        direction = self.predict_direction
         if self.hparams.predict_fit == "resize":
             source = self.network_input(batch)
             h, w = source.shape[-2:]
             s = self.hparams.predict_size
-            if self.hparams.get("label_nc"):  # one-hot classes and edges stay 0/1
+            if self.hparams.label_nc:  # one-hot classes and edges stay 0/1
                 x = F.interpolate(source.float(), size=(s, s), mode="nearest")
             else:  # antialiased bicubic, as PIL resizes the training images (plain bicubic aliases when shrinking)
                 x = F.interpolate(source.float(), size=(s, s), mode="bicubic", align_corners=False,
@@ -168,7 +179,7 @@ class Inference(pl.LightningModule):
             if key in batch:
                 padded[key], box = pad_to_multiple(batch[key], self.size_multiple, self.min_size)
                 padded[key] = padded[key].to(batch[key].dtype)
-        tile = self.hparams.get("predict_tile", 0)
+        tile = self.hparams.predict_tile
         if tile and max(padded["source"].shape[-2:]) > tile:
             fake = self.generate_tiled(padded, direction, tile)
         else:
@@ -182,7 +193,7 @@ class Inference(pl.LightningModule):
         column flush with the edge; every output pixel is the average of the tiles covering it, each weighted by
         its distance from that tile's edge (linear across the overlap), so no seam is a hard edge. Peak memory is
         one tile's."""
-        overlap = self.hparams.get("predict_tile_overlap")
+        overlap = self.hparams.predict_tile_overlap
         overlap = tile // 4 if overlap is None else overlap
         height, width = batch["source"].shape[-2:]
         th, tw = min(tile, height), min(tile, width)

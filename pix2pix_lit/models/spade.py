@@ -142,7 +142,8 @@ class SPADE(ImageTranslationModel):
         data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if not h.use_vae or data is None:
             return
-        crop, aspect = data.hparams.get("crop_size"), data.hparams.get("aspect_ratio", 1.0)
+        options = dict(data.hparams)  # the data module's options: which ones depends on its class
+        crop, aspect = options.get("crop_size"), options.get("aspect_ratio", 1.0)
         if crop is not None and (crop, float(aspect)) != (h.crop_size, float(h.aspect_ratio)):
             raise ConfigError(f"model.use_vae makes images of model.crop_size={h.crop_size} (aspect_ratio "
                               f"{h.aspect_ratio}) but the data is cropped to {crop} (aspect_ratio {aspect}); set "
