@@ -1,6 +1,6 @@
 """Benchmarks: training-step and inference images/s, peak memory, achieved FLOP/s, data wait, quality.
 
-    python experiments/bench.py                      # everything, appends to experiments/RESULTS.md
+    python experiments/bench.py                      # everything, writes an entry under experiments/log/
     python experiments/bench.py --part train         # or: startup | predict | val | infer | peak | quality
     python experiments/bench.py --steps 30 --no-record
 
@@ -34,11 +34,10 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from measure import cpu_kind, cpu_report, memory_kb, official_step, peak_rss_mb, process_tree, table
+from measure import cpu_kind, cpu_report, log_entry, memory_kb, official_step, peak_rss_mb, process_tree, table
 
 REPO = Path(__file__).resolve().parents[1]
 MAPS = REPO.parent / "shared" / "datasets" / "maps"
-RESULTS = REPO / "experiments" / "RESULTS.md"
 CONFIGS = [("32", False), ("32", True), ("bf16-mixed", False), ("bf16-mixed", True)]
 
 
@@ -503,7 +502,7 @@ def main() -> None:
     p.add_argument("--quality-steps", type=int, default=300)
     p.add_argument("--val-pairs", type=int, default=100)
     p.add_argument("--slow-steps", type=int, default=2, help="timed steps for bf16 on a CPU with no bf16 kernels")
-    p.add_argument("--no-record", action="store_true", help="do not append to experiments/RESULTS.md")
+    p.add_argument("--no-record", action="store_true", help="do not write an entry under experiments/log/")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--precision", default="32")
     p.add_argument("--channels-last", action="store_true")
@@ -629,9 +628,7 @@ def main() -> None:
     print("\n" + report)
     if not args.no_record:
         cmd = "python experiments/bench.py " + " ".join(a for a in sys.argv[1:])
-        header = f"\n## {time.strftime('%Y-%m-%d %H:%M')} — `{cmd.strip()}`\n\n"
-        with open(RESULTS, "a") as f:
-            f.write(header + report + "\n")
+        print(f"written to {log_entry(f'`{cmd.strip()}`', report)}")
 
 
 if __name__ == "__main__":

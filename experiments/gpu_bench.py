@@ -1,6 +1,6 @@
 """Training speed on one GPU in one run: the official pix2pix step against ours, every precision, compiled or not,
 batch 1 and large batches, and SPADE's Cityscapes step — seconds per step, img/s, % of the chip's bf16 peak and
-peak CUDA memory, appended to experiments/RESULTS.md.
+peak CUDA memory, written as an entry under experiments/log/.
 
     python experiments/gpu_bench.py                                  # on a GPU (budget: ~8 minutes)
     python experiments/gpu_bench.py --official PATH/TO/junyanz-checkout  # + the official code itself
@@ -33,9 +33,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from measure import cpu_report, plain_official_update
-
-RESULTS = Path(__file__).with_name("RESULTS.md")
+from measure import cpu_report, log_entry, plain_official_update
 
 
 def sync(device: torch.device) -> None:
@@ -171,7 +169,7 @@ def main() -> None:
     p.add_argument("--no-compile", action="store_true", help="leave out the model.compile rows")
     p.add_argument("--peak-tflops", type=float, default=790.0, help="the chip's dense bf16 peak (H200: ~790)")
     p.add_argument("--budget", type=float, default=460.0, help="seconds for the whole run; rows past it are skipped")
-    p.add_argument("--no-record", action="store_true", help="do not append to experiments/RESULTS.md")
+    p.add_argument("--no-record", action="store_true", help="do not write an entry under experiments/log/")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -251,9 +249,7 @@ def main() -> None:
     table = "\n".join(lines)
     print("\n" + table)
     if not args.no_record and not dry:
-        with open(RESULTS, "a") as f:
-            f.write("\n" + table + "\n")
-        print(f"appended to {RESULTS}")
+        print(f"written to {log_entry('`python experiments/gpu_bench.py ' + ' '.join(sys.argv[1:]) + '`', table)}")
     print(f"done in {time.perf_counter() - started:.0f} s")
 
 

@@ -206,3 +206,23 @@ class PhaseTimer:
         now = time.perf_counter()
         self.total[name] = self.total.get(name, 0.0) + now - self.last
         self.last = now
+
+
+LOG = Path(__file__).resolve().parent / "log"
+
+
+def log_entry(title: str, text: str, when: Optional[float] = None) -> Path:
+    """Write one dated entry of a run (``# <date> — <title>`` and ``text``) as a new file under
+    ``experiments/log/``, never over an earlier one; RESULTS.md's claims table links the entries it quotes."""
+    import re
+    import time
+
+    stamp = time.strftime("%Y-%m-%d-%H%M", time.localtime(when))
+    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:50].strip("-") or "entry"
+    LOG.mkdir(exist_ok=True)
+    path, n = LOG / f"{stamp}-{slug}.md", 2
+    while path.exists():
+        path, n = LOG / f"{stamp}-{slug}-{n}.md", n + 1
+    path.write_text(f"# {time.strftime('%Y-%m-%d %H:%M', time.localtime(when))} — {title}\n\n{text.strip()}\n")
+    return path
+

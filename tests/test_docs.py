@@ -24,7 +24,7 @@ def anchors(path) -> set[str]:
 
 
 def test_every_relative_link_and_anchor_resolves():
-    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "experiments" / "RESULTS.md"]
     broken = []
     for page in pages:
         for target in LINK.findall(page.read_text()):
@@ -45,3 +45,14 @@ def test_the_front_door_is_short_and_indexes_every_page():
     assert readme.startswith("# pix2pix-lit\n\n```bash\nmake train") and "\nmake test " in readme.split("```")[1]
     for page in (REPO / "docs").glob("*.md"):
         assert f"(docs/{page.name})" in readme, page.name
+
+
+def test_results_is_a_claims_table_whose_entries_exist_and_are_all_listed():
+    """experiments/RESULTS.md: the current claims, each row naming its command, hardware and a dated entry under
+    experiments/log/; every entry listed once."""
+    text = (REPO / "experiments" / "RESULTS.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "](log/" in line]
+    assert rows and all(row.count(" | ") == 4 and "`" in row for row in rows)  # claim | figure | command | hw | entry
+    listed = set(re.findall(r"\]\(log/([^)]+)\)", text))
+    assert listed == {p.name for p in (REPO / "experiments" / "log").glob("*.md")}
+
