@@ -75,3 +75,22 @@ def test_cyclegan_from_b98c3a6(tmp_path, cli_env):
         assert len(list(out.glob("*.png"))) == 4
     assert (tmp_path / "pred-AtoB" / "00000.png").read_bytes() != (tmp_path / "pred-BtoA" / "00000.png").read_bytes()
     assert resumed_by(args, cli_env, tmp_path)["global_step"] == 12
+
+
+@pytest.mark.slow
+def test_pix2pix_multiscale_with_ema_from_0667ffe(tmp_path, cli_env):
+    """Written before pix2pixHD's recipe options existed: it keeps pix2pix's (D's scales averaged, padding 1, D
+    first), which are the defaults, and resumes with its pool, EMA and step count."""
+    old = copy("pix2pix-multiscale-ema-0667ffe.ckpt", tmp_path)
+    size = ["--data.image_size", "72", "--data.load_size", "72", "--data.crop_size", "64", "--model.num_downs", "6"]
+    args = [*tiny(tmp_path / "run", tmp_path / "syn"), *size, *NO_INCEPTION, "--ckpt_path", old]
+    report = report_of(args, cli_env, tmp_path)
+    assert report["num_images"] == 4 and report["protocol"]["generator"] == "G_ema"
+    run(["predict", *args, "--predict_writer.output_dir", str(tmp_path / "pred")], cli_env, tmp_path)
+    assert len(list((tmp_path / "pred").glob("*.png"))) == 4
+    resumed = resumed_by(args, cli_env, tmp_path)
+    assert resumed["global_step"] == 4 and len(resumed["pix2pix_lit"]["image_pools"]["pool"]) == 2
+    h = resumed["hyper_parameters"]
+    assert (h["netD"], h["num_D"], h["gan_scales"], h["padding_D"], h["step_order"]) == ("multiscale", 2, "mean", 1,
+                                                                                      "pix2pix")
+
