@@ -31,6 +31,20 @@ def resumed_by(args: list[str], env: dict, cwd, epochs: int = 2) -> dict:
     return torch.load(cwd / "run" / "checkpoints" / "last.ckpt", weights_only=True)
 
 
+def pix2pix_with_ema_runs(args: list[str], env: dict, cwd) -> dict:
+    """An old pix2pix checkpoint with an EMA generator (and a pool of 2, 2 steps trained): ``test`` scores its EMA
+    generator on the 4 test images, ``predict`` writes 4 images, a resumed ``fit`` goes on to step 4 with its pool
+    and EMA. Returns the resumed run's last checkpoint."""
+    report = report_of(args, env, cwd)
+    assert report["num_images"] == 4 and report["protocol"]["generator"] == "G_ema"
+    run(["predict", *args, "--predict_writer.output_dir", str(cwd / "pred")], env, cwd)
+    assert len(list((cwd / "pred").glob("*.png"))) == 4
+    resumed = resumed_by(args, env, cwd)
+    assert resumed["global_step"] == 4 and len(resumed["pix2pix_lit"]["image_pools"]["pool"]) == 2
+    assert any(k.startswith("G_ema.") for k in resumed["state_dict"])
+    return resumed
+
+
 @pytest.mark.slow
 def test_pix2pix_from_fc12e82(tmp_path, cli_env):
     old = copy("pix2pix-fc12e82.ckpt", tmp_path)
@@ -52,14 +66,8 @@ def test_pix2pix_from_fc12e82(tmp_path, cli_env):
 @pytest.mark.slow
 def test_pix2pix_with_ema_from_b98c3a6(tmp_path, cli_env):
     old = copy("pix2pix-ema-b98c3a6.ckpt", tmp_path)
-    args = [*tiny(tmp_path / "run", tmp_path / "syn"), *NO_INCEPTION, "--ckpt_path", old]
-    report = report_of(args, cli_env, tmp_path)
-    assert report["num_images"] == 4 and report["protocol"]["generator"] == "G_ema"
-    run(["predict", *args, "--predict_writer.output_dir", str(tmp_path / "pred")], cli_env, tmp_path)
-    assert len(list((tmp_path / "pred").glob("*.png"))) == 4
-    resumed = resumed_by(args, cli_env, tmp_path)
-    assert resumed["global_step"] == 4 and len(resumed["pix2pix_lit"]["image_pools"]["pool"]) == 2
-    assert any(k.startswith("G_ema.") for k in resumed["state_dict"])
+    pix2pix_with_ema_runs([*tiny(tmp_path / "run", tmp_path / "syn"), *NO_INCEPTION, "--ckpt_path", old], cli_env,
+                          tmp_path)
 
 
 @pytest.mark.slow
@@ -84,12 +92,7 @@ def test_pix2pix_multiscale_with_ema_from_0667ffe(tmp_path, cli_env):
     old = copy("pix2pix-multiscale-ema-0667ffe.ckpt", tmp_path)
     size = ["--data.image_size", "72", "--data.load_size", "72", "--data.crop_size", "64", "--model.num_downs", "6"]
     args = [*tiny(tmp_path / "run", tmp_path / "syn"), *size, *NO_INCEPTION, "--ckpt_path", old]
-    report = report_of(args, cli_env, tmp_path)
-    assert report["num_images"] == 4 and report["protocol"]["generator"] == "G_ema"
-    run(["predict", *args, "--predict_writer.output_dir", str(tmp_path / "pred")], cli_env, tmp_path)
-    assert len(list((tmp_path / "pred").glob("*.png"))) == 4
-    resumed = resumed_by(args, cli_env, tmp_path)
-    assert resumed["global_step"] == 4 and len(resumed["pix2pix_lit"]["image_pools"]["pool"]) == 2
+    resumed = pix2pix_with_ema_runs(args, cli_env, tmp_path)
     h = resumed["hyper_parameters"]
     assert (h["netD"], h["num_D"], h["gan_scales"], h["padding_D"], h["step_order"]) == ("multiscale", 2, "mean", 1,
                                                                                       "pix2pix")

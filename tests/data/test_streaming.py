@@ -87,21 +87,27 @@ def test_without_a_val_split_prepare_holds_out_the_folders_val_part(tmp_path):
     assert records(out / "train") == 7 and records(out / "val") == 3
 
 
+def fit_streamed(shards_dir, root, workers, ckpt=None, every=None):
+    """10 steps of a tiny pix2pix on the streamed shards (batch 2, seeded), a checkpoint every ``every`` steps,
+    resumed from ``ckpt``: the model and the DataModule."""
+    pl.seed_everything(0)
+    dm = StreamingPairedDataModule(str(shards_dir), batch_size=2, **{**SIZES, "num_workers": workers})
+    model = Pix2Pix(**TINY_MODEL)
+    callbacks = [ModelCheckpoint(dirpath=root, every_n_train_steps=every, save_top_k=-1, filename="{step}")] \
+        if every else []
+    trainer = quiet_trainer(max_steps=10, limit_val_batches=0, callbacks=callbacks, enable_checkpointing=bool(every),
+                            default_root_dir=root)
+    trainer.fit(model, dm, ckpt_path=ckpt)
+    return model, dm
+
+
 def test_streaming_fit_resumes_mid_epoch_exactly_from_the_loaders_state(tmp_path):
     write_aligned(tmp_path / "d" / "train", 8, seed=1)
     write_aligned(tmp_path / "d" / "val", 2, seed=2)
     out = shards(tmp_path / "d", tmp_path / "s")
 
     def fit(root, ckpt=None, every=None):
-        pl.seed_everything(0)
-        dm = StreamingPairedDataModule(str(out), batch_size=2, **SIZES)
-        model = Pix2Pix(**TINY_MODEL)
-        callbacks = [ModelCheckpoint(dirpath=root, every_n_train_steps=every, save_top_k=-1, filename="{step}")] \
-            if every else []
-        trainer = quiet_trainer(max_steps=10, limit_val_batches=0, callbacks=callbacks,
-                                enable_checkpointing=bool(every), default_root_dir=root)
-        trainer.fit(model, dm, ckpt_path=ckpt)
-        return model
+        return fit_streamed(out, root, SIZES["num_workers"], ckpt, every)[0]
 
     def same(a, b):
         return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
@@ -126,15 +132,7 @@ def test_a_resume_with_other_workers_says_it_is_approximate_and_auto_workers_tak
     out = shards(tmp_path / "d", tmp_path / "s")
 
     def fit(root, workers, ckpt=None, every=None):
-        pl.seed_everything(0)
-        dm = StreamingPairedDataModule(str(out), batch_size=2, **{**SIZES, "num_workers": workers})
-        model = Pix2Pix(**TINY_MODEL)
-        callbacks = [ModelCheckpoint(dirpath=root, every_n_train_steps=every, save_top_k=-1, filename="{step}")] \
-            if every else []
-        trainer = quiet_trainer(max_steps=10, limit_val_batches=0, callbacks=callbacks,
-                                enable_checkpointing=bool(every), default_root_dir=root)
-        trainer.fit(model, dm, ckpt_path=ckpt)
-        return model, dm
+        return fit_streamed(out, root, workers, ckpt, every)
 
     whole, _ = fit(tmp_path / "whole", 2, every=1)
     ckpt = str(tmp_path / "whole" / "step=6.ckpt")
