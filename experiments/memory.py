@@ -118,14 +118,14 @@ def build(kind: str, checkpointing: bool):
     if kind == "spade":  # configs/spade/cityscapes.yaml; one process: its synchronised batch norms are plain ones
         from pix2pix_lit.nets.norm import plain_batch_norms
 
-        with mock.patch("pix2pix_lit.models.evaluation.ImageQualityMetrics", lambda *a, **k: nn.Module()):
+        with mock.patch("pix2pix_lit.models.evaluator.ImageQualityMetrics", lambda *a, **k: nn.Module()):
             model = SPADE(**_model_args("spade/cityscapes.yaml", no_vgg_loss=True))
         plain_batch_norms(model.G)
         return model
     args = KINDS[kind]()
     if checkpointing:
         args["checkpoint_activations"] = True
-    with mock.patch("pix2pix_lit.models.evaluation.ImageQualityMetrics", lambda *a, **k: nn.Module()):
+    with mock.patch("pix2pix_lit.models.evaluator.ImageQualityMetrics", lambda *a, **k: nn.Module()):
         return Pix2Pix(**args)
 
 
@@ -190,7 +190,7 @@ def spade_train_step(model, batch, opt_g, opt_d, precision: str) -> None:
 def infer(model, batch, precision: str, tile: int = 0) -> torch.Tensor:
     with autocast(precision):
         if tile:
-            model.hparams.predict_tile = tile
+            model.runner.tile = tile
             return model.predict_step({**batch, "name": ["x"]}, 0)["fake"]
         return model.generate(model.network_input(batch))
 

@@ -32,7 +32,6 @@ from pix2pix_lit.data import ImageDataModule
 from pix2pix_lit.errors import CheckpointError, ConfigError, Pix2PixLitError, find_in_chain
 from pix2pix_lit.loggers import LoggerSaveConfigCallback, download_wandb_checkpoint
 from pix2pix_lit.models import DEFAULT_MODEL, resolve_model_class
-from pix2pix_lit.models.base import RUNTIME_OPTIONS
 from pix2pix_lit.modes import metric_mode
 from pix2pix_lit.precision import cpu_precision_fallback
 
@@ -133,7 +132,7 @@ def config_hint(model_class: type) -> str:
 
 class Pix2PixCLI(LightningCLI):
     """LightningCLI with the checkpoint rule: with ``--ckpt_path``, what defines the trained networks comes
-    from the checkpoint, how it is run (``RUNTIME_OPTIONS``: inference mode, predict fit, metrics ...) from the
+    from the checkpoint, how it is run (the model class's ``runtime_options``: inference mode, predict fit, metrics ...) from the
     command line and config. A missing, damaged or mismatched checkpoint is a one-line error, before any
     run folder is written."""
 
@@ -141,6 +140,7 @@ class Pix2PixCLI(LightningCLI):
         self._limits = whole_number_limits(list(argv or []))
         self._model_class_path = model_class_path(list(argv or []))
         self._ckpt: Optional[dict[str, Any]] = None
+        self._finetune_from: Optional[str] = None
         super().__init__(*args, **kwargs)
 
     def _parse_ckpt_path(self) -> None:
@@ -153,6 +153,11 @@ class Pix2PixCLI(LightningCLI):
             ckpt_path = download_wandb_checkpoint(str(ckpt_path))
             self.config[self.config.subcommand]["ckpt_path"] = ckpt_path
         self._ckpt = load_checkpoint(ckpt_path)
+        if self.config.subcommand == "fit" and "imported" in (self._ckpt.get("pix2pix_lit") or {}):
+            # official weights (import-official): no optimizer or loop state to resume; fine-tuning starts at
+            # step 0 from them (instantiate_classes loads them)
+            self._finetune_from = ckpt_path
+            self.config[self.config.subcommand]["ckpt_path"] = None
         hparams = dict(self._ckpt.get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
         # checkpoints from before the models/ layer name no class: they are pix2pix
@@ -163,7 +168,7 @@ class Pix2PixCLI(LightningCLI):
                 f"checkpoint {ckpt_path} holds a {trained.__name__} model but the config runs "
                 f"{configured.rsplit('.', 1)[-1]}; use the config it was trained with{config_hint(trained)}"
             )
-        for key in (*RUNTIME_OPTIONS, *DATA_LINKED):  # what the data gives comes from the data
+        for key in (*getattr(trained, "runtime_options", ()), *DATA_LINKED):  # what the data gives comes from the data
             hparams.pop(key, None)
         if hparams:
             self.config = self.parser.parse_object(
@@ -177,7 +182,12 @@ class Pix2PixCLI(LightningCLI):
             # jsonargparse hands the Trainer 1.0 (= 100%) for a 1; set the whole number of batches meant
             setattr(self.trainer, key, batches)
         if self._ckpt is not None:
-            check_checkpoint_fits(self.model, self._ckpt, self.config[self.subcommand].ckpt_path)
+            check_checkpoint_fits(self.model, self._ckpt, self._finetune_from or self.config[self.subcommand].ckpt_path)
+            if self._finetune_from:
+                self.model.on_load_checkpoint(self._ckpt)  # the EMA copies start from their generators
+                self.model.load_state_dict(self._ckpt["state_dict"])
+                logging.getLogger(__name__).info("fine-tuning from the imported weights of %s (step 0)",
+                                                 self._finetune_from)
             self._ckpt = None  # Lightning reads the file again when it restores
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -416,7 +426,8 @@ def build_cli(args: Optional[list[str]], argv: list[str], run: bool = True) -> P
 def main(args: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     tools = {"compare": "pix2pix_lit.compare", "eval": "pix2pix_lit.evaluate", "export": "pix2pix_lit.serving.export",
-             "serve": "pix2pix_lit.serving.app", "prepare": "pix2pix_lit.prepare"}
+             "serve": "pix2pix_lit.serving.app", "prepare": "pix2pix_lit.prepare",
+             "import-official": "pix2pix_lit.official"}
     if argv and argv[0] in tools:  # plain argparse commands, no Trainer
         import importlib
 

@@ -13,7 +13,8 @@ CUDA). Two things are added, both measured (``experiments/RESULTS.md``, the trai
 
 from __future__ import annotations
 
-from typing import Iterable
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 import torch
 
@@ -94,3 +95,39 @@ def make_scheduler(opt: torch.optim.Optimizer, policy: str, n_epochs: int, n_epo
     if policy == "plateau":
         return ReduceLROnPlateau(opt, mode=metric_mode(plateau_monitor), factor=0.2, threshold=0.01, patience=5)
     return CosineAnnealingLR(opt, T_max=n_epochs, eta_min=0)
+
+
+class OptimizerToggle:
+    """``only(optimizer, optimizers)``: inside, only ``optimizer``'s parameters require gradients; the other
+    optimizers' are frozen and given back their own setting on exit — what Lightning's ``toggle_optimizer`` does,
+    from lists built once per set of optimizers instead of a dict of every parameter at every call (a GPU step at
+    batch 1 feels it). The lists are rebuilt when the optimizers or their groups change (pix2pixHD's phase change)."""
+
+    def __init__(self) -> None:
+        self._key: tuple = ()
+        self._others: dict[int, list[torch.nn.Parameter]] = {}
+
+    @contextmanager
+    def only(self, optimizer: torch.optim.Optimizer, optimizers: list[torch.optim.Optimizer]) -> Iterator[None]:
+        frozen = self._others_of(optimizer, optimizers)
+        before = [p.requires_grad for p in frozen]
+        for p in frozen:
+            p.requires_grad = False
+        try:
+            yield
+        finally:
+            for p, was in zip(frozen, before):
+                p.requires_grad = was
+
+    def _others_of(self, optimizer, optimizers) -> list[torch.nn.Parameter]:
+        key = tuple((id(o), tuple(len(g["params"]) for g in o.param_groups)) for o in optimizers)
+        if key != self._key:
+            self._key, self._others = key, {}
+        if id(optimizer) not in self._others:
+            own = {id(p) for g in optimizer.param_groups for p in g["params"]}
+            others: dict[int, torch.nn.Parameter] = {}
+            for o in optimizers:
+                for g in o.param_groups:
+                    others.update({id(p): p for p in g["params"] if id(p) not in own})
+            self._others[id(optimizer)] = list(others.values())
+        return self._others[id(optimizer)]

@@ -182,6 +182,27 @@ def per_class_table(iou: torch.Tensor, names: list[str]) -> dict[str, Optional[f
     return {name: None if math.isnan(v) else v for name, v in zip(names, iou.tolist())}
 
 
+class StageScores(nn.Module):
+    """A :class:`SegmentationScores` per stage (``val``, ``test``), read and reset at the stage's end: the scores
+    of a Segmenter and of a GAN's ``model.segmenter`` alike."""
+
+    def __init__(self, num_classes: int, stages: tuple[str, ...] = ("val", "test")) -> None:
+        super().__init__()
+        self.stages = nn.ModuleDict({stage: SegmentationScores(num_classes) for stage in stages})
+
+    def update(self, stage: str, predicted: torch.Tensor, truth: torch.Tensor) -> None:
+        self.stages[stage].update(predicted, truth)
+
+    def take(self, stage: str, class_names: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, Optional[float]]]:
+        """``{stage/miou, stage/pixel_acc, stage/class_acc}`` and the per-class IoU table; the stage reset."""
+        values = self.stages[stage].compute()
+        self.stages[stage].reset()
+        return {f"{stage}/{k}": values[k] for k in SCALAR_SCORES}, per_class_table(values["iou"], class_names)
+
+    def reset(self, stage: str) -> None:
+        self.stages[stage].reset()
+
+
 # -- the scorer a file names ------------------------------------------------------------------------------------
 @dataclass
 class Scorer:

@@ -147,12 +147,12 @@ def test_evaluation_under_autocast_casts_the_weights_once_per_pass_with_the_same
             return model.generate(x)
 
     plain = run()
-    model._begin_eval_pass()
+    model.runner.pass_weights.begin()
     cached, again = run(), run()
-    (copy,) = model.eval_pass_weights.copies.values()
-    model._end_eval_pass()
+    (copy,) = model.runner.pass_weights.copies.values()
+    model.runner.pass_weights.end()
     assert torch.equal(plain, cached) and not cached.isnan().any()
-    assert len(model.eval_pass_weights.copies or {}) == 0 and again.shape == plain.shape
+    assert len(model.runner.pass_weights.copies or {}) == 0 and again.shape == plain.shape
     convs = [m for m in copy.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     norms = [m for m in copy.modules() if isinstance(m, nn.BatchNorm2d)]
     assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)
@@ -161,7 +161,7 @@ def test_evaluation_under_autocast_casts_the_weights_once_per_pass_with_the_same
     # outside a pass (serving, a notebook) nothing is cached: weights may change between calls
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model.generate(x)
-    assert model.eval_pass_weights.copies is None
+    assert model.runner.pass_weights.copies is None
     # a net that derives its weights at every call is not copied
     assert autocast_ready_copy(nn.utils.parametrizations.spectral_norm(nn.Conv2d(3, 3, 3)), torch.bfloat16) is None
 
@@ -174,9 +174,9 @@ def test_a_bf16_validation_pass_ends_with_no_cached_copy(tmp_path):
     generate = model.generate
 
     def spy(*a, **k):
-        seen.append(model.eval_pass_weights.copies is not None and len(model.eval_pass_weights.copies))
+        seen.append(model.runner.pass_weights.copies is not None and len(model.runner.pass_weights.copies))
         return generate(*a, **k)
 
     model.generate = spy
     quiet_trainer(default_root_dir=str(tmp_path), precision="bf16-mixed").validate(model, dm, verbose=False)
-    assert seen and all(seen[1:]) and model.eval_pass_weights.copies is None
+    assert seen and all(seen[1:]) and model.runner.pass_weights.copies is None

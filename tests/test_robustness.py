@@ -382,7 +382,7 @@ def test_mifid_compares_with_the_training_images(tmp_path):
     dm = PairedDataModule(str(tmp_path / "d"), load_size=32, crop_size=32, num_workers=0)
     trainer = quiet_trainer()
     trainer.validate(model, dm)
-    metrics = model.eval_metrics["val"]["out"]
+    metrics = model.evaluator.metrics["val"]["out"]
     assert metrics.training_features.shape == (6, 2048)  # the 6 training targets, not the 3 val images
     assert "val/mifid_train" in trainer.callback_metrics
     key = metrics.training_key

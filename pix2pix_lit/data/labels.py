@@ -38,7 +38,7 @@ from pix2pix_lit.data.io import (
     to_tensor,
 )
 from pix2pix_lit.data.transforms import JointTransform
-from pix2pix_lit.errors import DataError
+from pix2pix_lit.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,23 @@ def instance_edges(instances: torch.Tensor, dtype: torch.dtype = torch.uint8) ->
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(N, 1, H, W) class ids as (N, num_classes, H, W) float one-hot maps."""
     return F.one_hot(labels[:, 0].long(), num_classes).permute(0, 3, 1, 2).float()
+
+
+def network_input(batch: dict[str, Any], label_nc: int, contain_dontcare_label: bool, instance_edges: bool,
+                  device: Optional[torch.device] = None) -> torch.Tensor:
+    """What a generator (and a conditional discriminator) sees of a batch's ``source``: the image itself, or the
+    label map one-hot encoded (+ the don't-care class) with the instance edges stacked on — encoded here, on the
+    device, because the data keeps the small ids."""
+    source = batch["source"]
+    if not label_nc:
+        return source
+    x = one_hot(source.to(device or source.device), label_nc + int(contain_dontcare_label))
+    if instance_edges:
+        if "edges" not in batch:
+            raise ConfigError("this model takes instance edges (model.no_instance false) but the data gives none; give "
+                            "the data instance maps (data.instance_dir) or train with data.no_instance true")
+        x = torch.cat([x, batch["edges"].to(x.device, x.dtype)], 1)
+    return x
 
 
 class LabelPairDataset(Dataset):

@@ -115,3 +115,17 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int = 1) -> tuple[
 def crop_box(x: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
     top, left, h, w = box
     return x[..., top:top + h, left:left + w]
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Where tiles of ``tile`` start along a side of ``length``: every ``tile - overlap``, the last flush."""
+    if tile >= length:
+        return [0]
+    return sorted({*range(0, length - tile, tile - overlap), length - tile})
+
+
+def tile_weight(n: int, overlap: int, like: torch.Tensor) -> torch.Tensor:
+    """1 inside a tile, falling linearly towards 0 over the ``overlap`` pixels at each end (never 0: a pixel
+    only one tile covers keeps that tile's value)."""
+    i = torch.arange(n, dtype=like.dtype, device=like.device)
+    return (torch.minimum(i + 0.5, n - i - 0.5) / max(overlap, 1)).clamp(max=1.0)

@@ -52,6 +52,7 @@ class CycleGAN(ImageTranslationModel):
     data_kind = "unpaired"
     metric_domains = {"B": "_B", "A": "_A"}  # val/fid_B: G_A's outputs against real B
     reference_domains = {"B": "B", "A": "A"}  # MiFID of G_A's outputs against the training B images
+    runtime_options = (*ImageTranslationModel.runtime_options, "predict_direction")
 
     def __init__(
         self,

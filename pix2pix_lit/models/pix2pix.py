@@ -76,6 +76,7 @@ class Pix2Pix(ImageTranslationModel):
     discriminator_names = ("D",)
     data_kind = "paired"
     metric_domains = {"out": ""}
+    runtime_options = (*ImageTranslationModel.runtime_options, "vgg_weights", "vgg_sha256")
 
     def __init__(
         self,

@@ -21,26 +21,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pix2pix_lit.checkpoints import collect_rng_states, load_checkpoint, set_rng_states
+from pix2pix_lit.checkpoints import load_checkpoint
 from pix2pix_lit.data.labels import colorize
 from pix2pix_lit.errors import CheckpointError, ConfigError, check_choice, check_numbers
-from pix2pix_lit.lightning_internals import settle_epoch_counts
+from pix2pix_lit.models.training_state import TrainingState
 from pix2pix_lit.segmentation import (
     CLASS_MAPPINGS,
     IGNORE_INDEX,
-    SCALAR_SCORES,
     TORCHVISION_PREFIX,
     TRAINED_ARCHS,
     ClassMapping,
     Scorer,
     SegmentationNet,
-    SegmentationScores,
+    StageScores,
     build_torchvision,
     check_scorer_spec,
     class_names_for,
     class_targets,
     num_classes_for,
-    per_class_table,
     torchvision_scorer,
 )
 
@@ -98,10 +96,10 @@ class Segmenter(pl.LightningModule):
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.momentum = bn_momentum
         self.class_names = class_names_for(self.num_classes, class_mapping)
-        self.scores = nn.ModuleDict({stage: SegmentationScores(self.num_classes) for stage in ("val", "test")})
+        self.scores = StageScores(self.num_classes)  # the parts the GANs' evaluator and checkpoints use too
+        self.training_state = TrainingState()
         self.test_results: dict[str, float] = {}
         self.test_per_class_iou: dict[str, Optional[float]] = {}
-        self._rng_to_restore: Optional[dict[str, Any]] = None
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -141,7 +139,7 @@ class Segmenter(pl.LightningModule):
     # -- evaluation ---------------------------------------------------------------------------------------------
     def _evaluate(self, batch: dict[str, Any], stage: str) -> dict[str, Any]:
         predicted = self(batch["target"]).argmax(1)
-        self.scores[stage].update(predicted, self.targets(batch))
+        self.scores.update(stage, predicted, self.targets(batch))
         return {"name": batch["name"]}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -151,14 +149,12 @@ class Segmenter(pl.LightningModule):
         return self._evaluate(batch, "test")
 
     def _log_scores(self, stage: str) -> dict[str, float]:
-        values = self.scores[stage].compute()
-        self.scores[stage].reset()
+        scalars, table = self.scores.take(stage, self.class_names)
         if self.trainer.sanity_checking:
             return {}
-        scalars = {f"{stage}/{k}": values[k] for k in SCALAR_SCORES}
         self.log_dict(scalars)
         if stage == "test":
-            self.test_per_class_iou = per_class_table(values["iou"], self.class_names)
+            self.test_per_class_iou = table
         return {k: float(v) for k, v in scalars.items()}
 
     def on_validation_epoch_end(self) -> None:
@@ -182,19 +178,13 @@ class Segmenter(pl.LightningModule):
 
     # -- exact resume ---------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # dropout in the heads draws from the global RNG, which Lightning does not store
-        checkpoint.setdefault("hyper_parameters", {}).setdefault(
-            "_class_path", f"{type(self).__module__}.{type(self).__qualname__}")
-        settle_epoch_counts(self._trainer, checkpoint)  # saved after the last batch: resumable as such
-        checkpoint["pix2pix_lit"] = {"rng_states": collect_rng_states()}
+        self.training_state.save(checkpoint, self)  # dropout in the heads draws from the RNG Lightning does not store
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._rng_to_restore = checkpoint.get("pix2pix_lit", {}).get("rng_states")
+        self.training_state.load(checkpoint)
 
     def on_train_start(self) -> None:
-        if self._rng_to_restore is not None:  # after the sanity check, as the GANs do
-            set_rng_states(self._rng_to_restore)
-            self._rng_to_restore = None
+        self.training_state.resume()  # after the sanity check, as the GANs do
 
 
 # -- the scorer a file names (here, not in segmentation.py: it builds a Segmenter) --------------------------------

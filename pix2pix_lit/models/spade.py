@@ -63,6 +63,7 @@ class SPADE(ImageTranslationModel):
     discriminator_names = ("D",)
     data_kind = "paired"
     metric_domains = {"out": ""}
+    runtime_options = (*ImageTranslationModel.runtime_options, "vgg_weights", "vgg_sha256")
 
     def __init__(
         self,
@@ -230,6 +231,11 @@ class SPADE(ImageTranslationModel):
         self.end_batch({**logs_G, **logs_D}, batch_size=labels.shape[0], progress="loss_G_GAN")
 
     # -- plumbing the base asks for -----------------------------------------------------------------------
+    def export_extra_inputs(self) -> dict[str, str]:
+        if not self.hparams.use_vae:
+            return {}
+        return {"z": f"a style code of {self.hparams.z_dim} numbers, drawn from a photo by E or at random (use_vae)"}
+
     def generator_for(self, direction: str = "AtoB") -> str:
         return "G"
 

@@ -269,7 +269,6 @@ def generator_from_checkpoint(
     """
     from pix2pix_lit.checkpoints import load_checkpoint
     from pix2pix_lit.models import DEFAULT_MODEL, ImageTranslationModel, resolve_model_class
-    from pix2pix_lit.models.base import RUNTIME_OPTIONS
 
     if direction not in DIRECTIONS:
         raise ExportError(f"--direction {direction!r} is not known; choose one of: {', '.join(DIRECTIONS)}")
@@ -279,16 +278,22 @@ def generator_from_checkpoint(
     if not issubclass(model_class, ImageTranslationModel):
         raise ExportError(f"checkpoint {Path(ckpt_path).name} holds a {model_class.__name__}, which scores photos "
                           "(pix2pix-lit eval --segmenter); export and serve take generators")
-    if hparams.get("use_vae"):
-        raise ExportError(f"checkpoint {Path(ckpt_path).name} draws its style from a photo or a random code (use_vae): "
-                          "export and serve take label-only generators in this version; run it with `pix2pix-lit predict`")
-    arch = {k: v for k, v in hparams.items() if k not in RUNTIME_OPTIONS and not k.startswith("_")}
+    arch = {k: v for k, v in hparams.items() if k not in model_class.runtime_options and not k.startswith("_")}
     try:
         model = model_class(**arch, fid=False, kid=False, use_ema_for_eval=use_ema_for_eval)
         model.load_state_dict(ckpt["state_dict"])
     except (TypeError, RuntimeError) as e:
         reason = str(e).strip().splitlines()[0]
         raise ExportError(f"checkpoint {ckpt_path} is not a generator this version can build ({reason[:160]})") from None
+    untrained = set((ckpt.get("pix2pix_lit") or {}).get("imported", {}).get("untrained", ()))
+    if model.generator_for(direction) in untrained:
+        raise ExportError(f"checkpoint {Path(ckpt_path).name}: {model.generator_for(direction)} ({direction}) was not "
+                          "in the official files it was imported from; export the direction that was imported")
+    extra = model.export_extra_inputs()
+    if extra:
+        raise ExportError(f"checkpoint {Path(ckpt_path).name}: its generator takes more than the source ("
+                          + "; ".join(f"{k}: {v}" for k, v in extra.items())
+                          + "); export and serve take generators of the source alone: run it with `pix2pix-lit predict`")
     data = ckpt.get("datamodule_hyper_parameters") or {}
     two_way = len(model.generator_names) > 1
     if not two_way and direction != DIRECTIONS[0]:

@@ -14,8 +14,8 @@ from pix2pix_lit.models.base import ImageTranslationModel
 from conftest import REPO, TINY_MODEL, run, tiny
 
 
-def readme_blocks(language: str) -> list[str]:
-    section = (REPO / "docs" / "development.md").read_text().split("### Add your own model", 1)[1].split("\n### ", 1)[0]
+def readme_blocks(language: str, heading: str = "Add your own model") -> list[str]:
+    section = (REPO / "docs" / "development.md").read_text().split(f"### {heading}\n", 1)[1].split("\n### ", 1)[0]
     return re.findall(rf"```{language}\n(.*?)```", section, re.S)
 
 
@@ -43,6 +43,37 @@ def test_the_readme_model_trains_evaluates_resumes_and_predicts(tmp_path, cli_en
     run(["predict", *args, "--ckpt_path", str(last), "--predict_writer.output_dir", str(tmp_path / "pred")],
         env, tmp_path)
     assert len(list((tmp_path / "pred").glob("*.png"))) == 4
+
+
+def test_the_second_example_a_label_map_model_takes_its_runtime_option_from_the_command_line(tmp_path, cli_env):
+    """docs/development.md's label-map model: trained on the built-in label maps; its runtime option given at
+    predict wins over the checkpoint's (flip averaging changes the pictures), its generator sees one-hot maps."""
+    from pix2pix_lit.data.labels import semantic_channels
+    from pix2pix_lit.data.synthetic import CLASSES
+
+    (code,) = readme_blocks("python", "A label-map model with a runtime option")
+    (config,) = readme_blocks("yaml", "A label-map model with a runtime option")
+    (tmp_path / "labels_l1.py").write_text(code)
+    (tmp_path / "labels.yaml").write_text(config.replace("pix2pix_lit.models.labels_l1.", "labels_l1."))
+    env = dict(cli_env, PYTHONPATH=f"{tmp_path}:{cli_env.get('PYTHONPATH', '')}")
+    args = ["-c", str(tmp_path / "labels.yaml"), "--trainer.default_root_dir", str(tmp_path / "run"),
+            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--data.root", str(tmp_path / "syn"),
+            "--data.num_train", "4", "--data.num_val", "2", "--data.num_test", "2", "--data.image_size", "36",
+            "--data.load_size", "36", "--data.crop_size", "32", "--data.num_workers", "0", "--data.batch_size", "2",
+            "--model.ngf", "4", "--model.num_downs", "5", "--model.fid", "false", "--model.kid", "false",
+            "--model.inference_mode", "eval"]
+    run(["fit", *args, "--trainer.max_epochs", "1"], env, tmp_path)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    assert ckpt["hyper_parameters"]["flip_average"] is False
+    first = next(v for k, v in ckpt["state_dict"].items() if k.startswith("G.") and v.dim() == 4)
+    assert first.shape[1] == semantic_channels(len(CLASSES), False, True)  # one-hot classes + the edges
+    outputs = {}
+    for flip in ("false", "true"):
+        run(["predict", *args, "--ckpt_path", str(last), "--model.flip_average", flip,
+             "--predict_writer.output_dir", str(tmp_path / flip)], env, tmp_path)
+        outputs[flip] = [p.read_bytes() for p in sorted((tmp_path / flip).glob("*.png"))]
+    assert len(outputs["true"]) == 2 and outputs["true"] != outputs["false"]
 
 
 class _Half(ImageTranslationModel):

@@ -268,10 +268,10 @@ def test_fid_inception_held_only_for_validation_during_fit(tmp_path, sanity_step
 
     class Watch(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            held["train"].add(bool(pl_module.eval_metrics["val"]["out"]._extractor))
+            held["train"].add(bool(pl_module.evaluator.metrics["val"]["out"]._extractor))
 
         def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
-            held["val"].add(bool(pl_module.eval_metrics["val"]["out"]._extractor))
+            held["val"].add(bool(pl_module.evaluator.metrics["val"]["out"]._extractor))
 
     fids = []
 

@@ -108,7 +108,7 @@ def test_image_pool_keeps_source_and_fake_together(tmp_path):
 def test_plateau_follows_the_metric_direction(monitor, values, cut):
     model = Pix2Pix(**{**TINY_MODEL, "lr_policy": "plateau", "plateau_monitor": monitor})
     opt = torch.optim.Adam(model.G.parameters(), lr=1.0)
-    sched = model._scheduler(opt)
+    sched = model.schedulers_for({"G": opt})[0]["scheduler"]
     assert isinstance(sched, ReduceLROnPlateau)
     for v in values:
         sched.step(v)

@@ -31,7 +31,7 @@ def test_a_per_pixel_generator_gives_the_whole_image_result_in_tiles(tile, overl
     model.G = _per_pixel_generator()
     x = torch.rand(2, 3, 100, 150) * 2 - 1  # padded to 128x160: tiles that do not divide it, the last flush
     tiled = _predict(model, x)
-    model.hparams.predict_tile = 0
+    model.runner.tile = 0
     whole = _predict(model, x)
     assert tiled.shape == whole.shape == (2, 3, 100, 150)
     assert (tiled - whole).abs().max() < 1e-6
@@ -53,7 +53,7 @@ def test_label_maps_are_padded_as_ids_and_encoded_per_tile_with_the_same_result(
     edges = (torch.rand(1, 1, 90, 140) > 0.9).float()
     batch = {"source": ids, "edges": edges, "name": ["x"]}
     tiled = model.predict_step(batch, 0)["fake"]
-    model.hparams.predict_tile = 0
+    model.runner.tile = 0
     whole = model.predict_step(batch, 0)["fake"]
     by_hand = torch.cat([one_hot(ids, 5), edges], 1)
     by_hand = F.pad(by_hand, (10, 10, 3, 3), mode="reflect")  # to 96x160, centred
@@ -97,11 +97,11 @@ def test_the_resnet_generator_in_tiles_is_close_not_equal_and_one_tile_is_exact(
     model = Pix2Pix(**{**TINY_MODEL, "netG": "resnet_9blocks", "norm": "instance", "no_dropout": True},
                     predict_tile=64)
     x = torch.rand(1, 3, 128, 128) * 2 - 1
-    model.hparams.predict_tile = 0
+    model.runner.tile = 0
     whole = _predict(model, x)
-    model.hparams.predict_tile = 128  # one tile covers the image: the whole-image path
+    model.runner.tile = 128  # one tile covers the image: the whole-image path
     assert torch.equal(_predict(model, x), whole)
-    model.hparams.predict_tile = 64
+    model.runner.tile = 64
     tiled = _predict(model, x)
     # instance norm sees each tile's statistics and the receptive field ends at the tile: close, not the same
     diff = (tiled - whole).abs()
