@@ -1,0 +1,148 @@
+"""``pix2pix-lit import-official`` against the official networks: each zoo architecture built by the official
+``models/networks.py`` (random weights, batch-norm statistics moved off their start), saved as the official code
+saves it (``state_dict`` of the network), imported, loaded by our model class, and run on the same input — in the
+official ``--eval`` mode and in the default (train-mode) test, dropout masks drawn from the same seed. Prints the
+largest |difference| per architecture and mode.
+
+    python experiments/official_import_check.py --official /path/to/networks.py [--size 256] [--fixture PATH]
+
+``--official``: a ``networks.py`` of junyanz/pytorch-CycleGAN-and-pix2pix (or of a checkout of its
+descendants with the same generators, e.g. taesungp/contrastive-unpaired-translation, whose ResnetGenerator
+takes ``no_antialias``; its StyleGAN imports may be stubbed out). ``--fixture`` writes small official networks'
+state dicts (one of them in the pre-0.4 format, instance norms with running statistics) and their outputs for
+``tests/test_official.py``, which needs no official code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import inspect
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+# name: (official builder arguments, import-official --model): the generators of the official released models
+ARCHS = {
+    "unet_256 (pix2pix: facades, maps, edges2shoes, ...)": ("unet", 8, 64, "batch", True, "pix2pix"),
+    "resnet_9blocks (CycleGAN: horse2zebra, monet2photo, ...)": ("resnet", 9, 64, "instance", False, "cyclegan"),
+    "unet_128": ("unet", 7, 64, "batch", True, "pix2pix"),
+    "resnet_6blocks": ("resnet", 6, 64, "instance", False, "cyclegan"),
+}
+
+
+def load_official(path: Path):
+    spec = importlib.util.spec_from_file_location("official_networks", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def build(official, kind: str, depth: int, ngf: int, norm: str, dropout: bool, in_nc: int = 3, out_nc: int = 3):
+    norm_layer = official.get_norm_layer(norm)
+    if kind == "unet":
+        net = official.UnetGenerator(in_nc, out_nc, depth, ngf, norm_layer=norm_layer, use_dropout=dropout)
+    else:
+        extra = {k: True for k in ("no_antialias", "no_antialias_up")
+                 if k in inspect.signature(official.ResnetGenerator).parameters}
+        net = official.ResnetGenerator(in_nc, out_nc, ngf, norm_layer=norm_layer, use_dropout=dropout,
+                                       n_blocks=depth, **extra)
+    official.init_weights(net, "normal", 0.02) if "init_weights" in dir(official) else None
+    with torch.no_grad():  # running statistics away from their start, so --eval mode means something
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return net
+
+
+def outputs(net: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The official ``--eval`` test (net.eval()) and the default test (train mode, batch 1, seed 0)."""
+    with torch.no_grad():
+        net.eval()
+        evaluated = net(x)
+        net.train()
+        torch.manual_seed(0)
+        paper = torch.cat([net(x[i:i + 1]) for i in range(x.shape[0])])
+    return {"eval": evaluated, "paper": paper}
+
+
+def ours(ckpt: Path, mode: str, x: torch.Tensor) -> torch.Tensor:
+    from pix2pix_lit.checkpoints import load_checkpoint
+    from pix2pix_lit.models import resolve_model_class
+
+    c = load_checkpoint(str(ckpt))
+    h = dict(c["hyper_parameters"])
+    cls = resolve_model_class(h.pop("_class_path"))
+    model = cls(**{k: v for k, v in h.items() if k not in ("inference_mode",)}, inference_mode=mode, fid=False,
+                kid=False)
+    model.load_state_dict(c["state_dict"])
+    model.on_load_checkpoint(c)
+    torch.manual_seed(0)
+    return model.generate(x, model.predict_direction)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--official", type=Path, required=True, help="the official models/networks.py")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--fixture", type=Path)
+    args = p.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from measure import cpu_report, log_entry
+
+    from pix2pix_lit.official import import_official
+
+    official = load_official(args.official)
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, args.size, args.size) * 2 - 1
+    rows = [f"{cpu_report()}; fp32, {args.size}x{args.size}, batch 2", "",
+            "| architecture | max abs diff, --eval | max abs diff, default test (train mode, dropout seed 0) |",
+            "|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (kind, depth, ngf, norm, dropout, model) in ARCHS.items():
+            torch.manual_seed(1)
+            net = build(official, kind, depth, ngf, norm, dropout)
+            src, out = Path(tmp) / f"{kind}{depth}.pth", Path(tmp) / f"{kind}{depth}.ckpt"
+            torch.save(net.state_dict(), src)
+            import_official(model, src, out, dropout=dropout if kind == "unet" else None)
+            theirs = outputs(net, x)
+            diffs = {mode: float((ours(out, mode, x) - theirs[mode]).abs().max()) for mode in ("eval", "paper")}
+            rows.append(f"| {name} | {diffs['eval']:.2e} | {diffs['paper']:.2e} |")
+            print(rows[-1], flush=True)
+    cmd = f"python experiments/official_import_check.py --official {args.official.name} --size {args.size}"
+    print(f"written to {log_entry(f'`{cmd}`', chr(10).join(rows))}")
+    if args.fixture:
+        write_fixture(official, args.fixture)
+
+
+def write_fixture(official, path: Path) -> None:
+    """Small official generators, their state dicts as the official code saves them, and their outputs."""
+    torch.manual_seed(2)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    cases = {}
+    for key, (kind, depth, norm, dropout, in_nc, out_nc) in {
+        "unet5_batch_dropout": ("unet", 5, "batch", True, 3, 3),
+        "resnet2_instance": ("resnet", 2, "instance", False, 3, 3),
+        "resnet2_instance_dropout_1to3": ("resnet", 2, "instance", True, 1, 3),
+    }.items():
+        torch.manual_seed(3)
+        net = build(official, kind, depth, 4, norm, dropout, in_nc, out_nc)
+        inp = x[:, :in_nc]
+        cases[key] = {"state_dict": {k: v.clone() for k, v in net.state_dict().items()}, "input": inp,
+                      **outputs(net, inp)}
+    # the pre-0.4 files (most released CycleGAN models): instance norms saved with running statistics
+    old = dict(cases["resnet2_instance"]["state_dict"])
+    for name, m in build(official, "resnet", 2, 4, "instance", False).named_modules():
+        if isinstance(m, torch.nn.InstanceNorm2d):
+            old[f"{name}.running_mean"], old[f"{name}.running_var"] = torch.rand(m.num_features), torch.rand(m.num_features)
+    cases["resnet2_instance_pre04"] = {**cases["resnet2_instance"], "state_dict": old}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(cases, path)
+    print(f"fixture written: {path} ({path.stat().st_size // 1024} KiB)")
+
+
+if __name__ == "__main__":
+    main()

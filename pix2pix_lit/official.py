@@ -1,0 +1,212 @@
+"""Official pretrained networks as pix2pix-lit checkpoints: ``pix2pix-lit import-official``.
+
+junyanz's pix2pix and CycleGAN code saves each network's ``state_dict`` on its own (``latest_net_G.pth``,
+``latest_net_G_A.pth``, ...; the released pretrained models are such files). Its generators and PatchGANs have the
+same layers here, under the same names, so a file loads as it is; what the file does not say is read from its keys
+and shapes (U-Net or ResNet, depth, ngf, norm, channels) and the rest is taken as options (``--dropout``: a
+U-Net's dropout has no weights). The result is an ordinary checkpoint: ``test``, ``predict``, ``export``, ``serve``
+take it, and ``fit --ckpt_path`` fine-tunes from it (from step 0, fresh optimizers).
+
+    pix2pix-lit import-official latest_net_G.pth facades.ckpt --model pix2pix
+    pix2pix-lit import-official horse2zebra.pth h2z.ckpt --model cyclegan --direction AtoB
+    pix2pix-lit import-official latest_net_G_A.pth pair.ckpt --model cyclegan --other latest_net_G_B.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from pix2pix_lit.errors import CheckpointError, ConfigError, Pix2PixLitError
+
+KEY = "imported"  # checkpoint["pix2pix_lit"][KEY]: where each network came from, and which were not given
+_RESNET_BLOCK = re.compile(r"^model\.(\d+)\.conv_block\.")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an official ``.pth`` (a DataParallel ``module.`` prefix removed), or a one-line error."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; give the official .pth file (e.g. latest_net_G.pth)")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a damaged file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} cannot be read ({reason[:120]}): the file is truncated or not a .pth") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        raise CheckpointError(f"{path} is a Lightning checkpoint, not an official network file; use it as it is")
+    if not isinstance(sd, dict) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
+        raise CheckpointError(f"{path} holds no network weights (a state dict of tensors); give the official .pth")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def without_instance_norm_stats(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The official code before PyTorch 0.4 saved running statistics for its (affine-free) instance norms; today's
+    official code drops them when it loads such a file (``__patch_instance_norm_state_dict``), and so does this."""
+    stats = (".running_mean", ".running_var", ".num_batches_tracked")
+    layers = {k.rsplit(".", 1)[0] for k in sd if k.endswith(stats)}
+    instance = {p for p in layers if f"{p}.weight" not in sd}
+    return {k: v for k, v in sd.items() if k.rsplit(".", 1)[0] not in instance}
+
+
+def infer_generator(sd: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
+    """netG, ngf, num_downs/n_blocks, norm, input_nc, output_nc of an official generator's state dict."""
+    if "model.model.0.weight" in sd:  # UnetGenerator: nested UnetSkipConnectionBlocks
+        first = sd["model.model.0.weight"]
+        depth = max(k.count("model.") for k in sd) - 1  # model.model.1.model.3 ... one "model." per level
+        last = sd.get("model.model.3.weight")
+        if last is None or first.dim() != 4:
+            raise CheckpointError(f"{path}: model.model.3.weight is missing; not a complete official U-Net generator")
+        norm = "batch" if "model.model.1.model.2.weight" in sd else "instance"
+        netG = {8: "unet_256", 7: "unet_128"}.get(depth, "unet")
+        return {"netG": netG, "num_downs": None if netG != "unet" else depth, "ngf": first.shape[0],
+                "input_nc": first.shape[1], "output_nc": last.shape[1], "norm": norm, "dropout_known": False}
+    blocks = sorted({int(m.group(1)) for k in sd if (m := _RESNET_BLOCK.match(k))})
+    if "model.1.weight" in sd and blocks:  # ResnetGenerator
+        first = sd["model.1.weight"]
+        convs = [k for k in sd if re.fullmatch(r"model\.\d+\.weight", k) and sd[k].dim() == 4]
+        last = sd[max(convs, key=lambda k: int(k.split(".")[1]))]
+        n = len(blocks)
+        netG = {9: "resnet_9blocks", 6: "resnet_6blocks"}.get(n, "resnet")
+        return {"netG": netG, "n_blocks": None if netG != "resnet" else n, "ngf": first.shape[0],
+                "input_nc": first.shape[1], "output_nc": last.shape[0],
+                "norm": "batch" if "model.2.weight" in sd else "instance",
+                "dropout": f"model.{blocks[0]}.conv_block.6.weight" in sd, "dropout_known": True}
+    first_key = next(iter(sd))
+    raise CheckpointError(f"{path}: {first_key} {tuple(sd[first_key].shape)} fits no official pix2pix/CycleGAN "
+                          "generator (a U-Net's keys start model.model.0, a ResNet's model.1 and model.N.conv_block)")
+
+
+def _generator_options(arch: dict[str, Any], dropout: Optional[bool], default: bool) -> dict[str, Any]:
+    """The model options of the file's generator; ``dropout`` None: the file's (ResNet), else ``default``."""
+    if arch["dropout_known"]:
+        if dropout is not None and dropout != arch["dropout"]:
+            raise ConfigError(f"--dropout {str(dropout).lower()}: the file's ResNet blocks are "
+                              f"{'with' if arch['dropout'] else 'without'} dropout; leave the option out")
+        dropout = arch["dropout"]
+    elif dropout is None:
+        dropout = default
+    options = {k: arch[k] for k in ("netG", "ngf", "norm") if arch.get(k) is not None}
+    options.update({k: arch[k] for k in ("num_downs", "n_blocks") if arch.get(k) is not None})
+    options["no_dropout"] = not dropout
+    return options
+
+
+def _load(net: torch.nn.Module, sd: dict[str, torch.Tensor], path: Path, what: str) -> None:
+    ours = net.state_dict()
+    for k, v in ours.items():
+        if k not in sd:
+            raise CheckpointError(f"{path}: {k} is missing for {what} (this file has {len(sd)} tensors, "
+                                  f"{what} {len(ours)})")
+        if sd[k].shape != v.shape:
+            raise CheckpointError(f"{path}: {k} is {tuple(sd[k].shape)} but {what} built from the file's keys has "
+                                  f"{tuple(v.shape)}; the file is not one network of a known layout")
+    unknown = sorted(sd.keys() - ours.keys())
+    if unknown:
+        raise CheckpointError(f"{path}: {unknown[0]} does not belong to {what}; the file is not one network of a "
+                              "known layout")
+    net.load_state_dict(sd)
+
+
+def import_official(model: str, src: Path, out: Path, direction: str = "AtoB", other: Optional[Path] = None,
+                    discriminator: Optional[Path] = None, dropout: Optional[bool] = None,
+                    netD: str = "basic", n_layers_D: int = 3) -> dict[str, Any]:
+    """Write ``out``: a checkpoint of ``model`` (pix2pix | cyclegan) whose generator(s) are the official files'.
+    Returns what was imported (also saved in the checkpoint)."""
+    import lightning
+
+    from pix2pix_lit.models import CycleGAN, Pix2Pix
+
+    if model not in ("pix2pix", "cyclegan"):
+        raise ConfigError(f"--model {model}: import-official reads junyanz's pix2pix and cyclegan files")
+    if direction not in ("AtoB", "BtoA"):
+        raise ConfigError(f"--direction {direction}: AtoB or BtoA")
+    if model == "pix2pix" and other is not None:
+        raise ConfigError("--other is a CycleGAN's second generator; a pix2pix model has one")
+    if out.suffix != ".ckpt" or out.exists() or not out.parent.is_dir():
+        raise ConfigError(f"{out}: give a new .ckpt file in an existing folder (nothing is overwritten)")
+    sd = without_instance_norm_stats(read_state_dict(src))
+    arch = infer_generator(sd, src)
+    options = _generator_options(arch, dropout, default=model == "pix2pix")  # the official defaults
+    common = dict(input_nc=arch["input_nc"], output_nc=arch["output_nc"], fid=False, kid=False, **options)
+    sources: dict[str, str] = {}
+    if model == "pix2pix":
+        net = Pix2Pix(**common, netD=netD, n_layers_D=n_layers_D)
+        _load(net.G, sd, src, f"the {options['netG']} generator")
+        sources["G"] = str(src)
+        untrained = ["D"]
+        if discriminator is not None:
+            _load(net.D, without_instance_norm_stats(read_state_dict(discriminator)), discriminator,
+                  f"the {netD} discriminator")
+            sources["D"], untrained = str(discriminator), []
+    else:
+        # the file translates one way: the data's A has its input channels (AtoB) or its output channels (BtoA)
+        net = CycleGAN(**{**common, "input_nc": arch["input_nc"] if direction == "AtoB" else arch["output_nc"],
+                          "output_nc": arch["output_nc"] if direction == "AtoB" else arch["input_nc"]},
+                       netD=netD, n_layers_D=n_layers_D, predict_direction=direction,
+                       # the identity loss compares G_A(b) with b: only where A and B have the same channels
+                       **({} if arch["input_nc"] == arch["output_nc"] else {"lambda_identity": 0.0}))
+        first, second = ("G_A", "G_B") if direction == "AtoB" else ("G_B", "G_A")
+        _load(getattr(net, first), sd, src, f"the {options['netG']} generator {first}")
+        sources[first] = str(src)
+        untrained = [second, "D_A", "D_B"]
+        if other is not None:
+            sd2 = without_instance_norm_stats(read_state_dict(other))
+            _load(getattr(net, second), sd2, other, f"the {options['netG']} generator {second} (as {first}'s file)")
+            sources[second] = str(other)
+            untrained = ["D_A", "D_B"]
+    hparams = {**dict(net.hparams), "_class_path": f"{type(net).__module__}.{type(net).__qualname__}"}
+    hparams.pop("fid"), hparams.pop("kid")  # how it is scored is the run's choice (runtime options)
+    info = {"from": sources, "untrained": untrained, "inferred": {k: v for k, v in arch.items() if k != "dropout_known"},
+            "dropout": not options["no_dropout"]}
+    ckpt = {"state_dict": net.state_dict(), "hyper_parameters": hparams, "epoch": 0, "global_step": 0,
+            "pytorch-lightning_version": lightning.__version__, "pix2pix_lit": {KEY: info}}
+    tmp = out.with_name(f".{out.name}.partial")
+    try:
+        torch.save(ckpt, tmp)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return info
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="pix2pix-lit import-official",
+                                description="An official pix2pix/CycleGAN network file (.pth) as a pix2pix-lit "
+                                            "checkpoint for test, predict, export, serve and fine-tuning.")
+    p.add_argument("src", type=Path, help="the official generator file (latest_net_G.pth, a pretrained model)")
+    p.add_argument("out", type=Path, help="the checkpoint to write (.ckpt); never replaces a file")
+    p.add_argument("--model", required=True, choices=("pix2pix", "cyclegan"))
+    p.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"),
+                   help="cyclegan: which way SRC translates (G_A: AtoB, G_B: BtoA)")
+    p.add_argument("--other", type=Path, help="cyclegan: the other direction's generator file (latest_net_G_B.pth)")
+    p.add_argument("--discriminator", type=Path, help="pix2pix: latest_net_D.pth, to fine-tune with its D")
+    p.add_argument("--netD", default="basic", choices=("basic", "n_layers", "pixel"))
+    p.add_argument("--n_layers_D", type=int, default=3)
+    p.add_argument("--dropout", choices=("true", "false"),
+                   help="a U-Net's dropout (no weights say it): the official pix2pix models have it (default true "
+                        "for pix2pix, false for cyclegan, as the official options)")
+    args = p.parse_args(argv)
+    dropout = {"true": True, "false": False, None: None}[args.dropout]
+    try:
+        info = import_official(args.model, args.src, args.out, args.direction, args.other, args.discriminator,
+                               dropout, args.netD, args.n_layers_D)
+    except Pix2PixLitError as e:
+        print(f"pix2pix-lit import-official: error: {e}", file=sys.stderr)
+        return 2
+    arch = info["inferred"]
+    print(f"wrote {args.out}: {args.model} from {', '.join(f'{k} <- {v}' for k, v in info['from'].items())} "
+          f"({arch['netG']}, ngf {arch['ngf']}, norm {arch['norm']}, {arch['input_nc']} -> {arch['output_nc']} "
+          f"channels, dropout {'on' if info['dropout'] else 'off'})")
+    if info["untrained"]:
+        print(f"not in the files, freshly initialised: {', '.join(info['untrained'])} (fine-tuning trains them; "
+              "test, predict and export use the imported generator)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""``pix2pix-lit import-official``: official junyanz network files as checkpoints. The fixture holds small
+generators built by the official ``networks.py``, their state dicts as the official code saves them and their
+outputs (``experiments/official_import_check.py --fixture``), so these tests need no official code."""
+
+import json
+
+import pytest
+import torch
+
+from pix2pix_lit.checkpoints import load_checkpoint
+from pix2pix_lit.errors import CheckpointError, ConfigError
+from pix2pix_lit.models import resolve_model_class
+from pix2pix_lit.nets import define_G
+from pix2pix_lit.official import import_official
+from pix2pix_lit.serving.export import ExportError, export_checkpoint
+
+from conftest import REPO, run, tiny
+
+FIXTURE = torch.load(REPO / "tests" / "fixtures" / "official" / "junyanz_generators.pt", weights_only=True)
+
+
+def official_file(tmp_path, case: str, name: str = "latest_net_G.pth"):
+    path = tmp_path / name
+    torch.save(FIXTURE[case]["state_dict"], path)
+    return path
+
+
+def imported_model(ckpt, mode: str):
+    c = load_checkpoint(str(ckpt))
+    h = {k: v for k, v in c["hyper_parameters"].items() if k not in ("_class_path", "inference_mode")}
+    model = resolve_model_class(c["hyper_parameters"]["_class_path"])(**h, inference_mode=mode, fid=False, kid=False)
+    model.load_state_dict(c["state_dict"])
+    model.on_load_checkpoint(c)
+    return model
+
+
+@pytest.mark.parametrize("case, model, options", [
+    ("unet5_batch_dropout", "pix2pix", {"netG": "unet", "num_downs": 5, "ngf": 4, "norm": "batch", "no_dropout": False}),
+    ("resnet2_instance", "cyclegan", {"netG": "resnet", "n_blocks": 2, "ngf": 4, "norm": "instance", "no_dropout": True}),
+    ("resnet2_instance_pre04", "cyclegan", {"netG": "resnet", "n_blocks": 2, "norm": "instance"}),
+    ("resnet2_instance_dropout_1to3", "cyclegan", {"netG": "resnet", "no_dropout": False, "input_nc": 1, "output_nc": 3}),
+])
+def test_an_imported_generator_gives_the_official_outputs(tmp_path, case, model, options):
+    out = tmp_path / "imported.ckpt"
+    info = import_official(model, official_file(tmp_path, case), out)
+    hparams = torch.load(out, weights_only=True)["hyper_parameters"]
+    assert {k: hparams[k] for k in options} == options  # read from the file's keys and shapes
+    assert info["untrained"] == (["D"] if model == "pix2pix" else ["G_B", "D_A", "D_B"])
+    x = FIXTURE[case]["input"]
+    for mode in ("eval", "paper"):  # the official --eval test, and its default (train-mode, batch 1, seed 0)
+        model = imported_model(out, mode)
+        torch.manual_seed(0)
+        ours = model.generate(x)
+        assert (ours - FIXTURE[case][mode]).abs().max() <= 1e-6, mode
+
+
+def test_both_cyclegan_generators_and_the_direction_of_one(tmp_path):
+    a = official_file(tmp_path, "resnet2_instance_dropout_1to3", "latest_net_G_A.pth")
+    one = tmp_path / "one.ckpt"
+    import_official("cyclegan", a, one, direction="BtoA")  # the file maps 1 -> 3 channels: B has 1, A has 3
+    h = torch.load(one, weights_only=True)["hyper_parameters"]
+    assert (h["input_nc"], h["output_nc"], h["predict_direction"]) == (3, 1, "BtoA")
+    model = imported_model(one, "eval")
+    x = FIXTURE["resnet2_instance_dropout_1to3"]["input"]
+    assert (model.generate(x, "BtoA") - FIXTURE["resnet2_instance_dropout_1to3"]["eval"]).abs().max() <= 1e-6
+    with pytest.raises(ConfigError, match=r"^G_A \(AtoB\) was not in the official files"):
+        model.generate(torch.zeros(1, 3, 32, 32), "AtoB")
+    with pytest.raises(ExportError, match=r"G_A \(AtoB\) was not in the official files it was imported from"):
+        export_checkpoint(str(one), "onnx", str(tmp_path / "g.onnx"), direction="AtoB")
+    assert not (tmp_path / "g.onnx").exists()
+    pair, b_file = tmp_path / "pair.ckpt", tmp_path / "latest_net_G_B.pth"
+    torch.save(FIXTURE["resnet2_instance"]["state_dict"], b_file)  # without the dropout G_A's file has
+    with pytest.raises(CheckpointError, match=r"latest_net_G_B.pth: model.10.conv_block.6.weight is missing for the "):
+        import_official("cyclegan", a, pair, other=b_file)
+    assert not pair.exists()
+    torch.manual_seed(0)
+    back = define_G(3, 4, 4, "resnet", "instance", True, n_blocks=2)  # 3 -> 4: not the way back either
+    torch.save(back.state_dict(), b_file)
+    with pytest.raises(CheckpointError, match=r"model.19.weight is \(4, 4, 7, 7\) but .* has \(1, 4, 7, 7\)"):
+        import_official("cyclegan", a, pair, other=b_file)
+    back = define_G(3, 1, 4, "resnet", "instance", True, n_blocks=2)  # the same layers and names as the official
+    torch.save(back.state_dict(), b_file)
+    assert import_official("cyclegan", a, pair, other=b_file)["untrained"] == ["D_A", "D_B"]
+    y = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert (imported_model(pair, "eval").generate(y, "BtoA") - back.eval()(y)).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), r"cannot be read .*truncated or not a \.pth"),
+    (lambda p: torch.save({"state_dict": {}, "epoch": 1}, p), "is a Lightning checkpoint, not an official network"),
+    (lambda p: torch.save({"net.0.weight": torch.zeros(4, 3, 3, 3)}, p), r"net\.0\.weight \(4, 3, 3, 3\) fits no official"),
+    (lambda p: torch.save({**torch.load(p, weights_only=True), "model.9.weight": torch.zeros(2)}, p),
+     r"model\.9\.weight does not belong to the unet generator"),
+])
+def test_a_file_that_is_not_an_official_network_is_one_line_and_writes_nothing(tmp_path, break_it, message):
+    src = official_file(tmp_path, "unet5_batch_dropout")
+    break_it(src)
+    with pytest.raises(CheckpointError, match=message):
+        import_official("pix2pix", src, tmp_path / "out.ckpt")
+    assert not (tmp_path / "out.ckpt").exists() and [p.name for p in tmp_path.iterdir()] == [src.name]
+
+
+def test_import_official_on_the_command_line_then_predict_and_fine_tune(tmp_path, cli_env):
+    src = official_file(tmp_path, "unet5_batch_dropout")
+    proc = run(["import-official", str(src), str(tmp_path / "spade.ckpt"), "--model", "spade"], cli_env, tmp_path,
+               check=False)
+    assert proc.returncode == 2 and "invalid choice: 'spade'" in proc.stderr
+    ckpt = tmp_path / "facades.ckpt"
+    proc = run(["import-official", str(src), str(ckpt), "--model", "pix2pix"], cli_env, tmp_path)
+    assert "unet, ngf 4, norm batch, 3 -> 3 channels, dropout on" in proc.stdout and "freshly initialised: D" in proc.stdout
+    again = run(["import-official", str(src), str(ckpt), "--model", "pix2pix"], cli_env, tmp_path, check=False)
+    assert again.returncode == 2 and "nothing is overwritten" in again.stderr
+    args = tiny(tmp_path / "run", tmp_path / "syn", "--trainer.logger", "false", "--model.kid", "false",
+                "--model.fid", "false")
+    run(["predict", *args, "--ckpt_path", str(ckpt), "--model.inference_mode", "eval",
+         "--predict_writer.output_dir", str(tmp_path / "pred")], cli_env, tmp_path)
+    assert len(list((tmp_path / "pred").glob("*.png"))) == 4
+    # fine-tuning: the ckpt's architecture (ngf 4 over tiny()'s 8), its weights, step 0, fresh optimizers
+    run(["fit", *args, "--ckpt_path", str(ckpt), "--trainer.max_epochs", "1"], cli_env, tmp_path)
+    tuned = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    start = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert tuned["global_step"] == 2 and tuned["hyper_parameters"]["ngf"] == 4
+    assert "imported" not in tuned["pix2pix_lit"]  # a trained checkpoint: every network trained
+    moved = [k for k in start if k.startswith("G.") and k.endswith("weight") and not torch.equal(start[k], tuned["state_dict"][k])]
+    assert moved
+    report = run(["test", *args, "--ckpt_path", str(ckpt), "--test_report.output_dir", str(tmp_path / "rep")],
+                 cli_env, tmp_path)
+    assert report.returncode == 0
+    assert json.loads((tmp_path / "rep" / "metrics.json").read_text())["protocol"]["generator"] == "G"
