@@ -389,7 +389,7 @@ def test_maps_best_is_the_recipe_search_winner_over_the_official_recipe(tmp_path
     monkeypatch.chdir(tmp_path)
     best = build_cli(args := ["-c", str(REPO / "configs" / "maps_best.yaml"), "--trainer.logger", "false"], args,
                      run=False)
-    overlay, _ = recipe_search.RECIPES["unet_in_ms_fm_ema"]
+    overlay, _ = recipe_search.RECIPES["unet_in_ms_fm_ema_l1_10"]
     searched = build_cli(args := ["-c", str(REPO / "configs" / "maps.yaml"), *overlay, "--trainer.logger", "false"],
                          args, run=False)
     assert dict(best.model.hparams) == dict(searched.model.hparams)
@@ -397,4 +397,4 @@ def test_maps_best_is_the_recipe_search_winner_over_the_official_recipe(tmp_path
     official = build_cli(args := ["-c", str(REPO / "configs" / "maps.yaml"), "--trainer.logger", "false"], args,
                          run=False)
     changed = {k for k, v in best.model.hparams.items() if official.model.hparams[k] != v}
-    assert changed == {"norm", "no_dropout", "netD", "num_D", "gan_mode", "lambda_feat", "ema_decay"}
+    assert changed == {"norm", "no_dropout", "netD", "num_D", "gan_mode", "lambda_feat", "ema_decay", "lambda_L1"}
