@@ -50,11 +50,6 @@ SHARED_NUMBERS = {
     "lr_decay_iters": ">=1", "predict_size": ">=1", "predict_tile": ">=0", "kid_subset_size": ">=1",
     "max_nonfinite_steps": ">=1", "mifid_eps": "(0,1]", "label_nc": ">=0",
 }
-# what the GANs' network options share (Pix2Pix, CycleGAN; SPADE's are in its file)
-NETWORK_NUMBERS = {
-    "input_nc": ">=1", "output_nc": ">=1", "ngf": ">=1", "ndf": ">=1", "num_downs": ">=1", "n_blocks": ">=0",
-    "n_layers_D": ">=1", "num_D": ">=1", "init_gain": ">0", "lambda_gp": ">=0", "pool_size": ">=0",
-}
 
 
 class ImageTranslationModel(pl.LightningModule):

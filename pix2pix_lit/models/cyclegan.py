@@ -8,20 +8,20 @@ L = L_GAN(G_A, D_A) + L_GAN(G_B, D_B) + λ_A·|G_B(G_A(a)) - a| + λ_B·|G_A(G_B
 from __future__ import annotations
 
 from itertools import chain
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from pix2pix_lit.errors import ConfigError, check_choice, check_numbers
 from pix2pix_lit.losses import GANLoss, GANMode, gradient_penalty
-from pix2pix_lit.models.base import NETWORK_NUMBERS, ImageTranslationModel
+from pix2pix_lit.models.networks import OfficialNetworksModel
 from pix2pix_lit.modes import DIRECTIONS, Direction
-from pix2pix_lit.nets import DISCRIMINATORS, GENERATORS, DiscriminatorName, GeneratorName, InitName, NormName, define_D, define_G
+from pix2pix_lit.nets import GeneratorName, NormName
 from pix2pix_lit.nets.image_pool import ImagePool
 
 
-class CycleGAN(ImageTranslationModel):
+class CycleGAN(OfficialNetworksModel):
     """CycleGAN with the official implementation's options and defaults (``--model cycle_gan``).
 
     Defaults: ``resnet_9blocks`` generators, ``basic`` PatchGAN discriminators, instance norm, no dropout,
@@ -34,15 +34,16 @@ class CycleGAN(ImageTranslationModel):
     same for KID (and MiFID against the training images, ``mifid_train_*``, with ``mifid``), and SSIM/PSNR
     where the data has true pairs.
 
+    The generator options (both generators: ``netG``, ``ngf``, ...) and discriminator options (both
+    discriminators) are those of :class:`~pix2pix_lit.models.networks.OfficialNetworksModel`, here with the
+    official CycleGAN defaults.
+
     Args:
-        input_nc, output_nc: channels of domains A and B (linked from the data).
-        netG, ngf, num_downs, n_blocks, no_dropout: both generators (any generator of ours).
-        netD, ndf, n_layers_D, num_D: both discriminators. norm, init_type, init_gain: all networks.
-        gan_mode: lsgan | vanilla | hinge | wgangp (+ lambda_gp · gradient penalty).
+        netG, no_dropout, norm, gan_mode, pool_size: as OfficialNetworksModel, with CycleGAN's defaults
+            (resnet_9blocks, no dropout, instance, lsgan, 50).
         lambda_A, lambda_B: weights of the cycle losses A -> B -> A and B -> A -> B.
         lambda_identity: weight of the identity losses relative to lambda_A/lambda_B (0: off; needs
             input_nc == output_nc).
-        pool_size: each image pool's size (0: D sees only the current fakes).
         predict_direction: the way ``predict`` translates: ``AtoB`` (G_A, the data's A images) or ``BtoA``
             (G_B, its B images).
     """
@@ -52,38 +53,25 @@ class CycleGAN(ImageTranslationModel):
     data_kind = "unpaired"
     metric_domains = {"B": "_B", "A": "_A"}  # val/fid_B: G_A's outputs against real B
     reference_domains = {"B": "B", "A": "A"}  # MiFID of G_A's outputs against the training B images
-    runtime_options = (*ImageTranslationModel.runtime_options, "predict_direction")
+    runtime_options = (*OfficialNetworksModel.runtime_options, "predict_direction")
 
     def __init__(
         self,
-        input_nc: int = 3,
-        output_nc: int = 3,
         netG: GeneratorName = "resnet_9blocks",
-        ngf: int = 64,
-        num_downs: Optional[int] = None,
-        n_blocks: Optional[int] = None,
         no_dropout: bool = True,
-        netD: DiscriminatorName = "basic",
-        ndf: int = 64,
-        n_layers_D: int = 3,
-        num_D: int = 3,
         norm: NormName = "instance",
-        init_type: InitName = "normal",
-        init_gain: float = 0.02,
         gan_mode: GANMode = "lsgan",
+        pool_size: int = 50,
         lambda_A: float = 10.0,
         lambda_B: float = 10.0,
         lambda_identity: float = 0.5,
-        lambda_gp: float = 10.0,
-        pool_size: int = 50,
         plateau_monitor: str = "val/fid_B",
         predict_direction: Direction = "AtoB",
         **kwargs: Any,
     ) -> None:
-        check_choice("model.netG", netG, GENERATORS)
-        check_choice("model.netD", netD, DISCRIMINATORS)
         check_choice("model.predict_direction", predict_direction, DIRECTIONS)
-        check_numbers(locals(), {**NETWORK_NUMBERS, "lambda_A": ">=0", "lambda_B": ">=0", "lambda_identity": ">=0"})
+        check_numbers(locals(), {"lambda_A": ">=0", "lambda_B": ">=0", "lambda_identity": ">=0"})
+        input_nc, output_nc = kwargs.get("input_nc", 3), kwargs.get("output_nc", 3)
         if lambda_identity > 0 and input_nc != output_nc:
             raise ConfigError(
                 f"model.lambda_identity={lambda_identity} needs as many channels in A as in B (input_nc={input_nc}, "
@@ -92,12 +80,11 @@ class CycleGAN(ImageTranslationModel):
         if kwargs.get("label_nc", 0):
             raise ConfigError("model.label_nc: CycleGAN translates unpaired images; label maps -> photos is paired "
                               "(Pix2Pix or SPADE on pix2pix_lit.data.PairedDataModule)")
-        super().__init__(plateau_monitor=plateau_monitor, **kwargs)
-        use_dropout = not no_dropout
-        self.G_A = define_G(input_nc, output_nc, ngf, netG, norm, use_dropout, init_type, init_gain, num_downs, n_blocks)
-        self.G_B = define_G(output_nc, input_nc, ngf, netG, norm, use_dropout, init_type, init_gain, num_downs, n_blocks)
-        self.D_A = define_D(output_nc, ndf, netD, n_layers_D, norm, init_type, init_gain, num_D)  # judges B images
-        self.D_B = define_D(input_nc, ndf, netD, n_layers_D, norm, init_type, init_gain, num_D)  # judges A images
+        super().__init__(netG=netG, no_dropout=no_dropout, norm=norm, gan_mode=gan_mode, pool_size=pool_size,
+                         plateau_monitor=plateau_monitor, **kwargs)
+        self.G_A, self.G_B = self.make_G(input_nc, output_nc), self.make_G(output_nc, input_nc)
+        self.D_A = self.make_D(output_nc)  # judges B images
+        self.D_B = self.make_D(input_nc)  # judges A images
         self.criterion_gan = GANLoss(gan_mode)
         self.fake_A_pool = ImagePool(pool_size)  # G_B's past outputs, shown to D_B
         self.fake_B_pool = ImagePool(pool_size)  # G_A's past outputs, shown to D_A

@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from pix2pix_lit.errors import ConfigError, check_choice, check_numbers
-from pix2pix_lit.losses import VGG19_SOURCE, GANLoss, GANMode, GANScales, VGGLoss, feature_matching_loss, gradient_penalty
-from pix2pix_lit.models.base import NETWORK_NUMBERS, ImageTranslationModel
-from pix2pix_lit.nets import DISCRIMINATORS, GENERATORS, DiscriminatorName, GeneratorName, InitName, NormName, define_D, define_G
+from pix2pix_lit.losses import VGG19_SOURCE, GANLoss, GANScales, VGGLoss, feature_matching_loss, gradient_penalty
+from pix2pix_lit.models.networks import OfficialNetworksModel
 from pix2pix_lit.nets.image_pool import ImagePool
 
 # the range of each numeric option of its own (errors.check_numbers)
@@ -29,33 +28,26 @@ STEP_ORDERS = get_args(StepOrder)
 log = logging.getLogger(__name__)
 
 
-class Pix2Pix(ImageTranslationModel):
+class Pix2Pix(OfficialNetworksModel):
     """pix2pix: G translates a source image into the target domain; D judges (source, image) pairs.
 
     Option names and defaults follow the official PyTorch implementation (``--netG`` -> ``netG``,
-    ``--no_dropout`` -> ``no_dropout``, ...). Extras: ``num_D``/``lambda_feat`` (pix2pixHD multi-scale D
-    and feature matching), ``lambda_gp`` (WGAN-GP). The options every model shares (optimizer, LR policy,
-    inference mode, metrics, EMA, precision helpers) are those of
-    :class:`~pix2pix_lit.models.base.ImageTranslationModel`.
+    ``--no_dropout`` -> ``no_dropout``, ...); the generator and discriminator options are those of
+    :class:`~pix2pix_lit.models.networks.OfficialNetworksModel`, the options every model shares (optimizer, LR
+    policy, inference mode, metrics, EMA, label maps) those of :class:`~pix2pix_lit.models.base.ImageTranslationModel`.
+    Label-map sources (``label_nc``, linked from the data) are seen one-hot with their instance edges, as pix2pixHD.
 
     Steps: ``trainer.global_step`` counts batches (one D and one G update each), so ``max_steps``,
     ``val_check_interval`` and checkpoint ``every_n_train_steps`` are in batches.
 
     Args:
-        input_nc, output_nc: channels of source and target (linked from the data in the CLI). Label-map sources
-            (``label_nc``, also linked from the data) are seen one-hot with their instance edges, as pix2pixHD.
-        netG: unet_256 | unet_128 | unet (with num_downs) | resnet_9blocks | resnet_6blocks | resnet (n_blocks) |
-            global | local (pix2pixHD's GlobalGenerator and LocalEnhancer, with its options n_downsample_global 4,
-            n_blocks_global 9, n_local_enhancers 1, n_blocks_local 3; pix2pixHD trains them with norm instance,
-            no_dropout, netD multiscale, lambda_feat 10 and ngf 32 for local).
-        netD: basic (70x70 PatchGAN) | n_layers (n_layers_D) | pixel | multiscale (num_D PatchGANs).
-            spectral_norm_D: every convolution of D spectrally normalised (not in the official pix2pix).
-            padding_D: of D's 4x4 convolutions: 1 (pix2pix) or 2 (pix2pixHD's ``ceil(3/2)``; same parameters,
-            every map a few pixels larger, so other feature-matching targets).
+        n_downsample_global, n_blocks_global, n_local_enhancers, n_blocks_local: pix2pixHD's GlobalGenerator and
+            LocalEnhancer (``netG: global | local``; pix2pixHD trains them with norm instance, no_dropout, netD
+            multiscale, lambda_feat 10 and ngf 32 for local).
+        spectral_norm_D: every convolution of D spectrally normalised (not in the official pix2pix).
+        padding_D: of D's 4x4 convolutions: 1 (pix2pix) or 2 (pix2pixHD's ``ceil(3/2)``; same parameters, every map
+            a few pixels larger, so other feature-matching targets).
         lr_D: D's learning rate (null: ``lr``, the official); e.g. 4·lr for the two time-scale update rule.
-        norm: batch | instance | none | syncbatch; init_type/init_gain: weight init (``pix2pixhd``: normal weights,
-            PyTorch's default biases, as NVIDIA/pix2pixHD).
-        gan_mode: vanilla (BCE on logits) | lsgan | hinge | wgangp (+ lambda_gp * gradient penalty).
         gan_scales: a multi-scale D's adversarial losses averaged (``mean``) or summed (``sum``: pix2pixHD).
         step_order: ``pix2pix`` (D's update, then G's loss on the updated D: the official pix2pix) or ``pix2pixhd``
             (every loss on the batch's D, then G's update, then D's: NVIDIA/pix2pixHD's train.py).
@@ -63,7 +55,6 @@ class Pix2Pix(ImageTranslationModel):
             layer weighted ``4 / (n_layers_D + 1)`` as pix2pixHD does (1 at its n_layers_D 3).
         lambda_vgg, vgg_weights, vgg_sha256: pix2pixHD's VGG-19 perceptual loss (its default: 10) with a local
             torchvision VGG-19 state dict (0, the pix2pix default: off).
-        pool_size: the official image buffer of (source, fake) pairs shown to D (0: none, the pix2pix default).
         init_global_from, niter_fix_global: pix2pixHD's coarse-to-fine training of ``netG: local``: its global part
             starts from the G of a ``netG: global`` checkpoint (trained at half the resolution, ``2·ngf`` filters),
             its multi-scale D's scales from that checkpoint's (each scale kept at the resolution it was trained at:
@@ -76,62 +67,45 @@ class Pix2Pix(ImageTranslationModel):
     discriminator_names = ("D",)
     data_kind = "paired"
     metric_domains = {"out": ""}
-    runtime_options = (*ImageTranslationModel.runtime_options, "vgg_weights", "vgg_sha256")
+    runtime_options = (*OfficialNetworksModel.runtime_options, "vgg_weights", "vgg_sha256")
 
     def __init__(
         self,
-        input_nc: int = 3,
-        output_nc: int = 3,
-        netG: GeneratorName = "unet_256",
-        ngf: int = 64,
-        num_downs: Optional[int] = None,
-        n_blocks: Optional[int] = None,
         n_downsample_global: int = 4,
         n_blocks_global: int = 9,
         n_local_enhancers: int = 1,
         n_blocks_local: int = 3,
-        no_dropout: bool = False,
-        netD: DiscriminatorName = "basic",
-        ndf: int = 64,
-        n_layers_D: int = 3,
-        num_D: int = 3,
         padding_D: int = 1,
-        norm: NormName = "batch",
-        init_type: InitName = "normal",
-        init_gain: float = 0.02,
-        gan_mode: GANMode = "vanilla",
         gan_scales: GANScales = "mean",
         step_order: StepOrder = "pix2pix",
         lambda_L1: float = 100.0,
-        lambda_gp: float = 10.0,
         spectral_norm_D: bool = False,
         lr_D: Optional[float] = None,
         lambda_vgg: float = 0.0,
         vgg_weights: Optional[str] = None,
         vgg_sha256: Optional[str] = None,
         lambda_feat: float = 0.0,
-        pool_size: int = 0,
         init_global_from: Optional[str] = None,
         niter_fix_global: int = 0,
         **kwargs: Any,
     ) -> None:
-        check_choice("model.netG", netG, GENERATORS)
-        check_choice("model.netD", netD, DISCRIMINATORS)
         check_choice("model.step_order", step_order, STEP_ORDERS)
-        check_numbers(locals(), {**NETWORK_NUMBERS, **PIX2PIX_NUMBERS})
+        check_numbers(locals(), PIX2PIX_NUMBERS)
+        netG = kwargs.get("netG", "unet_256")
         if (init_global_from or niter_fix_global) and netG != "local":
             raise ConfigError("model.init_global_from and model.niter_fix_global are pix2pixHD's coarse-to-fine "
                               f"training of netG local (its global part); netG is {netG}")
         super().__init__(**kwargs)
-        source_nc = self.source_channels(input_nc)  # label maps: one-hot classes (+ instance edges)
-        self.G = define_G(source_nc, output_nc, ngf, netG, norm, not no_dropout, init_type, init_gain, num_downs, n_blocks,
-                          n_downsample_global, n_blocks_global, n_local_enhancers, n_blocks_local)
-        self.D = define_D(source_nc + output_nc, ndf, netD, n_layers_D, norm, init_type, init_gain, num_D,
-                          spectral_norm_D, padding_D)
-        self.criterion_gan = GANLoss(gan_mode, scales=gan_scales)
+        h = self.hparams
+        source_nc = self.source_channels(h.input_nc)  # label maps: one-hot classes (+ instance edges)
+        self.G = self.make_G(source_nc, h.output_nc, n_downsample_global=n_downsample_global,
+                             n_blocks_global=n_blocks_global, n_local_enhancers=n_local_enhancers,
+                             n_blocks_local=n_blocks_local)
+        self.D = self.make_D(source_nc + h.output_nc, spectral=spectral_norm_D, padding=padding_D)
+        self.criterion_gan = GANLoss(h.gan_mode, scales=gan_scales)
         # pix2pixHD's feature-matching weight of each of a PatchGAN's layers (none for the 1x1 pixel D)
-        self.feat_layer_weight = 1.0 if netD == "pixel" else 4.0 / ((3 if netD == "basic" else n_layers_D) + 1)
-        self.pool = ImagePool(pool_size)  # holds (source, fake) pairs: a pooled fake keeps its own source
+        self.feat_layer_weight = 1.0 if h.netD == "pixel" else 4.0 / ((3 if h.netD == "basic" else h.n_layers_D) + 1)
+        self.pool = ImagePool(h.pool_size)  # holds (source, fake) pairs: a pooled fake keeps its own source
         self.global_fixed = niter_fix_global > 0  # G's optimizer holds only the outermost enhancer (saved)
         # loaded when training starts and kept out of the module tree: fixed ImageNet weights, not the model's
         self.__dict__["vgg"] = None

@@ -124,3 +124,27 @@ def test_the_training_state_gives_back_the_rng_where_it_was_saved():
     state.resume()
     assert torch.equal(torch.rand(5), expected)
     assert state.rng_to_restore is None
+
+
+def test_the_official_network_options_are_declared_once_with_each_models_official_defaults():
+    """Pix2Pix and CycleGAN take their generator/discriminator options from models/networks.py; CycleGAN declares
+    again only the five its official options set otherwise (junyanz cycle_gan_model.py / train_options.py)."""
+    import inspect
+
+    from pix2pix_lit.models import CycleGAN, Pix2Pix
+    from pix2pix_lit.models.networks import OfficialNetworksModel
+
+    def own(cls):
+        return set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+
+    network = own(OfficialNetworksModel)
+    assert {"input_nc", "netG", "ngf", "netD", "ndf", "n_layers_D", "norm", "init_type", "gan_mode"} <= network
+    assert not own(Pix2Pix) & network
+    assert own(CycleGAN) & network == {"netG", "no_dropout", "norm", "gan_mode", "pool_size"}
+    p, c = Pix2Pix().hparams, CycleGAN().hparams
+    # the official defaults: pix2pix --netG unet_256 --norm batch --gan_mode vanilla --pool_size 0, dropout on;
+    # cycle_gan --netG resnet_9blocks --norm instance --gan_mode lsgan --pool_size 50 --no_dropout
+    keys = ("netG", "norm", "gan_mode", "pool_size", "no_dropout")
+    assert [p[k] for k in keys] == ["unet_256", "batch", "vanilla", 0, False]
+    assert [c[k] for k in keys] == ["resnet_9blocks", "instance", "lsgan", 50, True]
+    assert p["ndf"] == c["ndf"] == 64 and p["init_gain"] == c["init_gain"] == 0.02
