@@ -30,6 +30,9 @@ ARCHS = {
     "resnet_9blocks (CycleGAN: horse2zebra, monet2photo, ...)": ("resnet", 9, 64, "instance", False, "cyclegan"),
     "unet_128": ("unet", 7, 64, "batch", True, "pix2pix"),
     "resnet_6blocks": ("resnet", 6, 64, "instance", False, "cyclegan"),
+    "CUT resnet_9blocks, anti-aliased (horse2zebra, cat2dog, ...)": ("resnet", 9, 64, "instance", False, "cut"),
+    "CUT without anti-aliasing (--no_antialias --no_antialias_up)": ("resnet", 9, 64, "instance", False,
+                                                                            "cut_plain"),
 }
 
 
@@ -40,13 +43,16 @@ def load_official(path: Path):
     return module
 
 
-def build(official, kind: str, depth: int, ngf: int, norm: str, dropout: bool, in_nc: int = 3, out_nc: int = 3):
+def build(official, kind: str, depth: int, ngf: int, norm: str, dropout: bool, in_nc: int = 3, out_nc: int = 3,
+          antialias: bool = False):
     norm_layer = official.get_norm_layer(norm)
     if kind == "unet":
         net = official.UnetGenerator(in_nc, out_nc, depth, ngf, norm_layer=norm_layer, use_dropout=dropout)
     else:
-        extra = {k: True for k in ("no_antialias", "no_antialias_up")
+        extra = {k: not antialias for k in ("no_antialias", "no_antialias_up")
                  if k in inspect.signature(official.ResnetGenerator).parameters}
+        if antialias and not extra:
+            raise SystemExit("CUT's anti-aliased generator needs CUT's networks.py (taesungp/contrastive-unpaired-translation)")
         net = official.ResnetGenerator(in_nc, out_nc, ngf, norm_layer=norm_layer, use_dropout=dropout,
                                        n_blocks=depth, **extra)
     official.init_weights(net, "normal", 0.02) if "init_weights" in dir(official) else None
@@ -104,10 +110,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, (kind, depth, ngf, norm, dropout, model) in ARCHS.items():
             torch.manual_seed(1)
-            net = build(official, kind, depth, ngf, norm, dropout)
-            src, out = Path(tmp) / f"{kind}{depth}.pth", Path(tmp) / f"{kind}{depth}.ckpt"
+            net = build(official, kind, depth, ngf, norm, dropout, antialias=model == "cut")
+            src, out = Path(tmp) / f"{model}{kind}{depth}.pth", Path(tmp) / f"{model}{kind}{depth}.ckpt"
             torch.save(net.state_dict(), src)
-            import_official(model, src, out, dropout=dropout if kind == "unet" else None)
+            import_official(model.removesuffix("_plain"), src, out, dropout=dropout if kind == "unet" else None)
             theirs = outputs(net, x)
             diffs = {mode: float((ours(out, mode, x) - theirs[mode]).abs().max()) for mode in ("eval", "paper")}
             rows.append(f"| {name} | {diffs['eval']:.2e} | {diffs['paper']:.2e} |")
@@ -127,9 +133,10 @@ def write_fixture(official, path: Path) -> None:
         "unet5_batch_dropout": ("unet", 5, "batch", True, 3, 3),
         "resnet2_instance": ("resnet", 2, "instance", False, 3, 3),
         "resnet2_instance_dropout_1to3": ("resnet", 2, "instance", True, 1, 3),
+        "cut_resnet6_antialiased": ("resnet", 6, "instance", False, 3, 3),
     }.items():
         torch.manual_seed(3)
-        net = build(official, kind, depth, 4, norm, dropout, in_nc, out_nc)
+        net = build(official, kind, depth, 4, norm, dropout, in_nc, out_nc, antialias=key.startswith("cut"))
         inp = x[:, :in_nc]
         cases[key] = {"state_dict": {k: v.clone() for k, v in net.state_dict().items()}, "input": inp,
                       **outputs(net, inp)}

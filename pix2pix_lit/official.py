@@ -10,6 +10,11 @@ take it, and ``fit --ckpt_path`` fine-tunes from it (from step 0, fresh optimize
     pix2pix-lit import-official latest_net_G.pth facades.ckpt --model pix2pix
     pix2pix-lit import-official horse2zebra.pth h2z.ckpt --model cyclegan --direction AtoB
     pix2pix-lit import-official latest_net_G_A.pth pair.ckpt --model cyclegan --other latest_net_G_B.pth
+    pix2pix-lit import-official latest_net_G.pth h2z_cut.ckpt --model cut [--discriminator D.pth --sampler F.pth]
+
+CUT (taesungp/contrastive-unpaired-translation) saves its generator, discriminator and PatchNCE heads the same
+way, with the same layer names as here; whether its down/upsampling is anti-aliased is read from the blur
+filters the file holds.
 """
 
 from __future__ import annotations
@@ -112,36 +117,77 @@ def _load(net: torch.nn.Module, sd: dict[str, torch.Tensor], path: Path, what: s
     net.load_state_dict(sd)
 
 
+MODELS = ("pix2pix", "cyclegan", "cut")
+
+
+def _cut(sd: dict[str, torch.Tensor], src: Path, arch: dict[str, Any], options: dict[str, Any], netD: str,
+         n_layers_D: int) -> Any:
+    """The CUT model of an official CUT generator's state dict (``netG``, ``ngf``, ``norm``, anti-aliasing)."""
+    from pix2pix_lit.models.cut import CUT, CUT_GENERATORS
+
+    if options["netG"] not in CUT_GENERATORS:
+        raise CheckpointError(f"{src}: a ResNet of {arch.get('n_blocks')} blocks; CUT's generators are "
+                              f"{' and '.join(CUT_GENERATORS)}")
+    if netD not in ("basic", "n_layers"):
+        raise ConfigError(f"--netD {netD}: CUT's discriminators are basic and n_layers")
+    # anti-aliased downsampling holds a 3x3 blur filter, anti-aliased upsampling a 4x4 one (``.filt`` buffers)
+    blurs = {tuple(v.shape[-2:]) for k, v in sd.items() if k.endswith(".filt")}
+    kept = {k: v for k, v in options.items() if k not in ("num_downs", "n_blocks")}
+    return CUT(input_nc=arch["input_nc"], output_nc=arch["output_nc"], **kept, netD=netD, n_layers_D=n_layers_D,
+               antialias=(3, 3) in blurs, antialias_up=(4, 4) in blurs, fid=False, kid=False,
+               nce_idt=arch["input_nc"] == arch["output_nc"])  # identity NCE compares G(b) with b
+
+
 def import_official(model: str, src: Path, out: Path, direction: str = "AtoB", other: Optional[Path] = None,
                     discriminator: Optional[Path] = None, dropout: Optional[bool] = None,
-                    netD: str = "basic", n_layers_D: int = 3) -> dict[str, Any]:
-    """Write ``out``: a checkpoint of ``model`` (pix2pix | cyclegan) whose generator(s) are the official files'.
-    Returns what was imported (also saved in the checkpoint)."""
+                    netD: str = "basic", n_layers_D: int = 3, sampler: Optional[Path] = None) -> dict[str, Any]:
+    """Write ``out``: a checkpoint of ``model`` (pix2pix | cyclegan | cut) whose generator(s) are the official
+    files' (``discriminator``: pix2pix's or CUT's D too; ``sampler``: CUT's PatchNCE heads F). Returns what was
+    imported (also saved in the checkpoint)."""
     import lightning
 
     from pix2pix_lit.models import CycleGAN, Pix2Pix
 
-    if model not in ("pix2pix", "cyclegan"):
-        raise ConfigError(f"--model {model}: import-official reads junyanz's pix2pix and cyclegan files")
+    if model not in MODELS:
+        raise ConfigError(f"--model {model}: import-official reads junyanz's pix2pix and cyclegan and taesungp's cut "
+                          "files")
+    if sampler is not None and model != "cut":
+        raise ConfigError("--sampler is CUT's PatchNCE heads (latest_net_F.pth); only --model cut has them")
     if direction not in ("AtoB", "BtoA"):
         raise ConfigError(f"--direction {direction}: AtoB or BtoA")
-    if model == "pix2pix" and other is not None:
-        raise ConfigError("--other is a CycleGAN's second generator; a pix2pix model has one")
+    if model == "cyclegan" and discriminator is not None:
+        raise ConfigError("--discriminator takes pix2pix's or CUT's D; a CycleGAN's D_A and D_B start fresh here "
+                          "(fine-tuning trains them)")
+    if model != "cyclegan" and other is not None:
+        raise ConfigError(f"--other is a CycleGAN's second generator; a {model} model has one")
     if out.suffix != ".ckpt" or out.exists() or not out.parent.is_dir():
         raise ConfigError(f"{out}: give a new .ckpt file in an existing folder (nothing is overwritten)")
     sd = without_instance_norm_stats(read_state_dict(src))
     arch = infer_generator(sd, src)
     options = _generator_options(arch, dropout, default=model == "pix2pix")  # the official defaults
-    common = dict(input_nc=arch["input_nc"], output_nc=arch["output_nc"], fid=False, kid=False, **options)
+    sd_D = None if discriminator is None else without_instance_norm_stats(read_state_dict(discriminator))
+    # D's filters: its first convolution's outputs (the official default 64 where no D file is given)
+    ndf = 64 if sd_D is None else next(v for v in sd_D.values() if v.dim() == 4).shape[0]
+    common = dict(input_nc=arch["input_nc"], output_nc=arch["output_nc"], fid=False, kid=False, ndf=ndf, **options)
     sources: dict[str, str] = {}
-    if model == "pix2pix":
+    if model == "cut":
+        net = _cut(sd, src, arch, {**options, "ndf": ndf}, netD, n_layers_D)
+        _load(net.G, sd, src, f"the CUT {options['netG']} generator")
+        sources["G"], untrained = str(src), []
+        for name, part, path in (("D", sd_D, discriminator), ("F", None, sampler)):
+            if path is None:
+                untrained.append(name)
+            else:
+                _load(getattr(net, name), part if part is not None else read_state_dict(path), path,
+                      f"the {netD} discriminator" if name == "D" else "CUT's PatchNCE heads F")
+                sources[name] = str(path)
+    elif model == "pix2pix":
         net = Pix2Pix(**common, netD=netD, n_layers_D=n_layers_D)
         _load(net.G, sd, src, f"the {options['netG']} generator")
         sources["G"] = str(src)
         untrained = ["D"]
-        if discriminator is not None:
-            _load(net.D, without_instance_norm_stats(read_state_dict(discriminator)), discriminator,
-                  f"the {netD} discriminator")
+        if sd_D is not None:
+            _load(net.D, sd_D, discriminator, f"the {netD} discriminator")
             sources["D"], untrained = str(discriminator), []
     else:
         # the file translates one way: the data's A has its input channels (AtoB) or its output channels (BtoA)
@@ -161,8 +207,8 @@ def import_official(model: str, src: Path, out: Path, direction: str = "AtoB", o
             untrained = ["D_A", "D_B"]
     hparams = {**dict(net.hparams), "_class_path": f"{type(net).__module__}.{type(net).__qualname__}"}
     hparams.pop("fid"), hparams.pop("kid")  # how it is scored is the run's choice (runtime options)
-    info = {"from": sources, "untrained": untrained, "inferred": {k: v for k, v in arch.items() if k != "dropout_known"},
-            "dropout": not options["no_dropout"]}
+    info = {"from": sources, "untrained": untrained, "ndf": ndf, "dropout": not options["no_dropout"],
+            "inferred": {k: v for k, v in arch.items() if k != "dropout_known"}}
     ckpt = {"state_dict": net.state_dict(), "hyper_parameters": hparams, "epoch": 0, "global_step": 0,
             "pytorch-lightning_version": lightning.__version__, "pix2pix_lit": {KEY: info}}
     tmp = out.with_name(f".{out.name}.partial")
@@ -176,15 +222,16 @@ def import_official(model: str, src: Path, out: Path, direction: str = "AtoB", o
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="pix2pix-lit import-official",
-                                description="An official pix2pix/CycleGAN network file (.pth) as a pix2pix-lit "
+                                description="An official pix2pix/CycleGAN/CUT network file (.pth) as a pix2pix-lit "
                                             "checkpoint for test, predict, export, serve and fine-tuning.")
     p.add_argument("src", type=Path, help="the official generator file (latest_net_G.pth, a pretrained model)")
     p.add_argument("out", type=Path, help="the checkpoint to write (.ckpt); never replaces a file")
-    p.add_argument("--model", required=True, choices=("pix2pix", "cyclegan"))
+    p.add_argument("--model", required=True, choices=MODELS)
     p.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"),
                    help="cyclegan: which way SRC translates (G_A: AtoB, G_B: BtoA)")
     p.add_argument("--other", type=Path, help="cyclegan: the other direction's generator file (latest_net_G_B.pth)")
-    p.add_argument("--discriminator", type=Path, help="pix2pix: latest_net_D.pth, to fine-tune with its D")
+    p.add_argument("--discriminator", type=Path, help="pix2pix, cut: latest_net_D.pth, to fine-tune with its D")
+    p.add_argument("--sampler", type=Path, help="cut: latest_net_F.pth (PatchNCE's heads), to fine-tune with them")
     p.add_argument("--netD", default="basic", choices=("basic", "n_layers", "pixel"))
     p.add_argument("--n_layers_D", type=int, default=3)
     p.add_argument("--dropout", choices=("true", "false"),
@@ -194,7 +241,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     dropout = {"true": True, "false": False, None: None}[args.dropout]
     try:
         info = import_official(args.model, args.src, args.out, args.direction, args.other, args.discriminator,
-                               dropout, args.netD, args.n_layers_D)
+                               dropout, args.netD, args.n_layers_D, args.sampler)
     except Pix2PixLitError as e:
         print(f"pix2pix-lit import-official: error: {e}", file=sys.stderr)
         return 2
