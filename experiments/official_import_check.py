@@ -5,12 +5,15 @@ official ``--eval`` mode and in the default (train-mode) test, dropout masks dra
 largest |difference| per architecture and mode.
 
     python experiments/official_import_check.py --official /path/to/networks.py [--size 256] [--fixture PATH]
+        [--official-hd /path/to/pix2pixHD/models/networks.py [--hd-size 128] [--hd-fixture PATH]]
 
 ``--official``: a ``networks.py`` of junyanz/pytorch-CycleGAN-and-pix2pix (or of a checkout of its
 descendants with the same generators, e.g. taesungp/contrastive-unpaired-translation, whose ResnetGenerator
 takes ``no_antialias``; its StyleGAN imports may be stubbed out). ``--fixture`` writes small official networks'
 state dicts (one of them in the pre-0.4 format, instance norms with running statistics) and their outputs for
-``tests/test_official.py``, which needs no official code.
+``tests/test_official.py``, which needs no official code. ``--official-hd``: NVIDIA/pix2pixHD's ``networks.py``:
+its Cityscapes global and local generators and 3-scale D, imported with ``--model pix2pixhd`` and compared the
+same way (``--hd-fixture``: small ones for the tests).
 """
 
 from __future__ import annotations
@@ -90,11 +93,71 @@ def ours(ckpt: Path, mode: str, x: torch.Tensor) -> torch.Tensor:
     return model.generate(x, model.predict_direction)
 
 
+def pix2pixhd_rows(path: Path, size: int, tmp: Path, import_official) -> list[str]:
+    """NVIDIA/pix2pixHD's Cityscapes generators (and a 3-scale D) built by its networks.py, imported, compared."""
+    official = load_official(path)
+    rows = []
+    torch.manual_seed(0)
+    x = torch.zeros(1, 36, size, 2 * size)
+    x[:, :35].scatter_(1, torch.randint(0, 35, (1, 1, size, 2 * size)), 1.0)  # one-hot ids + instance edges
+    x[:, 35] = (torch.rand(size, 2 * size) > 0.9).float()
+    for name, args in {"pix2pixHD global (label2city_1024p: ngf 64, 4 downsamplings, 9 blocks)": ("global", 64),
+                       "pix2pixHD local (label2city_2048p: ngf 32, 1 enhancer of 3 blocks)": ("local", 32)}.items():
+        torch.manual_seed(1)
+        net = official.define_G(36, 3, args[1], args[0], 4, 9, 1, 3, "instance")
+        d = official.define_D(39, 64, 3, "instance", False, 3, True)
+        src, dfile, out = tmp / f"hd_{args[0]}.pth", tmp / f"hd_{args[0]}_D.pth", tmp / f"hd_{args[0]}.ckpt"
+        torch.save(net.state_dict(), src)
+        torch.save(d.state_dict(), dfile)
+        import_official("pix2pixhd", src, out, discriminator=dfile)
+        with torch.no_grad():
+            theirs = net.eval()(x)
+            pair = torch.cat([x, theirs], 1)
+            their_d = [scale[-1] for scale in d.eval()(pair)]
+        diffs = {mode: float((ours(out, mode, x) - theirs).abs().max()) for mode in ("eval", "paper")}
+        from pix2pix_lit.checkpoints import load_checkpoint
+        from pix2pix_lit.models import Pix2Pix
+
+        c = load_checkpoint(str(out))
+        h = {k: v for k, v in c["hyper_parameters"].items() if k != "_class_path"}
+        model = Pix2Pix(**h, fid=False, kid=False)
+        model.load_state_dict(c["state_dict"])
+        with torch.no_grad():
+            d_diff = max(float((a - b).abs().max()) for a, b in zip(model.D.eval()(pair), their_d))
+        rows.append(f"| {name} | {diffs['eval']:.2e} | {diffs['paper']:.2e} |")
+        rows.append(f"| its 3-scale D (39 channels, ndf 64, feature-matching layout), each scale's output | {d_diff:.2e} | - |")
+        print(*rows[-2:], sep="\n", flush=True)
+    return rows
+
+
+def write_hd_fixture(path_networks: Path, path: Path) -> None:
+    """Small pix2pixHD generators (global, local) and a 2-scale D by the official networks.py, with outputs."""
+    official = load_official(path_networks)
+    torch.manual_seed(2)
+    x = torch.zeros(1, 6, 64, 128)  # 5 label ids + instance edges
+    x[:, :5].scatter_(1, torch.randint(0, 5, (1, 1, 64, 128)), 1.0)
+    x[:, 5] = (torch.rand(64, 128) > 0.9).float()
+    cases = {}
+    for key, netG in {"global": "global", "local": "local"}.items():
+        torch.manual_seed(3)
+        net = official.define_G(6, 3, 4, netG, 2, 1, 1, 1, "instance")
+        d = official.define_D(9, 4, 2, "instance", False, 2, True)
+        with torch.no_grad():
+            y = net.eval()(x)
+            dy = [scale[-1] for scale in d.eval()(torch.cat([x, y], 1))]
+        cases[key] = {"state_dict": net.state_dict(), "D": d.state_dict(), "input": x, "output": y, "D_outputs": dy}
+    torch.save(cases, path)
+    print(f"fixture written: {path} ({path.stat().st_size // 1024} KiB)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--official", type=Path, required=True, help="the official models/networks.py")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--fixture", type=Path)
+    p.add_argument("--official-hd", type=Path, help="NVIDIA/pix2pixHD's models/networks.py: its generators and D too")
+    p.add_argument("--hd-size", type=int, default=128, help="the pix2pixHD input's height (width twice it)")
+    p.add_argument("--hd-fixture", type=Path, help="write small pix2pixHD networks for tests/test_official.py")
     args = p.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from measure import cpu_report, log_entry
@@ -118,10 +181,16 @@ def main() -> None:
             diffs = {mode: float((ours(out, mode, x) - theirs[mode]).abs().max()) for mode in ("eval", "paper")}
             rows.append(f"| {name} | {diffs['eval']:.2e} | {diffs['paper']:.2e} |")
             print(rows[-1], flush=True)
+        if args.official_hd:
+            rows += pix2pixhd_rows(args.official_hd, args.hd_size, Path(tmp), import_official)
     cmd = f"python experiments/official_import_check.py --official {args.official.name} --size {args.size}"
+    if args.official_hd:
+        cmd += f" --official-hd {args.official_hd.name} --hd-size {args.hd_size}"
     print(f"written to {log_entry(f'`{cmd}`', chr(10).join(rows))}")
     if args.fixture:
         write_fixture(official, args.fixture)
+    if args.hd_fixture:
+        write_hd_fixture(args.official_hd, args.hd_fixture)
 
 
 def write_fixture(official, path: Path) -> None:

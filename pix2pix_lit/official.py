@@ -86,6 +86,67 @@ def infer_generator(sd: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
                           "generator (a U-Net's keys start model.model.0, a ResNet's model.1 and model.N.conv_block)")
 
 
+def _blocks(sd: dict[str, torch.Tensor], prefix: str) -> list[int]:
+    pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.conv_block\.")
+    return sorted({int(m.group(1)) for k in sd if (m := pattern.match(k))})
+
+
+def _convs(sd: dict[str, torch.Tensor], prefix: str) -> list[int]:
+    """The indices of ``prefix``'s layers with 4-D weights (convolutions), in order."""
+    pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.weight$")
+    return sorted(int(m.group(1)) for k, v in sd.items() if (m := pattern.match(k)) and v.dim() == 4)
+
+
+def infer_pix2pixhd(sd: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
+    """NVIDIA/pix2pixHD's GlobalGenerator or LocalEnhancer in a state dict: netG, ngf, n_downsample_global,
+    n_blocks_global, n_local_enhancers, n_blocks_local, norm, input_nc, output_nc (its layer names are ours)."""
+    blocks, convs = _blocks(sd, "model"), _convs(sd, "model")
+    if "model.1.weight" not in sd or not blocks:
+        first_key = next(iter(sd))
+        raise CheckpointError(f"{path}: {first_key} {tuple(sd[first_key].shape)} fits no pix2pixHD generator (a "
+                              "global generator's keys start model.1 and hold model.N.conv_block)")
+    enhancers = sorted({int(m.group(1)) for k in sd if (m := re.match(r"^model(\d+)_1\.", k))})
+    downs = sum(1 for i in convs if i < blocks[0]) - 1  # the first 7x7 convolution, then one per downsampling
+    arch: dict[str, Any] = {"n_downsample_global": downs, "n_blocks_global": len(blocks), "input_nc":
+                            sd["model.1.weight"].shape[1], "norm": "batch" if "model.2.weight" in sd else "instance",
+                            "dropout": f"model.{blocks[0]}.conv_block.6.weight" in sd, "dropout_known": True}
+    if not enhancers:
+        last = sd[f"model.{convs[-1]}.weight"]
+        return {**arch, "netG": "global", "ngf": sd["model.1.weight"].shape[0], "output_nc": last.shape[0]}
+    n = enhancers[-1]
+    outer = _convs(sd, f"model{n}_2")
+    if enhancers != list(range(1, n + 1)) or not outer or f"model{n}_1.1.weight" not in sd:
+        raise CheckpointError(f"{path}: enhancers {enhancers} are not a complete pix2pixHD local generator "
+                              "(model1_1 ... modelN_1 and modelN_2)")
+    return {**arch, "netG": "local", "ngf": sd[f"model{n}_1.1.weight"].shape[0], "n_local_enhancers": n,
+            "n_blocks_local": len(_blocks(sd, "model1_2")), "output_nc": sd[f"model{n}_2.{outer[-1]}.weight"].shape[0]}
+
+
+def pix2pixhd_discriminator(theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor],
+                            path: Path) -> dict[str, torch.Tensor]:
+    """NVIDIA/pix2pixHD's multi-scale D (with feature matching's per-layer names, its default) in our names: its
+    ``scale{s}_layer{j}.0`` is our scale ``num_D-1-s`` (ours counts from the full resolution), j-th convolution."""
+    if not any(k.startswith("scale0_layer0.") for k in theirs):
+        raise CheckpointError(f"{path}: not a pix2pixHD multi-scale D with per-layer names (scale0_layer0...; a D "
+                              "trained with --no_ganFeat_loss is not read)")
+    num_D = 1 + max(int(re.match(r"^scale(\d+)_", k).group(1)) for k in theirs if k.startswith("scale"))
+    out = {}
+    for i in range(num_D):
+        convs = sorted({int(k.split(".")[3]) for k in ours if k.startswith(f"discriminators.{i}.")
+                        and k.endswith(".weight") and ours[k].dim() == 4})
+        for j, idx in enumerate(convs):
+            for p in ("weight", "bias"):
+                key = f"scale{num_D - 1 - i}_layer{j}.0.{p}"
+                if key in theirs:
+                    out[f"discriminators.{i}.model.{idx}.{p}"] = theirs[key]
+    if len(out) != len(theirs):
+        left = sorted(set(theirs) - {f"scale{s}_layer{j}.0.{p}" for s in range(num_D) for j in range(32)
+                                     for p in ("weight", "bias")})
+        raise CheckpointError(f"{path}: {left[0] if left else 'a layer'} has no place in a {num_D}-scale D of this "
+                              "layout; the file is not a pix2pixHD discriminator")
+    return out
+
+
 def _generator_options(arch: dict[str, Any], dropout: Optional[bool], default: bool) -> dict[str, Any]:
     """The model options of the file's generator; ``dropout`` None: the file's (ResNet), else ``default``."""
     if arch["dropout_known"]:
@@ -117,7 +178,14 @@ def _load(net: torch.nn.Module, sd: dict[str, torch.Tensor], path: Path, what: s
     net.load_state_dict(sd)
 
 
-MODELS = ("pix2pix", "cyclegan", "cut")
+MODELS = ("pix2pix", "cyclegan", "cut", "pix2pixhd")
+# NVIDIA/pix2pixHD's training options (train_options.py, base_options.py defaults and its Cityscapes commands), the
+# recipe an imported generator is fine-tuned with; configs/pix2pixhd/cityscapes_*.yaml hold the same (a test checks)
+PIX2PIXHD_RECIPE = {
+    "netD": "multiscale", "n_layers_D": 3, "gan_mode": "lsgan", "gan_scales": "sum", "padding_D": 2,
+    "step_order": "pix2pixhd", "init_type": "pix2pixhd", "lambda_feat": 10.0, "lambda_L1": 0.0,
+    "lr_policy": "linear_nvidia",
+}
 
 
 def _cut(sd: dict[str, torch.Tensor], src: Path, arch: dict[str, Any], options: dict[str, Any], netD: str,
@@ -138,14 +206,43 @@ def _cut(sd: dict[str, torch.Tensor], src: Path, arch: dict[str, Any], options: 
                nce_idt=arch["input_nc"] == arch["output_nc"])  # identity NCE compares G(b) with b
 
 
+def _pix2pixhd(sd: dict[str, torch.Tensor], src: Path, sd_D: Optional[dict[str, torch.Tensor]], ndf: int,
+               label_nc: Optional[int], no_instance: bool, contain_dontcare_label: bool) -> tuple[Any, dict[str, Any]]:
+    """The Pix2Pix model of a pix2pixHD generator file (and its D's layout, where given), with pix2pixHD's recipe."""
+    from pix2pix_lit.data.labels import semantic_channels
+    from pix2pix_lit.models import Pix2Pix
+
+    arch = infer_pix2pixhd(sd, src)
+    label_nc = 35 if label_nc is None else label_nc  # the official default (Cityscapes' ids)
+    channels = semantic_channels(label_nc, contain_dontcare_label, not no_instance) if label_nc else None
+    if channels is not None and channels != arch["input_nc"]:
+        raise ConfigError(f"{src}: the generator takes {arch['input_nc']} channels but --label_nc {label_nc}"
+                          f"{' --contain_dontcare_label' if contain_dontcare_label else ''}"
+                          f"{' --no_instance' if no_instance else ''} gives {channels}; give the options it was "
+                          "trained with (label_nc + don't-care + instance edges), or --label_nc 0 for images")
+    num_D = 3 if arch["netG"] == "local" else 2  # the official commands: 2 scales at 1024x512, 3 at 2048x1024
+    n_layers_D = 3
+    if sd_D is not None:
+        scales = {int(m.group(1)) for k in sd_D if (m := re.match(r"^scale(\d+)_layer", k))}
+        num_D = len(scales) or num_D
+        n_layers_D = max(len({k.split(".")[0] for k in sd_D if k.startswith("scale0_layer")}) - 2, 1)
+    size_keys = ("netG", "ngf", "n_downsample_global", "n_blocks_global", "n_local_enhancers", "n_blocks_local", "norm")
+    net = Pix2Pix(**{k: arch[k] for k in size_keys if k in arch}, no_dropout=not arch["dropout"],
+                  input_nc=arch["input_nc"] if not label_nc else 1, output_nc=arch["output_nc"], label_nc=label_nc,
+                  no_instance=no_instance, contain_dontcare_label=contain_dontcare_label,
+                  **{**PIX2PIXHD_RECIPE, "n_layers_D": n_layers_D}, num_D=num_D, ndf=ndf, fid=False, kid=False)
+    return net, arch
+
+
 def import_official(model: str, src: Path, out: Path, direction: str = "AtoB", other: Optional[Path] = None,
                     discriminator: Optional[Path] = None, dropout: Optional[bool] = None,
-                    netD: str = "basic", n_layers_D: int = 3, sampler: Optional[Path] = None) -> dict[str, Any]:
-    """Write ``out``: a checkpoint of ``model`` (pix2pix | cyclegan | cut) whose generator(s) are the official
-    files' (``discriminator``: pix2pix's or CUT's D too; ``sampler``: CUT's PatchNCE heads F). Returns what was
-    imported (also saved in the checkpoint)."""
-    import lightning
-
+                    netD: str = "basic", n_layers_D: int = 3, sampler: Optional[Path] = None,
+                    label_nc: Optional[int] = None, no_instance: bool = False,
+                    contain_dontcare_label: bool = False) -> dict[str, Any]:
+    """Write ``out``: a checkpoint of ``model`` (pix2pix | cyclegan | cut | pix2pixhd) whose generator(s) are the
+    official files' (``discriminator``: pix2pix's, CUT's or pix2pixHD's D too; ``sampler``: CUT's PatchNCE heads F;
+    ``label_nc``, ``no_instance``, ``contain_dontcare_label``: what a pix2pixHD generator's input channels were).
+    Returns what was imported (also saved in the checkpoint)."""
     from pix2pix_lit.models import CycleGAN, Pix2Pix
 
     if model not in MODELS:
@@ -162,12 +259,26 @@ def import_official(model: str, src: Path, out: Path, direction: str = "AtoB", o
         raise ConfigError(f"--other is a CycleGAN's second generator; a {model} model has one")
     if out.suffix != ".ckpt" or out.exists() or not out.parent.is_dir():
         raise ConfigError(f"{out}: give a new .ckpt file in an existing folder (nothing is overwritten)")
+    if label_nc is not None and model != "pix2pixhd":
+        raise ConfigError(f"--label_nc is for pix2pixHD's label-map generators; a {model} file translates images")
     sd = without_instance_norm_stats(read_state_dict(src))
-    arch = infer_generator(sd, src)
-    options = _generator_options(arch, dropout, default=model == "pix2pix")  # the official defaults
     sd_D = None if discriminator is None else without_instance_norm_stats(read_state_dict(discriminator))
     # D's filters: its first convolution's outputs (the official default 64 where no D file is given)
     ndf = 64 if sd_D is None else next(v for v in sd_D.values() if v.dim() == 4).shape[0]
+    if model == "pix2pixhd":
+        if dropout is not None:
+            raise ConfigError("--dropout: a pix2pixHD generator's dropout is read from its file; leave it out")
+        net, arch = _pix2pixhd(sd, src, sd_D, ndf, label_nc, no_instance, contain_dontcare_label)
+        _load(net.G, sd, src, f"the pix2pixHD {arch['netG']} generator")
+        sources, untrained = {"G": str(src)}, ["D"]
+        if sd_D is not None:
+            _load(net.D, pix2pixhd_discriminator(sd_D, net.D.state_dict(), discriminator), discriminator,
+                  f"the {net.hparams.num_D}-scale pix2pixHD discriminator")
+            sources["D"], untrained = str(discriminator), []
+        return _write(net, out, {"from": sources, "untrained": untrained, "ndf": ndf, "dropout": arch["dropout"],
+                                 "inferred": {k: v for k, v in arch.items() if k not in ("dropout_known", "dropout")}})
+    arch = infer_generator(sd, src)
+    options = _generator_options(arch, dropout, default=model == "pix2pix")  # the official defaults
     common = dict(input_nc=arch["input_nc"], output_nc=arch["output_nc"], fid=False, kid=False, ndf=ndf, **options)
     sources: dict[str, str] = {}
     if model == "cut":
@@ -205,10 +316,17 @@ def import_official(model: str, src: Path, out: Path, direction: str = "AtoB", o
             _load(getattr(net, second), sd2, other, f"the {options['netG']} generator {second} (as {first}'s file)")
             sources[second] = str(other)
             untrained = ["D_A", "D_B"]
-    hparams = {**dict(net.hparams), "_class_path": f"{type(net).__module__}.{type(net).__qualname__}"}
-    hparams.pop("fid"), hparams.pop("kid")  # how it is scored is the run's choice (runtime options)
     info = {"from": sources, "untrained": untrained, "ndf": ndf, "dropout": not options["no_dropout"],
             "inferred": {k: v for k, v in arch.items() if k != "dropout_known"}}
+    return _write(net, out, info)
+
+
+def _write(net: Any, out: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """``net`` as a checkpoint at ``out`` (written whole or not at all) that records ``info``."""
+    import lightning
+
+    hparams = {**dict(net.hparams), "_class_path": f"{type(net).__module__}.{type(net).__qualname__}"}
+    hparams.pop("fid"), hparams.pop("kid")  # how it is scored is the run's choice (runtime options)
     ckpt = {"state_dict": net.state_dict(), "hyper_parameters": hparams, "epoch": 0, "global_step": 0,
             "pytorch-lightning_version": lightning.__version__, "pix2pix_lit": {KEY: info}}
     tmp = out.with_name(f".{out.name}.partial")
@@ -222,7 +340,7 @@ def import_official(model: str, src: Path, out: Path, direction: str = "AtoB", o
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="pix2pix-lit import-official",
-                                description="An official pix2pix/CycleGAN/CUT network file (.pth) as a pix2pix-lit "
+                                description="An official pix2pix/CycleGAN/CUT/pix2pixHD network file (.pth) as a pix2pix-lit "
                                             "checkpoint for test, predict, export, serve and fine-tuning.")
     p.add_argument("src", type=Path, help="the official generator file (latest_net_G.pth, a pretrained model)")
     p.add_argument("out", type=Path, help="the checkpoint to write (.ckpt); never replaces a file")
@@ -230,10 +348,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"),
                    help="cyclegan: which way SRC translates (G_A: AtoB, G_B: BtoA)")
     p.add_argument("--other", type=Path, help="cyclegan: the other direction's generator file (latest_net_G_B.pth)")
-    p.add_argument("--discriminator", type=Path, help="pix2pix, cut: latest_net_D.pth, to fine-tune with its D")
+    p.add_argument("--discriminator", type=Path, help="pix2pix, cut, pix2pixhd: latest_net_D.pth, to fine-tune with its D")
     p.add_argument("--sampler", type=Path, help="cut: latest_net_F.pth (PatchNCE's heads), to fine-tune with them")
     p.add_argument("--netD", default="basic", choices=("basic", "n_layers", "pixel"))
     p.add_argument("--n_layers_D", type=int, default=3)
+    p.add_argument("--label_nc", type=int, help="pix2pixhd: the label map's classes (default 35, Cityscapes' ids)")
+    p.add_argument("--no_instance", action="store_true", help="pix2pixhd: trained without instance edges")
+    p.add_argument("--contain_dontcare_label", action="store_true", help="pix2pixhd: trained with a don't-care class")
     p.add_argument("--dropout", choices=("true", "false"),
                    help="a U-Net's dropout (no weights say it): the official pix2pix models have it (default true "
                         "for pix2pix, false for cyclegan, as the official options)")
@@ -241,7 +362,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     dropout = {"true": True, "false": False, None: None}[args.dropout]
     try:
         info = import_official(args.model, args.src, args.out, args.direction, args.other, args.discriminator,
-                               dropout, args.netD, args.n_layers_D, args.sampler)
+                               dropout, args.netD, args.n_layers_D, args.sampler, args.label_nc, args.no_instance,
+                               args.contain_dontcare_label)
     except Pix2PixLitError as e:
         print(f"pix2pix-lit import-official: error: {e}", file=sys.stderr)
         return 2

@@ -164,3 +164,43 @@ def test_import_official_on_the_command_line_then_predict_and_fine_tune(tmp_path
                  cli_env, tmp_path)
     assert report.returncode == 0
     assert json.loads((tmp_path / "rep" / "metrics.json").read_text())["protocol"]["generator"] == "G"
+
+
+HD = torch.load(REPO / "tests" / "fixtures" / "official" / "pix2pixhd_generators.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("netG, sizes", [
+    ("global", {"ngf": 4, "n_downsample_global": 2, "n_blocks_global": 1}),
+    ("local", {"ngf": 4, "n_downsample_global": 2, "n_blocks_global": 1, "n_local_enhancers": 1, "n_blocks_local": 1}),
+])
+def test_a_pix2pixhd_generator_and_its_discriminator_give_the_official_outputs(tmp_path, netG, sizes):
+    """NVIDIA/pix2pixHD's G (5 label ids + instance edges -> RGB) and its 2-scale feature-matching D, written by
+    its networks.py: the sizes read from the keys, the channels from --label_nc, the outputs equal."""
+    case = HD[netG]
+    g, d = tmp_path / "latest_net_G.pth", tmp_path / "latest_net_D.pth"
+    torch.save(case["state_dict"], g)
+    torch.save(case["D"], d)
+    with pytest.raises(ConfigError, match=r"takes 6 channels but --label_nc 35 gives 36; give the options it was "):
+        import_official("pix2pixhd", g, tmp_path / "x.ckpt")  # the official default label_nc 35 does not fit
+    assert not (tmp_path / "x.ckpt").exists()
+    info = import_official("pix2pixhd", g, tmp_path / "hd.ckpt", discriminator=d, label_nc=5)
+    assert info["untrained"] == [] and info["ndf"] == 4
+    h = torch.load(tmp_path / "hd.ckpt", weights_only=True)["hyper_parameters"]
+    assert {k: h[k] for k in sizes} == sizes and h["netG"] == netG and h["label_nc"] == 5
+    assert (h["num_D"], h["n_layers_D"], h["padding_D"], h["gan_scales"], h["lambda_L1"]) == (2, 2, 2, "sum", 0.0)
+    model = imported_model(tmp_path / "hd.ckpt", "eval")
+    x = case["input"]
+    assert (model.generate(x) - case["output"]).abs().max() <= 1e-6
+    with torch.no_grad():
+        scores = model.D.eval()(torch.cat([x, case["output"]], 1))
+    assert max((a - b).abs().max() for a, b in zip(scores, case["D_outputs"])) <= 1e-6
+
+
+def test_the_pix2pixhd_recipe_of_an_import_is_the_shipped_configs():
+    """What an imported pix2pixHD generator is fine-tuned with is configs/pix2pixhd/cityscapes_1024x512.yaml's."""
+    import yaml
+
+    from pix2pix_lit.official import PIX2PIXHD_RECIPE
+
+    config = yaml.safe_load((REPO / "configs" / "pix2pixhd" / "cityscapes_1024x512.yaml").read_text())
+    assert {k: config["model"]["init_args"][k] for k in PIX2PIXHD_RECIPE} == PIX2PIXHD_RECIPE
