@@ -178,7 +178,16 @@ def _load(net: torch.nn.Module, sd: dict[str, torch.Tensor], path: Path, what: s
     net.load_state_dict(sd)
 
 
-MODELS = ("pix2pix", "cyclegan", "cut", "pix2pixhd")
+MODELS = ("pix2pix", "cyclegan", "cut", "pix2pixhd", "spade")
+# NVlabs/SPADE's dataset defaults (data/<name>_dataset.py): what its generator's input and latent size were
+SPADE_PRESETS = {
+    "cityscapes": {"label_nc": 35, "contain_dontcare_label": False, "no_instance": False, "crop_size": 512,
+                   "aspect_ratio": 2.0, "num_upsampling_layers": "more"},
+    "ade20k": {"label_nc": 150, "contain_dontcare_label": True, "no_instance": True, "crop_size": 256,
+               "aspect_ratio": 1.0, "num_upsampling_layers": "normal"},
+    "coco": {"label_nc": 182, "contain_dontcare_label": True, "no_instance": False, "crop_size": 256,
+             "aspect_ratio": 1.0, "num_upsampling_layers": "normal"},
+}
 # NVIDIA/pix2pixHD's training options (train_options.py, base_options.py defaults and its Cityscapes commands), the
 # recipe an imported generator is fine-tuned with; configs/pix2pixhd/cityscapes_*.yaml hold the same (a test checks)
 PIX2PIXHD_RECIPE = {
@@ -234,15 +243,71 @@ def _pix2pixhd(sd: dict[str, torch.Tensor], src: Path, sd_D: Optional[dict[str, 
     return net, arch
 
 
+def infer_spade(sd: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
+    """NVlabs/SPADE's SPADEGenerator in a state dict: ngf, norm_G, the label channels, VAE or not, 'most'."""
+    conv = "head_0.conv_0.weight_orig" if "head_0.conv_0.weight_orig" in sd else "head_0.conv_0.weight"
+    mlp = sd.get("head_0.norm_0.mlp_shared.0.weight")
+    if "fc.weight" not in sd or conv not in sd or mlp is None or "conv_img.weight" not in sd:
+        first_key = next(iter(sd))
+        raise CheckpointError(f"{path}: {first_key} {tuple(sd[first_key].shape)} fits no SPADE generator (its keys "
+                              "are fc, head_0 ... up_3 with SPADE norms, conv_img)")
+    norm = "syncbatch" if "head_0.norm_0.param_free_norm.running_mean" in sd else "instance"
+    arch = {"ngf": sd[conv].shape[0] // 16, "semantic_nc": mlp.shape[1], "output_nc": sd["conv_img.weight"].shape[0],
+            "norm_G": f"{'spectral' if conv.endswith('_orig') else ''}spade{norm}{mlp.shape[-1]}x{mlp.shape[-1]}",
+            "use_vae": sd["fc.weight"].dim() == 2, "most": any(k.startswith("up_4.") for k in sd)}
+    if arch["use_vae"]:
+        arch["z_dim"] = sd["fc.weight"].shape[1]
+        arch["latent_cells"] = sd["fc.weight"].shape[0] // (16 * arch["ngf"])  # sw * sh of the trained crop
+    return arch
+
+
+def _renamed(sd: dict[str, torch.Tensor], pattern: str, repl) -> dict[str, torch.Tensor]:
+    return {re.sub(pattern, repl, k): v for k, v in sd.items()}
+
+
+def _spade(sd: dict[str, torch.Tensor], src: Path, sd_D: Optional[dict[str, torch.Tensor]], ndf: int,
+           given: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The SPADE model of an official generator file: what the weights say, and the rest from ``given`` (a
+    dataset preset and explicit options)."""
+    from pix2pix_lit.data.labels import semantic_channels
+    from pix2pix_lit.models import SPADE
+
+    arch = infer_spade(sd, src)
+    missing = [k for k in ("label_nc", "crop_size", "aspect_ratio") if given.get(k) is None]
+    if missing or (given.get("num_upsampling_layers") is None and not arch["most"]):
+        raise ConfigError(f"{src}: a SPADE generator's weights do not say its data: give --preset cityscapes|ade20k|"
+                          "coco (NVlabs/SPADE's dataset defaults) or --label_nc, --crop_size, --aspect_ratio and "
+                          "--num_upsampling_layers normal|more as it was trained")
+    options = {k: bool(given.get(k)) for k in ("contain_dontcare_label", "no_instance")}
+    channels = semantic_channels(given["label_nc"], options["contain_dontcare_label"], not options["no_instance"])
+    if channels != arch["semantic_nc"]:
+        raise ConfigError(f"{src}: the generator takes {arch['semantic_nc']} label channels but --label_nc "
+                          f"{given['label_nc']} with{'' if options['contain_dontcare_label'] else 'out'} don't-care and "
+                          f"with{'out' if options['no_instance'] else ''} instance edges gives {channels}; give the "
+                          "options (or --preset) it was trained with")
+    layers = "most" if arch["most"] else given["num_upsampling_layers"]
+    num_D, n_layers_D = 2, 4  # the official defaults
+    if sd_D is not None:
+        num_D = len({k.split(".")[1] for k in sd_D})  # discriminators.<scale>.model<layer>. ...
+        n_layers_D = len({k.split(".")[2] for k in sd_D if k.startswith("discriminators.0.")}) - 1
+    net = SPADE(label_nc=given["label_nc"], **options, output_nc=arch["output_nc"], ngf=arch["ngf"], ndf=ndf,
+                num_upsampling_layers=layers, norm_G=arch["norm_G"], use_vae=arch["use_vae"],
+                z_dim=arch.get("z_dim", 256), crop_size=given["crop_size"], aspect_ratio=given["aspect_ratio"],
+                num_D=num_D, n_layers_D=n_layers_D, fid=False, kid=False)
+    return net, arch
+
+
 def import_official(model: str, src: Path, out: Path, direction: str = "AtoB", other: Optional[Path] = None,
                     discriminator: Optional[Path] = None, dropout: Optional[bool] = None,
                     netD: str = "basic", n_layers_D: int = 3, sampler: Optional[Path] = None,
                     label_nc: Optional[int] = None, no_instance: bool = False,
-                    contain_dontcare_label: bool = False) -> dict[str, Any]:
+                    contain_dontcare_label: bool = False, encoder: Optional[Path] = None,
+                    spade_options: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Write ``out``: a checkpoint of ``model`` (pix2pix | cyclegan | cut | pix2pixhd) whose generator(s) are the
     official files' (``discriminator``: pix2pix's, CUT's or pix2pixHD's D too; ``sampler``: CUT's PatchNCE heads F;
     ``label_nc``, ``no_instance``, ``contain_dontcare_label``: what a pix2pixHD generator's input channels were).
-    Returns what was imported (also saved in the checkpoint)."""
+    ``spade_options``: a SPADE generator's data (a :data:`SPADE_PRESETS` entry, with any of its keys given);
+    ``encoder``: SPADE's VAE encoder E. Returns what was imported (also saved in the checkpoint)."""
     from pix2pix_lit.models import CycleGAN, Pix2Pix
 
     if model not in MODELS:
@@ -259,8 +324,36 @@ def import_official(model: str, src: Path, out: Path, direction: str = "AtoB", o
         raise ConfigError(f"--other is a CycleGAN's second generator; a {model} model has one")
     if out.suffix != ".ckpt" or out.exists() or not out.parent.is_dir():
         raise ConfigError(f"{out}: give a new .ckpt file in an existing folder (nothing is overwritten)")
+    if encoder is not None and model != "spade":
+        raise ConfigError("--encoder is SPADE's VAE encoder (latest_net_E.pth); only --model spade has one")
+    if model == "spade":
+        sd = read_state_dict(src)
+        sd_D = None if discriminator is None else _renamed(read_state_dict(discriminator), r"^discriminator_(\d+)\.",
+                                                            r"discriminators.\1.")
+        ndf = 64 if sd_D is None else next(v for v in sd_D.values() if v.dim() == 4).shape[0]
+        given = {**(spade_options or {}), **({} if label_nc is None else {"label_nc": label_nc})}
+        given.setdefault("no_instance", no_instance)
+        given.setdefault("contain_dontcare_label", contain_dontcare_label)
+        net, arch = _spade(sd, src, sd_D, ndf, given)
+        _load(net.G, sd, src, f"the SPADE generator ({arch['norm_G']})")
+        sources, untrained = {"G": str(src)}, []
+        for name, part, path in (("D", sd_D, discriminator),
+                                 ("E", None, encoder if arch["use_vae"] else None)):
+            if path is None:
+                untrained += [name] if name == "D" or arch["use_vae"] else []
+                continue
+            part = part if part is not None else _renamed(read_state_dict(path), r"^layer(\d+)\.",
+                                                          lambda m: f"layers.{int(m.group(1)) - 1}.")
+            _load(getattr(net, name), part, path, f"SPADE's {name}")
+            sources[name] = str(path)
+        if encoder is not None and not arch["use_vae"]:
+            raise ConfigError(f"--encoder: {src} is a generator without a VAE (its fc is a convolution); leave it out")
+        inferred = {k: v for k, v in arch.items() if k not in ("most", "latent_cells")}
+        return _write(net, out, {"from": sources, "untrained": untrained, "ndf": ndf, "dropout": False,
+                                 "inferred": {**inferred, "netG": "spade", "input_nc": arch["semantic_nc"],
+                                              "norm": arch["norm_G"]}})
     if label_nc is not None and model != "pix2pixhd":
-        raise ConfigError(f"--label_nc is for pix2pixHD's label-map generators; a {model} file translates images")
+        raise ConfigError(f"--label_nc is for pix2pixHD's and SPADE's label-map generators; a {model} file translates images")
     sd = without_instance_norm_stats(read_state_dict(src))
     sd_D = None if discriminator is None else without_instance_norm_stats(read_state_dict(discriminator))
     # D's filters: its first convolution's outputs (the official default 64 where no D file is given)
@@ -340,7 +433,7 @@ def _write(net: Any, out: Path, info: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="pix2pix-lit import-official",
-                                description="An official pix2pix/CycleGAN/CUT/pix2pixHD network file (.pth) as a pix2pix-lit "
+                                description="An official pix2pix/CycleGAN/CUT/pix2pixHD/SPADE network file (.pth) as a pix2pix-lit "
                                             "checkpoint for test, predict, export, serve and fine-tuning.")
     p.add_argument("src", type=Path, help="the official generator file (latest_net_G.pth, a pretrained model)")
     p.add_argument("out", type=Path, help="the checkpoint to write (.ckpt); never replaces a file")
@@ -352,18 +445,31 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--sampler", type=Path, help="cut: latest_net_F.pth (PatchNCE's heads), to fine-tune with them")
     p.add_argument("--netD", default="basic", choices=("basic", "n_layers", "pixel"))
     p.add_argument("--n_layers_D", type=int, default=3)
-    p.add_argument("--label_nc", type=int, help="pix2pixhd: the label map's classes (default 35, Cityscapes' ids)")
-    p.add_argument("--no_instance", action="store_true", help="pix2pixhd: trained without instance edges")
-    p.add_argument("--contain_dontcare_label", action="store_true", help="pix2pixhd: trained with a don't-care class")
+    p.add_argument("--label_nc", type=int, help="pix2pixhd, spade: the label map's classes (pix2pixhd's default 35)")
+    p.add_argument("--no_instance", action="store_true", help="pix2pixhd, spade: trained without instance edges")
+    p.add_argument("--contain_dontcare_label", action="store_true",
+                   help="pix2pixhd, spade: trained with a don't-care class")
+    p.add_argument("--preset", choices=tuple(SPADE_PRESETS), help="spade: the dataset it was trained on (NVlabs/SPADE's "
+                   "defaults for label_nc, don't-care, instance edges, crop_size, aspect_ratio, num_upsampling_layers)")
+    p.add_argument("--crop_size", type=int, help="spade: the training crop's width")
+    p.add_argument("--aspect_ratio", type=float, help="spade: width / height of the training crop")
+    p.add_argument("--num_upsampling_layers", choices=("normal", "more", "most"), help="spade: as trained")
+    p.add_argument("--encoder", type=Path, help="spade with a VAE: latest_net_E.pth")
     p.add_argument("--dropout", choices=("true", "false"),
                    help="a U-Net's dropout (no weights say it): the official pix2pix models have it (default true "
                         "for pix2pix, false for cyclegan, as the official options)")
     args = p.parse_args(argv)
     dropout = {"true": True, "false": False, None: None}[args.dropout]
+    spade_options = dict(SPADE_PRESETS.get(args.preset, {}))
+    spade_options.update({k: getattr(args, k) for k in ("crop_size", "aspect_ratio", "num_upsampling_layers")
+                          if getattr(args, k) is not None})
+    spade_options.update({k: True for k in ("no_instance", "contain_dontcare_label") if getattr(args, k)})
+    if args.model != "spade" and (args.preset or args.crop_size or args.aspect_ratio or args.num_upsampling_layers):
+        p.error("--preset, --crop_size, --aspect_ratio and --num_upsampling_layers are for --model spade")
     try:
         info = import_official(args.model, args.src, args.out, args.direction, args.other, args.discriminator,
                                dropout, args.netD, args.n_layers_D, args.sampler, args.label_nc, args.no_instance,
-                               args.contain_dontcare_label)
+                               args.contain_dontcare_label, args.encoder, spade_options)
     except Pix2PixLitError as e:
         print(f"pix2pix-lit import-official: error: {e}", file=sys.stderr)
         return 2

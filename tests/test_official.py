@@ -204,3 +204,61 @@ def test_the_pix2pixhd_recipe_of_an_import_is_the_shipped_configs():
 
     config = yaml.safe_load((REPO / "configs" / "pix2pixhd" / "cityscapes_1024x512.yaml").read_text())
     assert {k: config["model"]["init_args"][k] for k in PIX2PIXHD_RECIPE} == PIX2PIXHD_RECIPE
+
+
+def _experiment():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("official_import_check",
+                                                  REPO / "experiments" / "official_import_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("case", ["labels", "vae"])
+def test_spade_generator_discriminator_and_encoder_give_the_official_outputs(tmp_path, case):
+    """NVlabs/SPADE's G, D (and VAE encoder E) in the official names and layouts, run by the official code on
+    weights drawn from seeds (experiments/official_import_check.py --spade-fixture): imported, the same outputs."""
+    experiment = _experiment()
+    fixture = torch.load(REPO / "tests" / "fixtures" / "official" / "spade_networks.pt", weights_only=True)[case]
+    files = {}
+    for i, name in enumerate(("G", "D", "E")):
+        if name in fixture["shapes"]:
+            files[name] = tmp_path / f"latest_net_{name}.pth"
+            torch.save(experiment.seeded_state_dict(fixture["shapes"][name], i), files[name])
+    options = fixture["options"]
+    with pytest.raises(ConfigError, match="a SPADE generator's weights do not say its data: give --preset"):
+        import_official("spade", files["G"], tmp_path / "x.ckpt")
+    with pytest.raises(ConfigError, match=r"takes 6 label channels but --label_nc 35 with.*gives 36"):
+        import_official("spade", files["G"], tmp_path / "x.ckpt", spade_options={**options, "label_nc": 35})
+    assert not (tmp_path / "x.ckpt").exists()
+    info = import_official("spade", files["G"], tmp_path / "s.ckpt", discriminator=files["D"],
+                           encoder=files.get("E"), spade_options=options)
+    assert info["untrained"] == [] and info["ndf"] == 4
+    h = torch.load(tmp_path / "s.ckpt", weights_only=True)["hyper_parameters"]
+    assert (h["ngf"], h["norm_G"], h["use_vae"], h["num_D"], h["n_layers_D"], h["label_nc"]) == (
+        4, "spectralspadesyncbatch3x3", case == "vae", 2, 2, 5)
+    model = imported_model(tmp_path / "s.ckpt", "eval")
+    inputs = experiment.seeded_inputs(options["crop_size"] // 2, options["crop_size"])
+    x = inputs["input"]
+    extra = {"z": inputs["z"]} if case == "vae" else {}
+    assert (model.generate(x, **extra) - fixture["output"]).abs().max() <= 1e-6
+    with torch.no_grad():
+        scores = model.D.eval().features(torch.cat([x, fixture["output"]], 1))
+        assert max((a[-1] - b).abs().max() for a, b in zip(scores, fixture["D_outputs"])) <= 1e-6
+        if case == "vae":
+            assert max((a - b).abs().max() for a, b in zip(model.E.eval()(inputs["photo"]), fixture["E_outputs"])) <= 1e-6
+
+
+@pytest.mark.parametrize("preset", ["cityscapes", "ade20k"])
+def test_the_spade_presets_are_the_shipped_configs(preset):
+    """import-official --preset and configs/spade/<preset>.yaml say the same of the official data."""
+    import yaml
+
+    from pix2pix_lit.official import SPADE_PRESETS
+
+    config = yaml.safe_load((REPO / "configs" / "spade" / f"{preset}.yaml").read_text())
+    given = {**config["data"]["init_args"], **config["model"]["init_args"]}
+    expected = SPADE_PRESETS[preset]
+    assert {k: given.get(k, {"aspect_ratio": 1.0}.get(k)) for k in expected} == expected
