@@ -82,3 +82,16 @@ def staged_folder(out: Path) -> Iterator[Path]:
         os.replace(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_file(out: Path) -> Iterator[Path]:
+    """A temporary file name beside ``out`` (``.NAME.PID.partial``) to write, renamed to ``out`` when the block
+    ends without an error; on an error it is removed and ``out`` is left as it was (absent, or the earlier file)."""
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)

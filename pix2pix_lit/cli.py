@@ -427,7 +427,7 @@ def main(args: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     tools = {"compare": "pix2pix_lit.compare", "eval": "pix2pix_lit.evaluate", "export": "pix2pix_lit.serving.export",
              "serve": "pix2pix_lit.serving.app", "prepare": "pix2pix_lit.prepare",
-             "import-official": "pix2pix_lit.official"}
+             "import-official": "pix2pix_lit.official", "zoo": "pix2pix_lit.zoo"}
     if argv and argv[0] in tools:  # plain argparse commands, no Trainer
         import importlib
 
@@ -438,6 +438,10 @@ def main(args: Optional[list[str]] = None) -> None:
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     _NEW_RUN_DIR["path"] = None
     try:
+        if "--zoo" in argv or any(a.startswith("--zoo=") for a in argv):  # an official model by its zoo name
+            from pix2pix_lit.zoo import predict_arguments
+
+            args = argv = predict_arguments(argv)
         build_cli(args, argv, run=True)
     except ArgumentError as e:
         cause = _rejected(e)

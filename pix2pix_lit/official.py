@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 import torch
 
+from pix2pix_lit.atomic import staged_file
 from pix2pix_lit.errors import CheckpointError, ConfigError, Pix2PixLitError
 
 KEY = "imported"  # checkpoint["pix2pix_lit"][KEY]: where each network came from, and which were not given
@@ -422,12 +423,8 @@ def _write(net: Any, out: Path, info: dict[str, Any]) -> dict[str, Any]:
     hparams.pop("fid"), hparams.pop("kid")  # how it is scored is the run's choice (runtime options)
     ckpt = {"state_dict": net.state_dict(), "hyper_parameters": hparams, "epoch": 0, "global_step": 0,
             "pytorch-lightning_version": lightning.__version__, "pix2pix_lit": {KEY: info}}
-    tmp = out.with_name(f".{out.name}.partial")
-    try:
+    with staged_file(out) as tmp:
         torch.save(ckpt, tmp)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return info
 
 
