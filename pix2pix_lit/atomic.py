@@ -86,10 +86,12 @@ def staged_folder(out: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def staged_file(out: Path) -> Iterator[Path]:
-    """A temporary file name beside ``out`` (``.NAME.PID.partial``) to write, renamed to ``out`` when the block
-    ends without an error; on an error it is removed and ``out`` is left as it was (absent, or the earlier file)."""
+    """A temporary file name beside ``out`` (``.NAME.PID.partial.SUFFIX``: writers that read the format from the
+    suffix still can) to write, renamed to ``out`` when the block ends without an error; on an error it is removed
+    and ``out`` is left as it was (absent, or the earlier file). Folders above ``out`` are made."""
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial{out.suffix}")
     try:
         yield tmp
         os.replace(tmp, out)

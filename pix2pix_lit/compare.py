@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
+from pix2pix_lit.atomic import staged_file
 from pix2pix_lit.loggers import flatten_config
 from pix2pix_lit.modes import higher_is_better
 
@@ -181,11 +181,11 @@ def plot(runs: list[dict], metrics: tuple[str, ...], path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with staged_file(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -20,6 +20,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from pix2pix_lit.atomic import staged_file
 from pix2pix_lit.errors import ConfigError
 
 FORMAT_VERSION = 1
@@ -56,17 +57,13 @@ class RealStats:
     def save(self, path: Path) -> None:
         """Write to ``path`` via a temporary file and a rename (no half-written file)."""
         path = check_writable(path)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
         try:
-            np.savez(tmp, mu=self.mu, sigma=self.sigma, num_images=np.int64(self.num_images),
-                     inception_sha256=np.str_(self.inception_sha256), format_version=np.int64(FORMAT_VERSION),
-                     protocol=np.str_(json.dumps(self.protocol, sort_keys=True)))
-            os.replace(tmp, path)
+            with staged_file(path) as tmp:
+                np.savez(tmp, mu=self.mu, sigma=self.sigma, num_images=np.int64(self.num_images),
+                         inception_sha256=np.str_(self.inception_sha256), format_version=np.int64(FORMAT_VERSION),
+                         protocol=np.str_(json.dumps(self.protocol, sort_keys=True)))
         except OSError as e:
             raise ConfigError(f"FID statistics cannot be written to {path} ({e.strerror}); choose another file") from None
-        finally:
-            if tmp.exists():
-                tmp.unlink()
 
 
 def check_writable(path: str | os.PathLike) -> Path:

@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from pix2pix_lit.atomic import staged_file
 from pix2pix_lit.errors import InceptionWeightsError
 
 log = logging.getLogger(__name__)
@@ -106,10 +107,8 @@ def convert_fid_helper_weights(src: Path, dst: Path) -> Path:
         out[f"{d}.bn.running_var"] = sd_src[f"{s}.var"].clone()
         if out[f"{d}.conv.weight"].shape != skeleton.state_dict()[f"{d}.conv.weight"].shape:
             raise InceptionWeightsError(f"{src}: block {s} does not fit torch-fidelity's {d}")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    torch.save(out, tmp)
-    os.replace(tmp, dst)
+    with staged_file(dst) as tmp:
+        torch.save(out, tmp)
     return dst
 
 

@@ -81,3 +81,20 @@ def test_reading_maps_the_file_so_unused_tensors_take_no_memory(tmp_path):
     StreamingCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(1000)}, "global_step": 4}, path)
     assert torch.equal(loaded["state_dict"]["w"], w) and loaded["global_step"] == 3
     assert torch.load(path, weights_only=True)["global_step"] == 4
+
+
+def test_staged_file_replaces_whole_or_leaves_the_earlier_file(tmp_path):
+    """atomic.staged_file, the one helper every file writer uses: the target appears only complete; an error in
+    the block leaves the earlier file as it was and no temporary file; the suffix is kept (savefig, np.savez)."""
+    from pix2pix_lit.atomic import staged_file
+
+    out = tmp_path / "sub" / "plot.png"
+    with staged_file(out) as tmp:
+        assert tmp.parent == out.parent and tmp.suffix == ".png" and not out.exists()
+        tmp.write_bytes(b"first")
+    assert out.read_bytes() == b"first"
+    with pytest.raises(RuntimeError):
+        with staged_file(out) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("the writer failed")
+    assert out.read_bytes() == b"first" and [p.name for p in out.parent.iterdir()] == ["plot.png"]

@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
+from pix2pix_lit.atomic import staged_file
 from pix2pix_lit.errors import ConfigError, DataError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
@@ -201,25 +202,16 @@ def to_uint8(t: torch.Tensor) -> torch.Tensor:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and a rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with staged_file(Path(path)) as tmp:
+        tmp.write_text(text)
 
 
 def save_image_atomic(img: Image.Image, path: Path) -> None:
     """Write ``img`` to ``path`` via a temporary file and a rename, so no half-written image is left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
     kwargs = {"quality": 95} if fmt == "JPEG" else {}
-    try:
+    with staged_file(path) as tmp:
         img.save(tmp, format=fmt, **kwargs)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def data_cache_dir(kind: str) -> Path:
@@ -286,10 +278,7 @@ def check_decodable(paths: list[Path], cache_dir: Optional[Path] = None) -> None
             errors = list(pool.map(_decode, todo))
         good = known | {keys[p] for p, err in zip(todo, errors) if err is None}
         try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}")
-            tmp.write_text("\n".join(sorted(good)) + "\n")
-            os.replace(tmp, cache)
+            write_text_atomic(cache, "\n".join(sorted(good)) + "\n")
         except OSError:  # a read-only cache only costs the next run the decoding again
             pass
         bad = [err for err in errors if err is not None]

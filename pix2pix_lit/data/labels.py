@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from pix2pix_lit.atomic import staged_file
 from pix2pix_lit.data.datasets import Index, split_index
 from pix2pix_lit.data.io import (
     check_decodable,
@@ -169,10 +170,8 @@ def stored_ids(path: Path) -> list[int]:
 
 def _write_cache(cache: Path, known: dict) -> None:
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(known))
-        os.replace(tmp, cache)
+        with staged_file(cache) as tmp:
+            tmp.write_text(json.dumps(known))
     except OSError:  # a read-only cache only costs the next run the reading again
         pass
 

@@ -217,6 +217,8 @@ def write_checked(net: ExportableGenerator, path: Path, fmt: str, contract: dict
     input_nc, size_multiple = contract["input"]["channels"], contract["input"]["size_multiple"]
     shapes = check_sizes(size_multiple, contract["input"].get("min_size", size_multiple))
     inputs = check_inputs(shapes, input_nc, contract.get("labels"))
+    # not atomic.staged_file: the file is written, then loaded and checked, and each of the three steps (can it be
+    # written there, the check, the rename) has its own one-line error
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
