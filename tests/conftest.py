@@ -175,6 +175,15 @@ def cyclegan_cli(root, data, *extra):
 
 
 
+def page_data(path: Path) -> dict:
+    """What an ``index.html`` of callbacks/pages.py shows: its rows, columns and summary (the page's JSON block)."""
+    import json
+    import re
+
+    text = Path(path).read_text()
+    return json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>', text, re.S).group(1))
+
+
 def one_error_line(proc) -> str:
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("pix2pix-lit: error:")]
     assert len(lines) == 1, proc.stderr[-3000:]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from pix2pix_lit.errors import ConfigError
 
-from conftest import REPO, one_error_line, run, run_in_process, tiny
+from conftest import REPO, one_error_line, page_data, run, run_in_process, tiny
 from wandb_reader import read_run
 
 
@@ -55,6 +55,9 @@ def test_fit_writes_a_wandb_run_with_metrics_grids_and_config(trained):
     grid = Image.open(sorted((root / "images").glob("val_epoch*.png"))[0])
     assert grid.size == (3 * 34 + 2, 4 * 34 + 2)  # 4 val samples as rows of source | output | target, 32 px
     assert len(list((root / "images").glob("val_start_step0000000.png"))) == 1  # before any training
+    page = page_data(root / "images" / "index.html")  # every grid, newest first, linked relatively
+    assert sorted(r["grid"] for r in page["rows"]) == sorted(p.name for p in (root / "images").glob("*.png"))
+    assert page["rows"][0]["step"] == 4 and page["rows"][-1]["step"] == 0
     # the best and the last checkpoint, as versions of the run's model artifact (recorded offline for wandb sync)
     best, last = data["artifacts"]
     best_file = next((root / "checkpoints").glob("best-*.ckpt"))
@@ -95,17 +98,26 @@ def test_test_writes_metrics_json_and_predict_writes_images(trained):
     report = json.loads((ckpt.parent / "metrics.json").read_text())
     assert set(report["metrics"]) >= {"fid", "kid_mean", "ssim", "psnr"} and report["num_images"] == 4
     rows = (ckpt.parent / "per_image.csv").read_text().splitlines()
-    assert rows[0] == "name,ssim,psnr" and len(rows) == 5
+    assert rows[0] == "name,ssim,psnr,l1" and len(rows) == 5
     ssim_mean = sum(float(r.split(",")[1]) for r in rows[1:]) / 4
     assert ssim_mean == pytest.approx(report["metrics"]["ssim"], abs=1e-4)
     protocol = report["protocol"]
     assert protocol["inference_mode"] == "paper" and "no --eval" in protocol["inference_mode_means"]
     assert protocol["split"] == "test" and protocol["split_selected_checkpoint"] is False
     assert protocol["official_test_preprocessing"] and protocol["load_size"] == protocol["crop_size"] == 32
+    # index.html: each image's source | output | target (written under images/) with its scores
+    page = page_data(ckpt.parent / "index.html")
+    assert page["images"] == ["source", "output", "target"] and page["scores"] == ["l1", "ssim", "psnr"]
+    assert page["summary"]["fid"] == report["metrics"]["fid"] and len(page["rows"]) == 4
+    for row in page["rows"]:
+        out_img, target = (np.asarray(Image.open(ckpt.parent / row[k]), dtype=np.float64) for k in ("output", "target"))
+        assert row["l1"] == pytest.approx(np.abs(out_img - target).mean() / 127.5, abs=0.01)  # by hand, from the PNGs
+        assert (ckpt.parent / row["source"]).is_file()
     out = tmp / "pred"
     run(["predict", *tiny(tmp / "run_a", tmp / "syn"), "--ckpt_path", str(ckpt), "--predict_writer.output_dir", str(out)],
         env, tmp)
     assert sorted(p.name for p in out.glob("*.png")) == [f"{i:05d}.png" for i in range(4)]
+    assert [r["output"] for r in page_data(out / "index.html")["rows"]] == [f"{i:05d}.png" for i in range(4)]
     assert yaml.safe_load((tmp / "run_a" / "config.yaml").read_text())["ckpt_path"] in (None, "last")
     # test and predict record their own configs beside the fit's, named by the command
     assert (tmp / "run_a" / "config-test.yaml").is_file() and (tmp / "run_a" / "config-predict.yaml").is_file()

@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torchvision.utils import make_grid
 
+from pix2pix_lit.callbacks.pages import link, write_page
 from pix2pix_lit.data.io import save_image_atomic, to_pil
 
 log = logging.getLogger(__name__)
@@ -102,3 +103,17 @@ class ImageGridCallback(pl.Callback):
                     logger.log_image(key=f"images/{split}", images=[img], caption=[caption])
                 elif isinstance(logger, TensorBoardLogger):
                     logger.experiment.add_image(f"images/{split}", (grid + 1) / 2, trainer.global_step)
+            self._write_page(out_dir, columns)
+
+    @staticmethod
+    def _write_page(out_dir: Path, columns: str) -> None:
+        """``images/index.html``: every grid in the folder (a resumed run's earlier ones too), newest first."""
+        import re
+
+        rows = []
+        for path in out_dir.glob("*.png"):
+            m = re.fullmatch(r"(val|train)_(.+)_step(\d+)\.png", path.name)
+            if m:
+                rows.append({"name": path.name, "grid": link(path, out_dir), "step": int(m.group(3))})
+        rows.sort(key=lambda r: (-r["step"], r["name"]))
+        write_page(out_dir, f"fit: {len(rows)} grids", rows, ["grid"], ["step"], {"rows of each grid": columns})

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from pix2pix_lit.callbacks.pages import link, write_page
 from pix2pix_lit.data.io import save_image_atomic, to_pil, write_text_atomic
 from pix2pix_lit.metrics import FID_FEATURES
 
@@ -30,28 +31,46 @@ def _gather_objects(obj: Any) -> list[Any]:
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Write each prediction as an image with the input's name (and size) under ``output_dir``.
+    """Write each prediction as an image with the input's name (and size) under ``output_dir``, and
+    ``index.html`` listing them (``callbacks/pages.py``); with ``sources``, each input too (under ``sources/``,
+    shown beside its output).
 
     Default folder: ``<run folder>/predictions``. Each file is written atomically.
     """
 
-    def __init__(self, output_dir: Optional[str] = None) -> None:
+    def __init__(self, output_dir: Optional[str] = None, sources: bool = False) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
+        self.sources = sources
         self.count = 0
+        self.names: list[str] = []
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.count, self.names = 0, []
 
     def _dir(self, trainer: pl.Trainer) -> Path:
         return Path(self.output_dir or Path(trainer.default_root_dir) / "predictions")
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         out = self._dir(trainer)
-        for fake, name in zip(prediction["fake"], prediction["name"]):
+        shown = pl_module.shown_source(batch) if self.sources and "source" in batch else None
+        for i, (fake, name) in enumerate(zip(prediction["fake"], prediction["name"])):
             save_image_atomic(to_pil(fake.cpu()), out / name)
+            if shown is not None:
+                save_image_atomic(to_pil(shown[i].float().cpu()), out / "sources" / name)
+            self.names.append(name)
             self.count += 1
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        names = sorted(n for part in _gather_objects(self.names) for n in part)
         if trainer.is_global_zero:
-            log.info("wrote %d predicted image(s) to %s", self.count, self._dir(trainer))
+            out = self._dir(trainer)
+            images = ["source", "output"] if self.sources else ["output"]
+            rows = [{"name": n, "output": link(out / n, out),
+                     **({"source": link(out / "sources" / n, out)} if self.sources else {})} for n in names]
+            write_page(out, f"predict: {len(rows)} images", rows, images, [],
+                       {"checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None})
+            log.info("wrote %d predicted image(s) to %s (index.html lists them)", self.count, out)
 
 
 def evaluation_protocol(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
@@ -89,31 +108,52 @@ def evaluation_protocol(trainer: pl.Trainer, pl_module: pl.LightningModule) -> d
 
 
 class TestReport(pl.Callback):
-    """After ``test``: ``metrics.json`` (FID, KID, SSIM, PSNR over the split) and ``per_image.csv``.
+    """After ``test``: ``metrics.json`` (FID, KID, SSIM, PSNR over the split), ``per_image.csv`` and, with
+    ``images`` (default), each image's source | output | target under ``images/`` and ``index.html`` showing them
+    with their scores, sortable (``callbacks/pages.py``; what the official test writes).
 
     Written next to the tested checkpoint, or in ``output_dir`` if given (else the run folder).
     """
 
-    def __init__(self, output_dir: Optional[str] = None) -> None:
+    def __init__(self, output_dir: Optional[str] = None, images: bool = True) -> None:
         self.output_dir = output_dir
+        self.images = images
         self.rows: list[dict[str, Any]] = []
         self.written: list[Path] = []
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.rows = []
+        self.rows, self.written = [], []
 
     @torch.no_grad()
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         direction = outputs.get("direction")  # two-way models: which generator made the image
-        if "target" not in outputs:  # unpaired data: no true counterpart to compare with
-            self.rows += [{"name": name, "direction": direction} for name in outputs["name"]]
-            return
-        fake = (outputs["fake"].float().clamp(-1, 1) + 1) / 2
-        target = (outputs["target"].float().clamp(-1, 1) + 1) / 2
-        ssim = structural_similarity_index_measure(fake, target, data_range=1.0, reduction="none")
-        psnr = peak_signal_noise_ratio(fake, target, data_range=1.0, dim=(1, 2, 3), reduction="none")
-        for name, s, p in zip(outputs["name"], ssim.tolist(), psnr.tolist()):
-            self.rows.append({"name": name, "direction": direction, "ssim": s, "psnr": p})
+        rows = [{"name": name, "direction": direction} for name in outputs["name"]]
+        if "target" in outputs:  # paired data: the true counterpart to compare with
+            fake = (outputs["fake"].float().clamp(-1, 1) + 1) / 2
+            target = (outputs["target"].float().clamp(-1, 1) + 1) / 2
+            ssim = structural_similarity_index_measure(fake, target, data_range=1.0, reduction="none")
+            psnr = peak_signal_noise_ratio(fake, target, data_range=1.0, dim=(1, 2, 3), reduction="none")
+            l1 = (fake - target).abs().mean(dim=(1, 2, 3)) * 2  # on the [-1, 1] scale, as the L1 loss and val/l1
+            for row, s, p, d in zip(rows, ssim.tolist(), psnr.tolist(), l1.tolist()):
+                row.update(ssim=s, psnr=p, l1=d)
+        if self.images and torch.is_tensor(outputs.get("fake")) and outputs["fake"].dim() == 4:
+            self._save_images(trainer, pl_module, outputs, batch, rows)
+        self.rows += rows
+
+    def _save_images(self, trainer, pl_module, outputs, batch, rows) -> None:
+        """source | output | target of each image under ``images/`` (``images/<direction>/`` for two-way models)."""
+        out = self._dir(trainer)
+        folder = out / "images" / (rows[0]["direction"] or "") if rows else out / "images"
+        source = pl_module.shown_source(batch) if "source" in batch else batch.get("image")
+        for i, row in enumerate(rows):
+            stem = Path(row["name"]).with_suffix("").as_posix()
+            shown = {"source": source[i] if source is not None else None, "output": outputs["fake"][i],
+                     "target": outputs["target"][i] if "target" in outputs else None}
+            for kind, image in shown.items():
+                if image is not None:
+                    path = folder / f"{stem}_{kind}.png"
+                    save_image_atomic(to_pil(image.float().cpu()), path)
+                    row[kind] = link(path, out)
 
     def _dir(self, trainer: pl.Trainer) -> Path:
         if self.output_dir:
@@ -137,11 +177,21 @@ class TestReport(pl.Callback):
         if getattr(pl_module, "test_per_class_iou", None):
             report["per_class_iou"] = pl_module.test_per_class_iou
         write_text_atomic(out / "metrics.json", json.dumps(report, indent=2) + "\n")
+        if self.images and rows:
+            kinds = [k for k in ("source", "output", "target") if any(k in r for r in rows)]
+            scores = [k for k in ("l1", "ssim", "psnr") if any(r.get(k) is not None for r in rows)]
+            shown = sorted(rows, key=lambda r: (r.get("direction") or "", r["name"]))
+            summary = {"checkpoint": report["checkpoint"], "images": len(rows), **report["metrics"],
+                       **{k: report["protocol"].get(k) for k in ("split", "inference_mode", "generator")
+                          if report["protocol"].get(k) is not None}}
+            write_page(out, f"test: {len(rows)} images", [{**r, "name": f"{r['direction']}/{r['name']}"
+                       if r.get("direction") else r["name"]} for r in shown], kinds, scores, summary)
+            self.written.append(out / "index.html")
         buf = io.StringIO()
-        fields = [f for f in ("name", "direction", "ssim", "psnr") if any(r.get(f) is not None for r in rows)]
+        fields = [f for f in ("name", "direction", "ssim", "psnr", "l1") if any(r.get(f) is not None for r in rows)]
         writer = csv.DictWriter(buf, fieldnames=fields or ["name"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(sorted(rows, key=lambda r: (r.get("direction") or "", r["name"])))
         write_text_atomic(out / "per_image.csv", buf.getvalue())
-        self.written = [out / "metrics.json", out / "per_image.csv"]
+        self.written = [out / "metrics.json", out / "per_image.csv", *self.written]
         log.info("test metrics written to %s", out / "metrics.json")
