@@ -105,6 +105,18 @@ def test_test_writes_metrics_json_and_predict_writes_images(trained):
     assert protocol["inference_mode"] == "paper" and "no --eval" in protocol["inference_mode_means"]
     assert protocol["split"] == "test" and protocol["split_selected_checkpoint"] is False
     assert protocol["official_test_preprocessing"] and protocol["load_size"] == protocol["crop_size"] == 32
+    # which weights were scored and with which FID weights: what papers differ on
+    import hashlib
+
+    from pix2pix_lit.inception import find_inception_weights
+
+    selection = protocol["checkpoint_selection"]
+    assert selection["file"] == "last.ckpt" and selection["kind"].startswith("last") and selection["global_step"] in (4, 6)
+    weights = find_inception_weights()
+    assert protocol["fid_weights"] == {"file": weights.name, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    assert protocol["fid_real_side"] == "the real images of the same split"
+    tested = max((tmp / "run_a" / "wandb").glob("offline-run-*"), key=lambda p: p.stat().st_mtime)
+    assert read_run(tested)["summary"]["test/protocol"]["checkpoint_selection"] == selection
     # index.html: each image's source | output | target (written under images/) with its scores
     page = page_data(ckpt.parent / "index.html")
     assert page["images"] == ["source", "output", "target"] and page["scores"] == ["l1", "ssim", "psnr"]
@@ -410,3 +422,25 @@ def test_maps_best_is_the_recipe_search_winner_over_the_official_recipe(tmp_path
                          run=False)
     changed = {k for k, v in best.model.hparams.items() if official.model.hparams[k] != v}
     assert changed == {"norm", "no_dropout", "netD", "num_D", "gan_mode", "lambda_feat", "ema_decay", "lambda_L1"}
+
+
+def test_the_checkpoint_selection_names_best_last_imported_or_in_memory():
+    """metrics.json's protocol.checkpoint_selection for each kind of weights scored."""
+    from types import SimpleNamespace
+
+    from pix2pix_lit.callbacks.outputs import checkpoint_selection
+
+    def trainer(path):
+        return SimpleNamespace(ckpt_path=path, checkpoint_callback=SimpleNamespace(monitor="val/fid"),
+                               datamodule=SimpleNamespace(hparams={"val_split": "val"}))
+
+    model = SimpleNamespace(loaded_from={"epoch": 3, "global_step": 12, "imported": False})
+    best = checkpoint_selection(trainer("run/checkpoints/best-epoch=2-step=12.ckpt"), model)
+    assert best == {"file": "best-epoch=2-step=12.ckpt", "epoch": 3, "global_step": 12, "kind": "best",
+                    "chosen_by": "val/fid", "chosen_on_split": "val"}
+    assert checkpoint_selection(trainer("last.ckpt"), model)["kind"].startswith("last")
+    assert checkpoint_selection(trainer("step=1000.ckpt"), model)["kind"].startswith("periodic")
+    imported = SimpleNamespace(loaded_from={"epoch": 0, "global_step": 0, "imported": True})
+    assert checkpoint_selection(trainer("facades.ckpt"), imported)["kind"].startswith("imported")
+    assert checkpoint_selection(trainer(None), model) == {"kind": "in memory: the model as the run left it, no "
+                                                                  "checkpoint file"}

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, cyclegan_cli, one_error_line, run, run_in_process, tiny
+from conftest import REPO, cyclegan_cli, one_error_line, page_data, run, run_in_process, tiny
 from wandb_reader import read_run
 
 
@@ -104,6 +104,9 @@ def test_command_line_fit_validate_test_predict_export_both_ways(tmp_path, cli_e
     assert report["protocol"]["generator"] == "G_A+G_B" and report["num_images"] == 8
     per_image = list(csv.DictReader(open(root / "checkpoints" / "per_image.csv")))
     assert {r["direction"] for r in per_image} == {"AtoB", "BtoA"} and all(r["ssim"] for r in per_image)
+    assert report["num_images_by_direction"] == {"AtoB": 4, "BtoA": 4}
+    page = page_data(root / "checkpoints" / "index.html")  # each direction's images in their own folder
+    assert {r["output"].split("/")[1] for r in page["rows"]} == {"AtoB", "BtoA"} and len(page["rows"]) == 8
 
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -13,11 +13,13 @@ import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.loggers import WandbLogger
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from pix2pix_lit.callbacks.pages import link, write_page
 from pix2pix_lit.data.io import save_image_atomic, to_pil, write_text_atomic
-from pix2pix_lit.metrics import FID_FEATURES
+from pix2pix_lit.inception import weights_sha256
+from pix2pix_lit.metrics import FID_FEATURES, find_inception_weights
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,14 @@ def evaluation_protocol(trainer: pl.Trainer, pl_module: pl.LightningModule) -> d
         # the val split chose best-*.ckpt (and whatever was tuned on it): scores there are optimistic
         out["split_selected_checkpoint"] = out["split"] is not None and out["split"] == val_split
     if h.get("fid") or h.get("kid"):
+        weights = find_inception_weights(h.get("inception_weights"))
         out["fid_implementation"] = FID_FEATURES
+        out["fid_weights"] = {"file": weights.name, "sha256": weights_sha256(weights)}
+        out["fid_resize"] = ("each image as 8-bit RGB, resized to 299x299 inside the network (torch-fidelity's "
+                             "TF-1.x-compatible bilinear), as the official TF FID and torch-fidelity")
+        out["fid_real_side"] = (f"stored statistics {Path(h['fid_real_stats']).name}" if h.get("fid_real_stats")
+                                else "the real images of the same split")
+    out["checkpoint_selection"] = checkpoint_selection(trainer, pl_module)
     from pix2pix_lit.models.segmenter import Segmenter
 
     scorer = pl_module.__dict__.get("scorer")  # a generator scored with model.segmenter
@@ -105,6 +114,27 @@ def evaluation_protocol(trainer: pl.Trainer, pl_module: pl.LightningModule) -> d
         out["segmentation"] = {**about, "class_mapping": mapping or "label ids as stored", "ignore_index": 255,
                                "resolution": "the evaluated label maps' (the data's crop_size)"}
     return out
+
+
+def checkpoint_selection(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+    """Which weights were scored: the best on a monitored score (and on which split it was chosen), the last,
+    a periodic one, imported official weights, or the model in memory — papers differ on this and their numbers
+    with them."""
+    if not trainer.ckpt_path:
+        return {"kind": "in memory: the model as the run left it, no checkpoint file"}
+    name = Path(trainer.ckpt_path).name
+    meta = dict(getattr(pl_module, "loaded_from", {}) or {})
+    info: dict[str, Any] = {"file": name, "epoch": meta.get("epoch"), "global_step": meta.get("global_step")}
+    if meta.get("imported"):
+        return {**info, "kind": "imported: official weights (pix2pix-lit import-official), not trained here"}
+    if name.startswith("best-"):
+        monitor = getattr(trainer.checkpoint_callback, "monitor", None) or "val/fid"
+        dm = trainer.datamodule
+        split = dm.hparams.get("val_split") if dm is not None and hasattr(dm, "hparams") else None
+        return {**info, "kind": "best", "chosen_by": monitor, "chosen_on_split": split}
+    if name == "last.ckpt":
+        return {**info, "kind": "last: the state at the end of training (or when the run stopped)"}
+    return {**info, "kind": "periodic or renamed: a state during training"}
 
 
 class TestReport(pl.Callback):
@@ -174,8 +204,14 @@ class TestReport(pl.Callback):
             "metrics": {k.split("/", 1)[-1]: v for k, v in results.items()},
             "protocol": evaluation_protocol(trainer, pl_module),
         }
+        directions = sorted({r["direction"] for r in rows if r.get("direction")})
+        if directions:  # a two-way model's numbers are per direction: each over its own images
+            report["num_images_by_direction"] = {d: sum(r.get("direction") == d for r in rows) for d in directions}
         if getattr(pl_module, "test_per_class_iou", None):
             report["per_class_iou"] = pl_module.test_per_class_iou
+        for logger in trainer.loggers:  # the W&B run's summary says the same of its test numbers
+            if isinstance(logger, WandbLogger):
+                logger.experiment.summary.update({"test/protocol": report["protocol"], "test/num_images": len(rows)})
         write_text_atomic(out / "metrics.json", json.dumps(report, indent=2) + "\n")
         if self.images and rows:
             kinds = [k for k in ("source", "output", "target") if any(k in r for r in rows)]

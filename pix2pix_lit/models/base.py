@@ -179,6 +179,7 @@ class ImageTranslationModel(pl.LightningModule):
         self.use_channels_last: bool = bool(channels_last)  # resolved against the Trainer in setup()
         self.test_results: dict[str, float] = {}
         self.untrained: set[str] = set()  # networks an imported checkpoint did not have (import-official)
+        self.loaded_from: dict[str, Any] = {}  # the epoch and step of the checkpoint loaded, and whether imported
 
     # -- for subclasses: networks ----------------------------------------------------------------------
     def finish_networks(self) -> None:
@@ -563,6 +564,9 @@ class ImageTranslationModel(pl.LightningModule):
                 log.info(done)
         state = self.training_state.load(checkpoint)
         self.untrained = set(state.get("imported", {}).get("untrained", ()))
+        # what test reports say of the weights they scored (callbacks/outputs.py, checkpoint_selection)
+        self.loaded_from = {"epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step"),
+                            "imported": "imported" in state}
         self.restore_pools(state)
         self.nonfinite.total = int(state.get("nonfinite_total", 0))
 
