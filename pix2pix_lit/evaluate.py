@@ -31,6 +31,7 @@ from pix2pix_lit.inception import weights_sha256
 from pix2pix_lit.metrics import FID_FEATURES, ImageQualityMetrics, find_inception_weights, load_inception
 
 if TYPE_CHECKING:
+    from pix2pix_lit.clean_fid import CleanFID
     from pix2pix_lit.lpips import LPIPS
 
 log = logging.getLogger(__name__)
@@ -47,16 +48,17 @@ def _read(path: Path, size: Optional[int]) -> torch.Tensor:
 def evaluate_folders(
     fake_dir: Path, real_dir: Path, size: Optional[int] = None, batch_size: int = 16, fid: bool = True,
     kid: bool = True, kid_subset_size: int = 1000, inception_weights: Optional[str] = None, fake_suffix: str = "",
-    real_suffix: str = "", lpips: Optional["LPIPS"] = None,
+    real_suffix: str = "", lpips: Optional["LPIPS"] = None, clean_fid: Optional["CleanFID"] = None,
 ) -> dict[str, Any]:
     """Metrics of the images in ``fake_dir`` against their namesakes in ``real_dir`` (see module doc); with
-    ``lpips``, LPIPS too."""
+    ``lpips``, LPIPS too; with ``clean_fid``, clean-FID of the same files (``clean_fid``, its own resize: ``size``
+    does not apply)."""
     if size is not None and size < 8:
         raise ConfigError(f"--size {size} is too small; give the side in pixels images are resized to (e.g. 256)")
     if batch_size < 1 or kid_subset_size < 2:
         raise ConfigError("--batch-size must be >= 1 and --kid-subset-size >= 2")
     pairs = match_pairs(Path(fake_dir), Path(real_dir), fake_suffix, real_suffix, ("--fake-suffix", "--real-suffix"))
-    if (fid or kid) and len(pairs) < 2:
+    if (fid or kid or clean_fid is not None) and len(pairs) < 2:
         raise ConfigError("FID/KID need at least 2 image pairs; add images or pass --no-fid --no-kid")
     check_decodable([p for _, f, r in pairs for p in (f, r)])
     metrics = ImageQualityMetrics(fid=fid, kid=kid, kid_subset_size=kid_subset_size)
@@ -87,6 +89,9 @@ def evaluate_folders(
     flush()
     values = {k: float(v) for k, v in metrics.compute().items()}
     protocol = {}
+    if clean_fid is not None:
+        values["clean_fid"] = clean_fid([f for _, f, _ in pairs], [r for _, _, r in pairs])
+        protocol["clean_fid"] = clean_fid.about
     if lpips is not None:
         values["lpips"] = float(lpips.compute())
         protocol["lpips"] = {"implementation": "torchmetrics LPIPS (its linear heads), images in [-1, 1]",
@@ -96,7 +101,7 @@ def evaluate_folders(
         "metrics": values,
         "protocol": {
             "ssim_psnr": "images in [0, 1], data_range 1, PSNR the mean of per-image PSNR",
-            "fid_implementation": FID_FEATURES,
+            "fid_implementation": FID_FEATURES if fid else None,
             "kid_subset_size": metrics.kid.subset_size if metrics.kid is not None else None,
             **protocol,
         },
@@ -224,7 +229,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "OUT_NPZ, for model.fid_real_stats; nothing else is scored")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--kid-subset-size", type=int, default=1000)
-    parser.add_argument("--no-fid", action="store_true")
+    parser.add_argument("--no-fid", action="store_true", help="no FID of either protocol")
+    parser.add_argument("--fid", default="legacy", choices=("legacy", "clean", "both"),
+                        help="legacy: the FID validation and published pix2pix/CycleGAN numbers use (torch-fidelity, "
+                             "as the TF code); clean: clean-FID as the clean-fid package computes it (needs "
+                             "--clean-fid-weights); both: each, named fid and clean_fid")
+    parser.add_argument("--clean-fid-weights", default=None,
+                        help="NVIDIA's TorchScript inception-2015-12-05.pt for --fid clean|both (else looked up)")
     parser.add_argument("--no-kid", action="store_true")
     parser.add_argument("--isc", action="store_true", help="also the Inception Score (needs the original weights)")
     parser.add_argument("--inception-weights", default=None, help="path of the FID Inception weights (else looked up)")
@@ -268,10 +279,16 @@ def main(argv: Optional[list[str]] = None) -> int:
             from pix2pix_lit.lpips import LPIPS
 
             lpips = LPIPS(args.lpips_weights, args.lpips_net, args.lpips_sha256)
+        clean = None
+        if args.fid in ("clean", "both") and not args.no_fid:
+            from pix2pix_lit.clean_fid import CleanFID, find_clean_fid_weights
+
+            clean = CleanFID(find_clean_fid_weights(args.clean_fid_weights), args.batch_size)
         if args.real_dir is not None:
             result = evaluate_folders(
-                args.fake_dir, args.real_dir, args.size, args.batch_size, not args.no_fid, not args.no_kid,
-                args.kid_subset_size, args.inception_weights, args.fake_suffix, args.real_suffix, lpips,
+                args.fake_dir, args.real_dir, args.size, args.batch_size, args.fid in ("legacy", "both") and
+                not args.no_fid, not args.no_kid, args.kid_subset_size, args.inception_weights, args.fake_suffix,
+                args.real_suffix, lpips, clean,
             )
         else:
             result = {"fake_dir": str(args.fake_dir), "metrics": {}, "protocol": {}}
