@@ -55,6 +55,11 @@ RECIPES: dict[str, tuple[list[str], str]] = {
         "official schedule, where the step size rather than stability limits progress"),
     "unet_in_ms_fm_ema_l1_10": ([*_UNET_IN_MS_FM, "--model.ema_decay", "0.99", "--model.lambda_L1", "10"],
                                 "unet_in_ms_fm_ema with L1 x10 (GAN Compression's weight)"),
+    "unet_in_ms_fm_ema_l1_10_da": (
+        [*_UNET_IN_MS_FM, "--model.ema_decay", "0.99", "--model.lambda_L1", "10", "--model.diff_augment",
+         "color,translation,cutout"],
+        "maps_best.yaml (L1 x10) + DiffAugment of D's pairs (color, translation, cutout; one draw per step for the "
+        "real and fake pairs): the small-data GAN lever, 1,096 training pairs"),
     "unet_in_ms_fm_ema_l1_3": ([*_UNET_IN_MS_FM, "--model.ema_decay", "0.99", "--model.lambda_L1", "3"],
                                "unet_in_ms_fm_ema with L1 x3: nearly pix2pixHD's losses (GAN + feature matching)"),
     "unet_in_ms_fm_ema_l1_30_sn_ttur": (

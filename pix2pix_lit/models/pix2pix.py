@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from pix2pix_lit.errors import ConfigError, check_choice, check_numbers
 from pix2pix_lit.losses import VGG19_SOURCE, GANLoss, GANScales, VGGLoss, feature_matching_loss, gradient_penalty
 from pix2pix_lit.models.networks import OfficialNetworksModel
+from pix2pix_lit.nets.diffaugment import DiffAugment
 from pix2pix_lit.nets.image_pool import ImagePool
 
 # the range of each numeric option of its own (errors.check_numbers)
@@ -55,6 +56,9 @@ class Pix2Pix(OfficialNetworksModel):
             layer weighted ``4 / (n_layers_D + 1)`` as pix2pixHD does (1 at its n_layers_D 3).
         lambda_vgg, vgg_weights, vgg_sha256: pix2pixHD's VGG-19 perceptual loss (its default: 10) with a local
             torchvision VGG-19 state dict (0, the pix2pix default: off).
+        diff_augment: DiffAugment of every pair D judges (``nets/diffaugment.py``): a comma-separated choice of
+            color, translation, cutout (e.g. ``color,translation,cutout``); one draw per step for the real and the
+            fake pairs; "" (default, the official): none.
         init_global_from, niter_fix_global: pix2pixHD's coarse-to-fine training of ``netG: local``: its global part
             starts from the G of a ``netG: global`` checkpoint (trained at half the resolution, ``2·ngf`` filters),
             its multi-scale D's scales from that checkpoint's (each scale kept at the resolution it was trained at:
@@ -87,6 +91,7 @@ class Pix2Pix(OfficialNetworksModel):
         lambda_feat: float = 0.0,
         init_global_from: Optional[str] = None,
         niter_fix_global: int = 0,
+        diff_augment: str = "",
         **kwargs: Any,
     ) -> None:
         check_choice("model.step_order", step_order, STEP_ORDERS)
@@ -106,6 +111,7 @@ class Pix2Pix(OfficialNetworksModel):
         # pix2pixHD's feature-matching weight of each of a PatchGAN's layers (none for the 1x1 pixel D)
         self.feat_layer_weight = 1.0 if h.netD == "pixel" else 4.0 / ((3 if h.netD == "basic" else h.n_layers_D) + 1)
         self.pool = ImagePool(h.pool_size)  # holds (source, fake) pairs: a pooled fake keeps its own source
+        self.augment = DiffAugment(diff_augment, h.output_nc)  # of every pair D judges ("": none, the official)
         self.global_fixed = niter_fix_global > 0  # G's optimizer holds only the outermost enhancer (saved)
         # loaded when training starts and kept out of the module tree: fixed ImageNet weights, not the model's
         self.__dict__["vgg"] = None
@@ -223,6 +229,9 @@ class Pix2Pix(OfficialNetworksModel):
         h = self.hparams
         real_pair = self.pair(source, target)
         fake_pair = self.prep(self.pool.query(self.pair(source, fake.detach())))
+        if self.augment:  # one draw for the step's real and fake pairs
+            self.augment.new_draw(real_pair)
+            real_pair, fake_pair = self.prep(self.augment(real_pair)), self.prep(self.augment(fake_pair))
         loss_fake = self.criterion_gan(self.D(fake_pair), False, for_discriminator=True)
         loss_real = self.criterion_gan(self.D(real_pair), True, for_discriminator=True)
         loss = (loss_fake + loss_real) * 0.5
@@ -238,11 +247,14 @@ class Pix2Pix(OfficialNetworksModel):
         [+ λ_vgg · VGG(fake, target)]."""
         h = self.hparams
         fake_pair = self.pair(source, fake)
+        if self.augment:  # a new draw, the same for the fake pair and feature matching's real pair
+            self.augment.new_draw(fake_pair)
+            fake_pair = self.prep(self.augment(fake_pair))
         logs = {}
         if h.lambda_feat > 0:
             feats_fake = self.D.features(fake_pair)
             with torch.no_grad():
-                feats_real = self.D.features(self.pair(source, target))
+                feats_real = self.D.features(self.prep(self.augment(self.pair(source, target))))
             pred = [f[-1] for f in feats_fake] if isinstance(feats_fake[0], list) else feats_fake[-1]
             loss_feat = feature_matching_loss(feats_real, feats_fake, self.feat_layer_weight) * h.lambda_feat
             logs["loss_G_feat"] = loss_feat
