@@ -52,8 +52,9 @@ def test_an_imported_generator_gives_the_official_outputs(tmp_path, case, model,
         model = imported_model(out, mode)
         torch.manual_seed(0)
         ours = model.generate(x)
-        # paper mode: a batch of 2 here, one image at a time in the official test: the summation order may differ
-        assert (ours - FIXTURE[case][mode]).abs().max() <= (1e-6 if mode == "eval" else 5e-6), mode
+        # the official outputs were computed elsewhere (other threads, other kernels, paper mode one image at a
+        # time): the same weights, summation in another order; a wrong layer or name differs by ~0.1
+        assert (ours - FIXTURE[case][mode]).abs().max() <= 1e-5, mode
 
 
 def test_both_cyclegan_generators_and_the_direction_of_one(tmp_path):
@@ -64,7 +65,7 @@ def test_both_cyclegan_generators_and_the_direction_of_one(tmp_path):
     assert (h["input_nc"], h["output_nc"], h["predict_direction"]) == (3, 1, "BtoA")
     model = imported_model(one, "eval")
     x = FIXTURE["resnet2_instance_dropout_1to3"]["input"]
-    assert (model.generate(x, "BtoA") - FIXTURE["resnet2_instance_dropout_1to3"]["eval"]).abs().max() <= 1e-6
+    assert (model.generate(x, "BtoA") - FIXTURE["resnet2_instance_dropout_1to3"]["eval"]).abs().max() <= 1e-5
     with pytest.raises(ConfigError, match=r"^G_A \(AtoB\) was not in the official files"):
         model.generate(torch.zeros(1, 3, 32, 32), "AtoB")
     with pytest.raises(ExportError, match=r"G_A \(AtoB\) was not in the official files it was imported from"):
@@ -139,9 +140,9 @@ def test_a_file_that_is_not_an_official_network_is_one_line_and_writes_nothing(t
 
 def test_import_official_on_the_command_line_then_predict_and_fine_tune(tmp_path, cli_env):
     src = official_file(tmp_path, "unet5_batch_dropout")
-    proc = run(["import-official", str(src), str(tmp_path / "spade.ckpt"), "--model", "spade"], cli_env, tmp_path,
+    proc = run(["import-official", str(src), str(tmp_path / "munit.ckpt"), "--model", "munit"], cli_env, tmp_path,
                check=False)
-    assert proc.returncode == 2 and "invalid choice: 'spade'" in proc.stderr
+    assert proc.returncode == 2 and "invalid choice: 'munit'" in proc.stderr
     ckpt = tmp_path / "facades.ckpt"
     proc = run(["import-official", str(src), str(ckpt), "--model", "pix2pix"], cli_env, tmp_path)
     assert "unet, ngf 4, norm batch, 3 -> 3 channels, dropout on" in proc.stdout and "freshly initialised: D" in proc.stdout
@@ -190,10 +191,10 @@ def test_a_pix2pixhd_generator_and_its_discriminator_give_the_official_outputs(t
     assert (h["num_D"], h["n_layers_D"], h["padding_D"], h["gan_scales"], h["lambda_L1"]) == (2, 2, 2, "sum", 0.0)
     model = imported_model(tmp_path / "hd.ckpt", "eval")
     x = case["input"]
-    assert (model.generate(x) - case["output"]).abs().max() <= 1e-6
+    assert (model.generate(x) - case["output"]).abs().max() <= 1e-5
     with torch.no_grad():
         scores = model.D.eval()(torch.cat([x, case["output"]], 1))
-    assert max((a - b).abs().max() for a, b in zip(scores, case["D_outputs"])) <= 1e-6
+    assert max((a - b).abs().max() for a, b in zip(scores, case["D_outputs"])) <= 1e-5
 
 
 def test_the_pix2pixhd_recipe_of_an_import_is_the_shipped_configs():
@@ -243,12 +244,13 @@ def test_spade_generator_discriminator_and_encoder_give_the_official_outputs(tmp
     inputs = experiment.seeded_inputs(options["crop_size"] // 2, options["crop_size"])
     x = inputs["input"]
     extra = {"z": inputs["z"]} if case == "vae" else {}
-    assert (model.generate(x, **extra) - fixture["output"]).abs().max() <= 1e-6
+    # 0 difference in the experiment; here one thread per test worker may sum the convolutions in another order
+    assert (model.generate(x, **extra) - fixture["output"]).abs().max() <= 1e-5
     with torch.no_grad():
         scores = model.D.eval().features(torch.cat([x, fixture["output"]], 1))
-        assert max((a[-1] - b).abs().max() for a, b in zip(scores, fixture["D_outputs"])) <= 1e-6
+        assert max((a[-1] - b).abs().max() for a, b in zip(scores, fixture["D_outputs"])) <= 1e-5
         if case == "vae":
-            assert max((a - b).abs().max() for a, b in zip(model.E.eval()(inputs["photo"]), fixture["E_outputs"])) <= 1e-6
+            assert max((a - b).abs().max() for a, b in zip(model.E.eval()(inputs["photo"]), fixture["E_outputs"])) <= 1e-5
 
 
 @pytest.mark.parametrize("preset", ["cityscapes", "ade20k"])
