@@ -136,17 +136,10 @@ def pix2pixhd_rows(path: Path, size: int, tmp: Path, import_official) -> list[st
 def load_spade(checkout: Path):
     """NVlabs/SPADE's ``models.networks`` from a checkout (its sync_batchnorm submodule stubbed by BatchNorm2d,
     as experiments/spade_step.py does), imported from a temporary copy."""
-    import shutil
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from official_code import spade_copy
 
-    work = Path(tempfile.mkdtemp(prefix="spade-official-"))
-    for part in ("models", "util"):
-        shutil.copytree(checkout / part, work / part)
-    stub = work / "models" / "networks" / "sync_batchnorm"
-    stub.mkdir(exist_ok=True)
-    (stub / "__init__.py").write_text("import torch.nn as nn\nSynchronizedBatchNorm2d = nn.BatchNorm2d\n"
-                                      "class DataParallelWithCallback(nn.DataParallel):\n    pass\n")
-    (work / "dill.py").write_text("from pickle import *\ndef extend(use_dill=False):\n    pass\n")
-    sys.path.insert(0, str(work))
+    spade_copy(checkout)
     import models.networks as networks
 
     return networks

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 import time
 from argparse import Namespace
 from pathlib import Path
@@ -38,16 +37,11 @@ def batch(width: int, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def official_steps(checkout: Path, width: int, steps: int, warmup: int) -> float:
     """Seconds per step of the official ``Pix2PixTrainer`` (run_generator_one_step, run_discriminator_one_step)."""
-    work = Path(tempfile.mkdtemp(prefix="spade-official-"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from official_code import spade_copy
+
+    work = spade_copy(checkout, ("models", "util", "trainers", "data", "options"))
     try:
-        for part in ("models", "util", "trainers", "data", "options"):
-            shutil.copytree(checkout / part, work / part)
-        stub = work / "models" / "networks" / "sync_batchnorm"
-        stub.mkdir(exist_ok=True)
-        (stub / "__init__.py").write_text("import torch.nn as nn\nSynchronizedBatchNorm2d = nn.BatchNorm2d\n"
-                                          "class DataParallelWithCallback(nn.DataParallel):\n    pass\n")
-        (work / "dill.py").write_text("from pickle import *\ndef extend(use_dill=False):\n    pass\n")
-        sys.path.insert(0, str(work))
         from trainers.pix2pix_trainer import Pix2PixTrainer
 
         opt = Namespace(

@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 from pix2pix_lit.atomic import staged_file
 from pix2pix_lit.errors import Pix2PixLitError
+from pix2pix_lit.inception import weights_sha256
 from pix2pix_lit.official import MODELS, SPADE_PRESETS, import_official
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,14 +62,6 @@ def entry_of(name: str, catalogue: dict[str, dict[str, Any]]) -> dict[str, Any]:
         near = [n for n in catalogue if name.lower() in n.lower()] or list(catalogue)[:6]
         raise ZooError(f"{name!r} is not in the zoo; `pix2pix-lit zoo list` shows them (e.g. {', '.join(near[:6])})")
     return catalogue[name]
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download(url: str, dest: Path, sha256: Optional[str], name: str, timeout: float = 30.0) -> str:
@@ -109,8 +102,8 @@ def fetch(name: str, catalogue: dict[str, dict[str, Any]], root: Optional[Path] 
             raise ZooError(f"{name}{what} has no direct download: get its generator file from {entry['page']} and "
                            f"put it at {pth}, then run `pix2pix-lit zoo fetch {name}` again")
         download(entry["url"], pth, pinned, name)
-    elif pinned and sha256_of(pth) != pinned.lower():
-        raise ZooError(f"{pth} has sha256 {sha256_of(pth)}, not the pinned {pinned}: remove it (or fetch the "
+    elif pinned and weights_sha256(pth) != pinned.lower():
+        raise ZooError(f"{pth} has sha256 {weights_sha256(pth)}, not the pinned {pinned}: remove it (or fetch the "
                        "published file again)")
     if not ckpt.exists():
         options = dict(entry.get("import") or {})
@@ -175,7 +168,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"pix2pix-lit zoo: error: {e}", file=sys.stderr)
         return 2
     pth = ckpt.with_suffix(".pth")
-    print(f"{args.name}: {ckpt} (from {pth}, sha256 {sha256_of(pth)})")
+    print(f"{args.name}: {ckpt} (from {pth}, sha256 {weights_sha256(pth)})")
     return 0
 
 
