@@ -60,6 +60,10 @@ RECIPES: dict[str, tuple[list[str], str]] = {
          "color,translation,cutout"],
         "maps_best.yaml (L1 x10) + DiffAugment of D's pairs (color, translation, cutout; one draw per step for the "
         "real and fake pairs): the small-data GAN lever, 1,096 training pairs"),
+    "unet_in_ms3_fm_ema_l1_10": (
+        [*_UNET_IN_MS_FM, "--model.ema_decay", "0.99", "--model.lambda_L1", "10", "--model.num_D", "3"],
+        "maps_best.yaml with a third D scale (64x64 input): coarser structure judged by D, as pix2pixHD's "
+        "three scales do at 2048x1024"),
     "unet_in_ms_fm_ema_l1_3": ([*_UNET_IN_MS_FM, "--model.ema_decay", "0.99", "--model.lambda_L1", "3"],
                                "unet_in_ms_fm_ema with L1 x3: nearly pix2pixHD's losses (GAN + feature matching)"),
     "unet_in_ms_fm_ema_l1_30_sn_ttur": (
