@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 from pix2pix_lit.errors import InceptionWeightsError
@@ -68,6 +69,21 @@ class CleanFID:
 
         return {"protocol": PROTOCOL, "package": f"clean-fid {getattr(cleanfid, '__version__', '')}".strip(),
                 "weights": self.weights.name, "weights_sha256": weights_sha256(self.weights)}
+
+    @torch.no_grad()
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Features of 8-bit RGB images (N, 3, H, W) as :meth:`features` gives of the same images saved as PNG:
+        each resized by the package's own clean resizer (``cleanfid.resize.build_resizer``, what
+        ``get_files_features`` runs per file), then the network (validation and test, ``model.fid_protocol``)."""
+        from cleanfid.resize import build_resizer
+
+        resize = self.__dict__.setdefault("_resize", build_resizer("clean"))
+        arrays = [resize(x) for x in images.permute(0, 2, 3, 1).cpu().numpy()]  # HWC uint8 -> 299x299x3 float32
+        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        device = images.device
+        if next(self.network.parameters()).device != device:
+            self.network.to(device)
+        return self.network(batch.to(device)).float()
 
     def features(self, files: Sequence[Path]):
         from cleanfid.fid import get_files_features

@@ -338,7 +338,8 @@ class Pix2PixCLI(LightningCLI):
             return
         suffix = next(iter(model_class.metric_domains.values()))
         if model_args.get("fid", True):
-            cfg.best_checkpoint.monitor = f"val/fid{suffix}"
+            clean = model_args.get("fid_protocol", "legacy") == "clean"  # clean-FID only: its name is clean_fid
+            cfg.best_checkpoint.monitor = f"val/{'clean_fid' if clean else 'fid'}{suffix}"
         elif model_class.data_kind == "paired":
             cfg.best_checkpoint.monitor, cfg.best_checkpoint.mode = "val/ssim", "max"
             log.info("model.fid is off: best_checkpoint keeps the best val/ssim")

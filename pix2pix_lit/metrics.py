@@ -172,16 +172,20 @@ class ImageQualityMetrics(nn.Module):
     then). ``mifid``: also MiFID against the *training* images, ``mifid_train`` (Kaggle's memorization-informed
     FID: FID / :func:`memorization_distance` of the generated images to the images the generator was trained on,
     which :meth:`set_training_reference` gives; the real set of the split would never show memorization).
+    ``clean_fid``: also clean-FID (``clean_fid``) of the same 8-bit images with the features
+    :meth:`set_extractor`'s ``clean`` callable gives (``pix2pix_lit.clean_fid``: its resize and network); ``fid``
+    off and ``clean_fid`` on computes no legacy Inception features at all.
     """
 
     def __init__(self, fid: bool = True, kid: bool = True, kid_subset_size: int = 1000, kid_subsets: int = 100,
-                 mifid: bool = False, mifid_eps: float = 0.1):
+                 mifid: bool = False, mifid_eps: float = 0.1, clean_fid: bool = False):
         super().__init__()
         self.mifid, self.mifid_eps = mifid and fid, mifid_eps
         self.ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
         self.psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))
         self.l1 = MeanAbsoluteError()  # on [-1, 1] images: the pix2pix L1 term without lambda
         self.fid = CompactFID(feature=_PrecomputedFeatures(), reset_real_features=False) if fid else None
+        self.clean_fid = CompactFID(feature=_PrecomputedFeatures(), reset_real_features=False) if clean_fid else None
         self.kid = None
         if kid:
             with warnings.catch_warnings():  # "will save all extracted features": 2048 floats an image, as FID needs
@@ -200,6 +204,7 @@ class ImageQualityMetrics(nn.Module):
         self.training_features: Optional[torch.Tensor] = None
         self.training_key: Optional[str] = None
         self._extractor: list[nn.Module] = []  # a list, so the network is not a submodule (not in state_dict)
+        self._clean_extractor: list = []  # 8-bit images -> clean-FID features (set_extractor's clean)
         # images waiting for the Inception, real and generated apart: it runs on INCEPTION_BATCH at a time
         # whatever the loader's batch size (paper-mode evaluation feeds one image per step)
         self._pending: dict[bool, list[torch.Tensor]] = {False: [], True: []}
@@ -208,8 +213,9 @@ class ImageQualityMetrics(nn.Module):
         """FID's real side from stored statistics (:mod:`pix2pix_lit.fid_stats`): no real image goes through the
         Inception. ``holds_them``: this process holds the sums; the others hold zeros, so the sums torchmetrics adds
         across processes are the file's (rank 0 holds them)."""
-        if self.fid is None or self.kid is not None:
-            raise ConfigError("stored FID statistics give FID's real side only: they need FID on and KID off")
+        if self.fid is None or self.kid is not None or self.clean_fid is not None:
+            raise ConfigError("stored FID statistics give FID's real side only: they need FID on, KID off and the "
+                              "legacy FID protocol")
         total, outer, n = stats.feature_sums() if holds_them else (None, None, 0)
         fid, device = self.fid, self.fid.real_features_num_samples.device
         if holds_them:
@@ -238,11 +244,18 @@ class ImageQualityMetrics(nn.Module):
 
     @property
     def needs_inception(self) -> bool:
+        """The legacy FID/KID Inception is needed (``load_inception``)."""
         return self.fid is not None or self.kid is not None
 
-    def set_extractor(self, extractor: Optional[nn.Module]) -> None:
-        """The feature network (``load_inception``); ``None`` lets go of it between passes."""
+    @property
+    def needs_features(self) -> bool:
+        return self.needs_inception or self.clean_fid is not None
+
+    def set_extractor(self, extractor: Optional[nn.Module], clean=None) -> None:
+        """The feature network (``load_inception``) and, for clean-FID, a callable of 8-bit images to its features
+        (``CleanFID.image_features``); ``None`` lets go of them between passes."""
         self._extractor[:] = [extractor] if extractor is not None else []
+        self._clean_extractor[:] = [clean] if clean is not None else []
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -291,7 +304,7 @@ class ImageQualityMetrics(nn.Module):
     def _update_set(self, images: torch.Tensor, real: bool) -> None:
         """Generated (``real=False``) or real images for FID/KID (reals only until cached), queued for the
         Inception until INCEPTION_BATCH of one size are there (all are flushed before :meth:`compute`)."""
-        if not self.needs_inception or (real and self.real_cached):
+        if not self.needs_features or (real and self.real_cached):
             return
         if not real and self.real_stats is not None and self.num_fake == 0:
             check_image_size(self.real_stats[0], self.real_stats[1], images.shape[-1], images.shape[-2])
@@ -308,11 +321,19 @@ class ImageQualityMetrics(nn.Module):
         pending = self._pending[real]
         if not pending:
             return
-        feats = self.features(torch.cat(pending))
+        images = torch.cat(pending)
         pending.clear()
-        for metric in (self.fid, self.kid):
-            if metric is not None:
-                metric.update(feats, real=real)
+        if self.needs_inception:
+            feats = self.features(images)
+            for metric in (self.fid, self.kid):
+                if metric is not None:
+                    metric.update(feats, real=real)
+        if self.clean_fid is not None:
+            if not self._clean_extractor:
+                raise RuntimeError("ImageQualityMetrics.set_extractor(clean=...) was not called before clean-FID updates")
+            u8 = to_uint8(images)
+            u8 = u8.expand(-1, 3, -1, -1) if u8.shape[1] == 1 else u8[:, :3]
+            self.clean_fid.update(self._clean_extractor[0](u8), real=real)
 
     @torch.no_grad()
     def update_pairs(self, fake: torch.Tensor, target: torch.Tensor) -> None:
@@ -337,7 +358,7 @@ class ImageQualityMetrics(nn.Module):
         out = {}
         if self.pairs_seen:
             out.update(ssim=self.ssim.compute(), psnr=self.psnr.compute(), l1=self.l1.compute())
-        if self.needs_inception and self.num_fake < 2 and not torch.distributed.is_initialized():
+        if self.needs_features and self.num_fake < 2 and not torch.distributed.is_initialized():
             raise ConfigError("FID/KID need at least 2 evaluation images; add images or set model.fid=false model.kid=false")
         if self.fid is not None:
             out["fid"] = self.fid.compute()
@@ -349,6 +370,8 @@ class ImageQualityMetrics(nn.Module):
                 fake = self._gathered(self.kid.fake_features if self.kid is not None else None, "fake")
                 distance = memorization_distance(fake, self.training_features.to(fake.device), self.mifid_eps)
                 out["mifid_train"] = out["fid"] / (distance + 1e-15).to(out["fid"])
+        if self.clean_fid is not None:
+            out["clean_fid"] = self.clean_fid.compute()
         if self.kid is not None:
             # KID's list states sync element by element (dist_reduce_fx=None): processes that saw a
             # different number of batches would issue different numbers of collectives and hang.
@@ -370,7 +393,7 @@ class ImageQualityMetrics(nn.Module):
                 out["kid_mean"], kid_std = self.kid.compute()
             if subset < n:  # with subsets of all the images every subset is the same: no spread to report
                 out["kid_std"] = kid_std
-        if self.needs_inception:
+        if self.needs_features:
             self.real_cached = True
         return out
 
@@ -391,7 +414,7 @@ class ImageQualityMetrics(nn.Module):
         self.training_features, self.training_key = features.detach().float().cpu(), key
 
     def reset(self) -> None:
-        for m in (self.ssim, self.psnr, self.l1, self.fid, self.kid):
+        for m in (self.ssim, self.psnr, self.l1, self.fid, self.kid, self.clean_fid):
             if m is not None:
                 m.reset()
         self.pairs_seen = False
@@ -401,7 +424,7 @@ class ImageQualityMetrics(nn.Module):
     def reset_real(self) -> None:
         """Forget the cached real-image features (e.g. when the real split changes)."""
         self._pending[True].clear()
-        for m in (self.fid, self.kid):
+        for m in (self.fid, self.kid, self.clean_fid):
             if m is not None:
                 m.reset_real_features = True
                 m.reset()

@@ -152,6 +152,11 @@ def test_compare_and_the_checkpoint_pick_the_best_by_one_rule(monkeypatch, tmp_p
     cli = build_cli(args, args, run=False)
     best = [cb for cb in cli.trainer.checkpoint_callbacks if cb.monitor == "val/psnr"]
     assert best and best[0].mode == "max"
+    # clean-FID only (model.fid_protocol clean): the default best checkpoint is the lowest val/clean_fid
+    args = ["-c", str(REPO / "configs" / "quickstart.yaml"), "--model.fid_protocol", "clean", "--trainer.logger",
+            "false", "--trainer.default_root_dir", str(tmp_path)]
+    cli = build_cli(args, args, run=False)
+    assert any(cb.monitor == "val/clean_fid" and cb.mode == "min" for cb in cli.trainer.checkpoint_callbacks)
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------

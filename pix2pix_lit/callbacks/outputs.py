@@ -17,6 +17,8 @@ from lightning.pytorch.loggers import WandbLogger
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from pix2pix_lit.callbacks.pages import link, write_page
+from pix2pix_lit.clean_fid import PROTOCOL as CLEAN_FID_PROTOCOL
+from pix2pix_lit.clean_fid import find_clean_fid_weights
 from pix2pix_lit.data.io import save_image_atomic, to_pil, write_text_atomic
 from pix2pix_lit.inception import weights_sha256
 from pix2pix_lit.metrics import FID_FEATURES, find_inception_weights
@@ -96,7 +98,8 @@ def evaluation_protocol(trainer: pl.Trainer, pl_module: pl.LightningModule) -> d
         val_split = dm.hparams.get("val_split")
         # the val split chose best-*.ckpt (and whatever was tuned on it): scores there are optimistic
         out["split_selected_checkpoint"] = out["split"] is not None and out["split"] == val_split
-    if h.get("fid") or h.get("kid"):
+    clean = h.get("fid") and h.get("fid_protocol", "legacy") != "legacy"
+    if h.get("kid") or (h.get("fid") and h.get("fid_protocol", "legacy") != "clean"):
         weights = find_inception_weights(h.get("inception_weights"))
         out["fid_implementation"] = FID_FEATURES
         out["fid_weights"] = {"file": weights.name, "sha256": weights_sha256(weights)}
@@ -104,10 +107,15 @@ def evaluation_protocol(trainer: pl.Trainer, pl_module: pl.LightningModule) -> d
                              "TF-1.x-compatible bilinear), as the official TF FID and torch-fidelity")
         out["fid_real_side"] = (f"stored statistics {Path(h['fid_real_stats']).name}" if h.get("fid_real_stats")
                                 else "the real images of the same split")
+    if clean:
+        weights = find_clean_fid_weights(h.get("clean_fid_weights"))
+        out["clean_fid"] = {"protocol": CLEAN_FID_PROTOCOL, "weights": weights.name, "weights_sha256": weights_sha256(weights),
+                            "real_side": "the real images of the same split"}
     out["checkpoint_selection"] = checkpoint_selection(trainer, pl_module)
     from pix2pix_lit.models.segmenter import Segmenter
 
-    scorer = pl_module.__dict__.get("scorer")  # a generator scored with model.segmenter
+    evaluator = getattr(pl_module, "evaluator", None)
+    scorer = evaluator.scorer if evaluator is not None else None  # a generator scored with model.segmenter
     if scorer is not None or isinstance(pl_module, Segmenter):
         about = scorer.about if scorer is not None else {"segmenter": type(pl_module).__name__, "arch": h.get("arch")}
         mapping = scorer.class_mapping if scorer is not None else h.get("class_mapping")

@@ -95,6 +95,9 @@ class ImageTranslationModel(pl.LightningModule):
         channels_last: NHWC memory format. ``null``: on with 16-bit/bf16 precision and on GPUs, off for fp32 on CPU.
         compile: ``torch.compile`` the networks.
         fid, kid, mifid, mifid_eps, inception_weights, kid_subset_size: metric settings (``pix2pix_lit.metrics``).
+        fid_protocol, clean_fid_weights: which FID ``fid`` scores: ``legacy`` (``fid``: torch-fidelity's, as the
+            official TF code), ``clean`` (``clean_fid``: the clean-fid package's resize and NVIDIA's TorchScript
+            Inception, the file at ``clean_fid_weights`` or where ``pix2pix_lit.clean_fid`` looks) or ``both``.
         fid_real_stats: a file of stored FID statistics (``pix2pix-lit eval --save_stats``) that validation and test
             score FID against instead of the real images' features (``pix2pix_lit.fid_stats``; KID off).
         checkpoint_activations: recompute the generators' residual-block activations in the backward pass instead of
@@ -121,6 +124,7 @@ class ImageTranslationModel(pl.LightningModule):
     runtime_options: tuple[str, ...] = (
         "inference_mode", "predict_fit", "predict_size", "predict_tile", "predict_tile_overlap", "channels_last",
         "compile", "fid", "kid", "mifid", "mifid_eps", "inception_weights", "fid_real_stats", "kid_subset_size",
+        "fid_protocol", "clean_fid_weights",
         "max_nonfinite_steps", "use_ema_for_eval", "segmenter", "segmenter_weights", "checkpoint_activations",
     )
     _REQUIRED_HOOKS = ("configure_optimizers", "training_step", "generator_for", "evaluate_batch", "grid_rows")
@@ -149,6 +153,8 @@ class ImageTranslationModel(pl.LightningModule):
         inception_weights: Optional[str] = None,
         fid_real_stats: Optional[str] = None,
         kid_subset_size: int = 1000,
+        fid_protocol: str = "legacy",
+        clean_fid_weights: Optional[str] = None,
         max_nonfinite_steps: int = 20,
         ema_decay: Optional[float] = None,
         ema_warmup: bool = True,
@@ -169,7 +175,8 @@ class ImageTranslationModel(pl.LightningModule):
                                       use_ema_for_eval)
         self.evaluator = Evaluator(self.metric_domains, self.reference_domains, fid, kid, kid_subset_size, mifid,
                                    mifid_eps, inception_weights, fid_real_stats, segmenter, segmenter_weights,
-                                   label_nc, contain_dontcare_label, paired=self.data_kind == "paired")
+                                   label_nc, contain_dontcare_label, self.data_kind == "paired", fid_protocol,
+                                   clean_fid_weights)
         # the subclass's own arguments are collected too (Lightning walks the __init__ frames)
         self.save_hyperparameters(logger=False)
         self.automatic_optimization = False

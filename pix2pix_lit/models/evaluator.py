@@ -11,7 +11,8 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from pix2pix_lit.errors import ConfigError
+from pix2pix_lit.clean_fid import CleanFID, find_clean_fid_weights
+from pix2pix_lit.errors import ConfigError, check_choice
 from pix2pix_lit.fid_stats import RealStats, check_compatible, load_real_stats
 from pix2pix_lit.inception import weights_sha256
 from pix2pix_lit.metrics import FID_FEATURES, ImageQualityMetrics, find_inception_weights, load_inception
@@ -20,20 +21,30 @@ from pix2pix_lit.segmentation import StageScores, class_targets, num_classes_for
 
 STAGES = ("val", "test")
 STAGE_OF = {"fit": "val", "validate": "val", "test": "test"}  # the trainer's function -> the stage it scores
+FID_PROTOCOLS = ("legacy", "clean", "both")  # model.fid_protocol: which FID(s) ``fid: true`` computes
 
 
 class Evaluator(nn.Module):
     """``metrics[stage][domain]``: an :class:`~pix2pix_lit.metrics.ImageQualityMetrics` per stage and output domain
     (``domains``: metric name suffix per domain, e.g. ``{"out": ""}`` or ``{"B": "_B", "A": "_A"}``;
     ``references``: which of the data's training references each domain's MiFID compares with). The options are
-    the model's (``fid``, ``kid``, ... ``segmenter``; documented in ``models/base.py``)."""
+    the model's (``fid``, ``kid``, ... ``segmenter``; documented in ``models/base.py``). ``fid_protocol``: with
+    ``fid`` on, ``legacy`` scores ``fid`` (torch-fidelity), ``clean`` scores ``clean_fid`` (the clean-fid package's
+    resize and NVIDIA's TorchScript Inception at ``clean_fid_weights``), ``both`` each."""
 
     def __init__(self, domains: dict[str, str], references: dict[str, str], fid: bool = True, kid: bool = True,
                  kid_subset_size: int = 1000, mifid: bool = False, mifid_eps: float = 0.1,
                  inception_weights: Optional[str] = None, fid_real_stats: Optional[str] = None,
                  segmenter: Optional[str] = None, segmenter_weights: Optional[str] = None, label_nc: int = 0,
-                 contain_dontcare_label: bool = False, paired: bool = True) -> None:
+                 contain_dontcare_label: bool = False, paired: bool = True, fid_protocol: str = "legacy",
+                 clean_fid_weights: Optional[str] = None) -> None:
         super().__init__()
+        check_choice("model.fid_protocol", fid_protocol, FID_PROTOCOLS)
+        clean = fid and fid_protocol != "legacy"
+        if clean and fid_real_stats is not None:
+            raise ConfigError(f"model.fid_real_stats {fid_real_stats} holds legacy FID statistics; clean-FID "
+                              f"(model.fid_protocol {fid_protocol}) scores the real images themselves: set "
+                              "model.fid_protocol legacy or drop model.fid_real_stats")
         if mifid and not (fid and kid):
             raise ConfigError("model.mifid needs model.fid and model.kid (MiFID is FID divided by a memorization term "
                               "computed on the Inception features KID keeps)")
@@ -47,10 +58,12 @@ class Evaluator(nn.Module):
                               "FAKE_DIR --labels LABEL_DIR --segmenter SEG")
         self.domains, self.references = dict(domains), dict(references)
         self.inception_weights, self.fid_real_stats = inception_weights, fid_real_stats
+        self.clean_fid, self.clean_fid_weights = clean, clean_fid_weights
         self.segmenter, self.segmenter_weights = segmenter, segmenter_weights
         self.label_nc, self.contain_dontcare_label = label_nc, contain_dontcare_label
         self.metrics = nn.ModuleDict({stage: nn.ModuleDict({
-            d: ImageQualityMetrics(fid, kid, kid_subset_size, mifid=mifid, mifid_eps=mifid_eps) for d in domains})
+            d: ImageQualityMetrics(fid and fid_protocol != "clean", kid, kid_subset_size, mifid=mifid,
+                                   mifid_eps=mifid_eps, clean_fid=clean) for d in domains})
             for stage in STAGES})
         self.inception_attached = False
         self.segmentation: Optional[StageScores] = None  # with a segmenter (load_segmenter)
@@ -62,19 +75,32 @@ class Evaluator(nn.Module):
         stage = STAGE_OF.get(fn or "")
         return stage is not None and any(m.needs_inception for m in self.metrics[stage].values())
 
+    def needs_clean_fid(self, fn: Optional[str]) -> bool:
+        return self.clean_fid and STAGE_OF.get(fn or "") is not None
+
+    @property
+    def scorer(self):
+        """The segmenter of ``model.segmenter`` once loaded (not a submodule), else None."""
+        return self.__dict__["scorer"]
+
     def check_files(self, fn: Optional[str]) -> None:
         """Every file the evaluation of ``fn`` (fit, validate, test) reads, read now: missing FID weights, a bad
         statistics file or segmenter stop a run before its loggers start (the model's ``prepare_data``)."""
         if self.needs_inception(fn):
             find_inception_weights(self.inception_weights)
             self.stored_real_stats()
+        if self.needs_clean_fid(fn):
+            find_clean_fid_weights(self.clean_fid_weights)
         self.load_segmenter(fn)
 
     def attach_inception(self, fn: Optional[str]) -> None:
-        if self.needs_inception(fn) and not self.inception_attached:
-            extractor = load_inception(self.inception_weights)
+        if (self.needs_inception(fn) or self.needs_clean_fid(fn)) and not self.inception_attached:
+            extractor = load_inception(self.inception_weights) if self.needs_inception(fn) else None
+            clean = None
+            if self.needs_clean_fid(fn):
+                clean = CleanFID(find_clean_fid_weights(self.clean_fid_weights)).image_features
             for m in self._all_metrics():
-                m.set_extractor(extractor)
+                m.set_extractor(extractor, clean)
             self.inception_attached = True
 
     def detach_inception(self) -> None:
