@@ -107,6 +107,20 @@ def test_evaluator_options_are_refused_in_one_line(options, message):
         Evaluator({"out": ""}, {"out": "target"}, **options)
 
 
+def test_the_test_protocol_names_the_segmenter_a_generator_was_scored_with():
+    """metrics.json's protocol.segmentation comes from the evaluator's loaded segmenter (model.segmenter)."""
+    from types import SimpleNamespace
+
+    from pix2pix_lit.callbacks.outputs import evaluation_protocol
+
+    model = SimpleNamespace(hparams={"fid": False, "kid": False},
+                            evaluator=Evaluator({"out": ""}, {"out": "target"}, fid=False, kid=False))
+    assert "segmentation" not in evaluation_protocol(SimpleNamespace(datamodule=None, ckpt_path=None), model)
+    model.evaluator.__dict__["scorer"] = SimpleNamespace(about={"segmenter": "seg.ckpt"}, class_mapping=None)
+    seg = evaluation_protocol(SimpleNamespace(datamodule=None, ckpt_path=None), model)["segmentation"]
+    assert seg["segmenter"] == "seg.ckpt" and seg["class_mapping"] == "label ids as stored"
+
+
 class _Model:
     _trainer = None
 
