@@ -64,6 +64,11 @@ RECIPES: dict[str, tuple[list[str], str]] = {
         [*_UNET_IN_MS_FM, "--model.ema_decay", "0.99", "--model.lambda_L1", "10", "--model.num_D", "3"],
         "maps_best.yaml with a third D scale (64x64 input): coarser structure judged by D, as pix2pixHD's "
         "three scales do at 2048x1024"),
+    "unet_in_ms_fm_ema_l1_10_r1": (
+        [*_UNET_IN_MS_FM, "--model.ema_decay", "0.99", "--model.lambda_L1", "10", "--model.r1_gamma", "1",
+         "--model.r1_every", "16"],
+        "maps_best.yaml + a lazy R1 penalty on the real pairs' images (gamma 1, every 16 batches; StyleGAN2's at "
+        "256x256): keeps D smooth around the 1,096 real maps instead of memorising them"),
     "unet_in_ms_fm_ema_l1_3": ([*_UNET_IN_MS_FM, "--model.ema_decay", "0.99", "--model.lambda_L1", "3"],
                                "unet_in_ms_fm_ema with L1 x3: nearly pix2pixHD's losses (GAN + feature matching)"),
     "unet_in_ms_fm_ema_l1_30_sn_ttur": (

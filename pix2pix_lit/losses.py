@@ -72,6 +72,15 @@ def gradient_penalty(
     return ((grads.norm(2, dim=1) - constant) ** 2).mean()
 
 
+def r1_penalty(real_outputs, real_images: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018, as StyleGAN2 uses it): E[||grad_x sum D(x)||^2] over real images ``x``, which
+    must require grad before D saw them; ``real_outputs`` is D's output (a tensor, or one per scale). The graph is
+    kept, so the penalty trains D."""
+    outs = real_outputs if isinstance(real_outputs, (list, tuple)) else [real_outputs]
+    grads = torch.autograd.grad(outputs=[o.float().sum() for o in outs], inputs=real_images, create_graph=True)[0]
+    return grads.float().square().reshape(grads.shape[0], -1).sum(1).mean()
+
+
 def feature_matching_loss(real_feats: Sequence, fake_feats: Sequence, layer_weight: float = 1.0) -> torch.Tensor:
     """pix2pixHD feature matching: L1 between D's intermediate activations on real and fake pairs.
 

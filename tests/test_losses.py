@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from pix2pix_lit.errors import ConfigError
-from pix2pix_lit.losses import GANLoss, feature_matching_loss, gradient_penalty
+from pix2pix_lit.losses import GANLoss, feature_matching_loss, gradient_penalty, r1_penalty
 
 
 def test_vanilla_is_bce_of_sigmoid():
@@ -77,3 +77,46 @@ def test_vgg_loss_takes_a_local_vgg19_file_and_checks_it(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="is not a PyTorch state dict"):
         VGGLoss(str(tmp_path / "junk.pth"))
+
+
+def test_r1_is_the_squared_input_gradient_norm_by_hand():
+    """A 1x1-conv D on (source, image) pairs: d(sum D)/d(image pixel of channel c) = w_c at every pixel, so
+    ||grad||^2 = H * W * sum_c w_c^2 over the image's channels for every sample; for two scales, the gradients add."""
+    torch.manual_seed(0)
+    D = torch.nn.Conv2d(6, 1, 1, bias=False)
+    source, image = torch.rand(2, 3, 5, 4), torch.rand(2, 3, 5, 4).requires_grad_(True)
+    out = D(torch.cat([source, image], 1))
+    w = D.weight.detach().flatten()[3:]
+    assert r1_penalty(out, image).item() == pytest.approx(5 * 4 * float((w ** 2).sum()), rel=1e-5)
+    image2 = image.detach().clone().requires_grad_(True)
+    twice = [D(torch.cat([source, image2], 1)), 2 * D(torch.cat([source, image2], 1))]
+    assert r1_penalty(twice, image2).item() == pytest.approx(9 * 5 * 4 * float((w ** 2).sum()), rel=1e-5)
+
+
+def test_pix2pix_adds_the_lazy_r1_only_on_its_steps_and_nothing_when_off(monkeypatch):
+    from pix2pix_lit.models import Pix2Pix
+
+    from conftest import TINY_MODEL
+
+    torch.manual_seed(0)
+    source, target = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    off = Pix2Pix(**TINY_MODEL, pool_size=0)
+    on = Pix2Pix(**TINY_MODEL, pool_size=0, r1_gamma=10.0, r1_every=4)
+    on.load_state_dict(off.state_dict())
+    fake = off.G(source).detach()
+    base, logs = off.discriminator_loss(source, target, fake)
+    assert "loss_D_r1" not in logs
+    loss, logs = on.discriminator_loss(source, target, fake)  # step 0: an R1 step
+    # the penalty by hand: D's gradient w.r.t. the target half of the real pair
+    real = torch.cat([source, target], 1).requires_grad_(True)
+    grad = torch.autograd.grad(sum(o.sum() for o in [on.D(real)]), real)[0][:, 3:]
+    by_hand = grad.square().sum((1, 2, 3)).mean()
+    assert logs["loss_D_r1"].item() == pytest.approx(by_hand.item(), rel=1e-5)
+    assert (loss - base).item() == pytest.approx(10.0 / 2 * 4 * by_hand.item(), rel=1e-4)
+    loss.backward()  # the penalty trains D: its graph reaches D's weights
+    assert all(p.grad is not None for p in on.D.parameters())
+    monkeypatch.setattr(Pix2Pix, "global_step", property(lambda self: 3))  # not a multiple of r1_every
+    again, logs = on.discriminator_loss(source, target, fake)
+    assert "loss_D_r1" not in logs and again.item() == pytest.approx(base.item(), rel=1e-6)
+    with pytest.raises(ConfigError, match="model.r1_every"):
+        Pix2Pix(**TINY_MODEL, r1_gamma=1.0, r1_every=0)

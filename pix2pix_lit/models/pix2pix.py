@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from pix2pix_lit.errors import ConfigError, check_choice, check_numbers
-from pix2pix_lit.losses import VGG19_SOURCE, GANLoss, GANScales, VGGLoss, feature_matching_loss, gradient_penalty
+from pix2pix_lit.losses import (VGG19_SOURCE, GANLoss, GANScales, VGGLoss, feature_matching_loss, gradient_penalty,
+                                r1_penalty)
 from pix2pix_lit.models.networks import OfficialNetworksModel
 from pix2pix_lit.nets.diffaugment import DiffAugment
 from pix2pix_lit.nets.image_pool import ImagePool
@@ -18,7 +19,7 @@ from pix2pix_lit.nets.image_pool import ImagePool
 PIX2PIX_NUMBERS = {
     "n_downsample_global": ">=1", "n_blocks_global": ">=0", "n_local_enhancers": ">=1", "n_blocks_local": ">=0",
     "lambda_L1": ">=0", "lambda_vgg": ">=0", "lambda_feat": ">=0", "lr_D": ">0", "niter_fix_global": ">=0",
-    "padding_D": ">=0",
+    "padding_D": ">=0", "r1_gamma": ">=0", "r1_every": ">=1",
 }
 
 # the order of a batch's two updates: pix2pix's official ``optimize_parameters`` steps D, then computes G's loss on
@@ -59,6 +60,9 @@ class Pix2Pix(OfficialNetworksModel):
         diff_augment: DiffAugment of every pair D judges (``nets/diffaugment.py``): a comma-separated choice of
             color, translation, cutout (e.g. ``color,translation,cutout``); one draw per step for the real and the
             fake pairs; "" (default, the official): none.
+        r1_gamma, r1_every: an R1 penalty on real pairs, (r1_gamma / 2) * ||grad of D wrt the real image||^2 added
+            to D's loss every ``r1_every`` batches and multiplied by ``r1_every`` (StyleGAN2's lazy
+            regularisation); 0 (default, the official): none.
         init_global_from, niter_fix_global: pix2pixHD's coarse-to-fine training of ``netG: local``: its global part
             starts from the G of a ``netG: global`` checkpoint (trained at half the resolution, ``2·ngf`` filters),
             its multi-scale D's scales from that checkpoint's (each scale kept at the resolution it was trained at:
@@ -92,6 +96,8 @@ class Pix2Pix(OfficialNetworksModel):
         init_global_from: Optional[str] = None,
         niter_fix_global: int = 0,
         diff_augment: str = "",
+        r1_gamma: float = 0.0,
+        r1_every: int = 16,
         **kwargs: Any,
     ) -> None:
         check_choice("model.step_order", step_order, STEP_ORDERS)
@@ -225,17 +231,25 @@ class Pix2Pix(OfficialNetworksModel):
         return self.prep(torch.cat([source, image], 1))
 
     def discriminator_loss(self, source, target, fake) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Real pairs vs (pooled) fake pairs, halved (official ``backward_D``) [+ λ_gp · gradient penalty]."""
+        """Real pairs vs (pooled) fake pairs, halved (official ``backward_D``) [+ λ_gp · gradient penalty]
+        [+ the lazy R1 penalty on this batch's real images]."""
         h = self.hparams
+        r1 = h.r1_gamma > 0 and self.global_step % h.r1_every == 0
+        if r1:
+            target = target.detach().requires_grad_(True)
         real_pair = self.pair(source, target)
         fake_pair = self.prep(self.pool.query(self.pair(source, fake.detach())))
         if self.augment:  # one draw for the step's real and fake pairs
             self.augment.new_draw(real_pair)
             real_pair, fake_pair = self.prep(self.augment(real_pair)), self.prep(self.augment(fake_pair))
         loss_fake = self.criterion_gan(self.D(fake_pair), False, for_discriminator=True)
-        loss_real = self.criterion_gan(self.D(real_pair), True, for_discriminator=True)
+        pred_real = self.D(real_pair)
+        loss_real = self.criterion_gan(pred_real, True, for_discriminator=True)
         loss = (loss_fake + loss_real) * 0.5
         logs = {"loss_D_real": loss_real, "loss_D_fake": loss_fake}
+        if r1:
+            logs["loss_D_r1"] = r1_penalty(pred_real, target)
+            loss = loss + h.r1_gamma / 2 * h.r1_every * logs["loss_D_r1"]
         if h.gan_mode == "wgangp":
             gp = gradient_penalty(self.D, real_pair, fake_pair)
             loss = loss + h.lambda_gp * gp
