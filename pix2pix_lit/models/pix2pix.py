@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from pix2pix_lit.errors import ConfigError, check_choice, check_numbers
-from pix2pix_lit.losses import (VGG19_SOURCE, GANLoss, GANScales, VGGLoss, feature_matching_loss, gradient_penalty,
-                                r1_penalty)
+from pix2pix_lit.losses import VGG19_SOURCE, GANLoss, GANScales, VGGLoss, feature_matching_loss, gradient_penalty, r1_penalty
 from pix2pix_lit.models.networks import OfficialNetworksModel
 from pix2pix_lit.nets.diffaugment import DiffAugment
 from pix2pix_lit.nets.image_pool import ImagePool
