@@ -79,14 +79,10 @@ def map_classes(ids: torch.Tensor, mapping: Optional[str]) -> torch.Tensor:
     return table[ids]
 
 
-def class_targets(source: torch.Tensor, label_nc: int, contain_dontcare_label: bool,
-                  mapping: Optional[str]) -> torch.Tensor:
-    """The (N, H, W) classes a segmenter is scored on (255 ignored) of a batch's (N, 1, H, W) label ``source`` (the
-    data's encoding: don't care moved to class ``label_nc``)."""
-    ids = source[:, 0].long()
-    if contain_dontcare_label:
-        ids = torch.where(ids == label_nc, IGNORE_INDEX, ids)
-    return map_classes(ids, mapping)
+def class_targets(source: torch.Tensor, mapping: Optional[str]) -> torch.Tensor:
+    """The (N, H, W) classes a segmenter is scored on of a batch's (N, 1, H, W) label ``source`` (ids as stored:
+    don't care is 255, the ignored index)."""
+    return map_classes(source[:, 0], mapping)
 
 
 # -- the network ------------------------------------------------------------------------------------------------

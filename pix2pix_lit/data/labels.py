@@ -43,7 +43,9 @@ from pix2pix_lit.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-# the id every label convention here uses for "unlabelled": a class of its own with contain_dontcare_label
+# the id every label convention here uses for "unlabelled": a class of its own with contain_dontcare_label. The one
+# encoding of don't-care from the files to the scores: the data, grids, segmenter targets and export keep 255; only
+# the one-hot a network sees puts it in the channel after the classes (network_input)
 DONTCARE_ID = 255
 ID_MODES = {"L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N"}
 
@@ -103,11 +105,9 @@ def check_ids(ids: np.ndarray, label_nc: int, contain_dontcare_label: bool, path
 
 
 def encode_ids(ids: np.ndarray, label_nc: int, contain_dontcare_label: bool) -> torch.Tensor:
-    """Checked ids as a (1, H, W) tensor, don't-care (255) moved to class ``label_nc``: ``uint8`` when every
-    class fits, else ``int16``."""
-    if contain_dontcare_label:
-        ids = np.where(ids == DONTCARE_ID, label_nc, ids)
-    dtype = np.uint8 if label_nc + int(contain_dontcare_label) <= 256 else np.int16
+    """Checked ids as a (1, H, W) tensor, as stored (don't care stays 255): ``uint8`` when every id fits, else
+    ``int16``."""
+    dtype = np.uint8 if label_nc <= 256 else np.int16
     return torch.from_numpy(ids.astype(dtype))[None]
 
 
@@ -203,7 +203,10 @@ def network_input(batch: dict[str, Any], label_nc: int, contain_dontcare_label: 
     source = batch["source"]
     if not label_nc:
         return source
-    x = one_hot(source.to(device or source.device), label_nc + int(contain_dontcare_label))
+    ids = source.to(device or source.device).long()
+    if contain_dontcare_label:  # the don't-care id is the channel after the classes
+        ids = torch.where(ids == DONTCARE_ID, label_nc, ids)
+    x = one_hot(ids, label_nc + int(contain_dontcare_label))
     if instance_edges:
         if "edges" not in batch:
             raise ConfigError("this model takes instance edges (model.no_instance false) but the data gives none; give "

@@ -175,7 +175,7 @@ class ImageTranslationModel(pl.LightningModule):
                                       use_ema_for_eval)
         self.evaluator = Evaluator(self.metric_domains, self.reference_domains, fid, kid, kid_subset_size, mifid,
                                    mifid_eps, inception_weights, fid_real_stats, segmenter, segmenter_weights,
-                                   label_nc, contain_dontcare_label, self.data_kind == "paired", fid_protocol,
+                                   label_nc, self.data_kind == "paired", fid_protocol,
                                    clean_fid_weights)
         # the subclass's own arguments are collected too (Lightning walks the __init__ frames)
         self.save_hyperparameters(logger=False)

@@ -36,7 +36,7 @@ class Evaluator(nn.Module):
                  kid_subset_size: int = 1000, mifid: bool = False, mifid_eps: float = 0.1,
                  inception_weights: Optional[str] = None, fid_real_stats: Optional[str] = None,
                  segmenter: Optional[str] = None, segmenter_weights: Optional[str] = None, label_nc: int = 0,
-                 contain_dontcare_label: bool = False, paired: bool = True, fid_protocol: str = "legacy",
+                 paired: bool = True, fid_protocol: str = "legacy",
                  clean_fid_weights: Optional[str] = None) -> None:
         super().__init__()
         check_choice("model.fid_protocol", fid_protocol, FID_PROTOCOLS)
@@ -60,7 +60,7 @@ class Evaluator(nn.Module):
         self.inception_weights, self.fid_real_stats = inception_weights, fid_real_stats
         self.clean_fid, self.clean_fid_weights = clean, clean_fid_weights
         self.segmenter, self.segmenter_weights = segmenter, segmenter_weights
-        self.label_nc, self.contain_dontcare_label = label_nc, contain_dontcare_label
+        self.label_nc = label_nc
         self.metrics = nn.ModuleDict({stage: nn.ModuleDict({
             d: ImageQualityMetrics(fid and fid_protocol != "clean", kid, kid_subset_size, mifid=mifid,
                                    mifid_eps=mifid_eps, clean_fid=clean) for d in domains})
@@ -129,7 +129,7 @@ class Evaluator(nn.Module):
         """The segmenter's classes of generated photos ``fake`` against the label maps ``source`` they came from."""
         scorer = self.__dict__["scorer"]
         if scorer is not None and self.segmentation is not None:
-            truth = class_targets(source, self.label_nc, self.contain_dontcare_label, scorer.class_mapping)
+            truth = class_targets(source, scorer.class_mapping)
             self.segmentation.update(stage, scorer.net.to(fake.device).predict(fake), truth)
 
     def stored_real_stats(self) -> Optional[RealStats]:

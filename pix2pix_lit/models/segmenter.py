@@ -109,7 +109,7 @@ class Segmenter(pl.LightningModule):
 
     def targets(self, batch: dict[str, Any]) -> torch.Tensor:
         h = self.hparams
-        return class_targets(batch["source"], h.label_nc, h.contain_dontcare_label, h.class_mapping)
+        return class_targets(batch["source"], h.class_mapping)
 
     def forward(self, photos: torch.Tensor) -> torch.Tensor:
         """(N, num_classes, H, W) logits."""

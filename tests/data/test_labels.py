@@ -18,7 +18,7 @@ from pix2pix_lit.data.labels import (
     instance_edges,
     label_classes,
     load_palette,
-    one_hot,
+    network_input,
     palette,
     read_ids,
 )
@@ -80,9 +80,10 @@ def test_nearest_resize_keeps_ids_and_shares_crop_and_flip(tmp_path):
 def test_dontcare_and_ids_out_of_range(tmp_path):
     ids = np.array([[0, 1, 255], [2, 255, 1]], np.uint8)
     encoded = encode_ids(ids.astype(np.int64), 3, True)
-    assert encoded.tolist() == [[[0, 1, 3], [2, 3, 1]]]
-    hot = one_hot(encoded[None], 4)
+    assert encoded.tolist() == [[[0, 1, 255], [2, 255, 1]]] and encoded.dtype == torch.uint8  # as stored
+    hot = network_input({"source": encoded[None]}, 3, True, False)  # don't care: the channel after the classes
     assert hot.shape == (1, 4, 2, 3) and hot[0, 3].tolist() == [[0, 0, 1], [0, 1, 0]] and hot.sum(1).eq(1).all()
+    assert hot[0, :3].argmax(0)[0, :2].tolist() == [0, 1] and hot[0, 2, 1, 0] == 1
     write_label_folders(tmp_path, label_nc=7)
     with pytest.raises(DataError, match=r"0\.png: class id 5 at pixel \(x=\d+, y=\d+\) is not below data.label_nc=5"):
         label_data(tmp_path, label_nc=5).setup("fit")
@@ -151,7 +152,7 @@ def test_ade20k_layout_shifts_ids_and_makes_zero_dontcare(tmp_path):
                           val_fraction=0.34)
     dm.setup("fit")
     item = dm.train_dataset[0]
-    assert item["source"][0, 0].tolist() == [150, 0, 149, 1]  # 0 (unlabelled) -> the don't-care class 150
+    assert item["source"][0, 0].tolist() == [255, 0, 149, 1]  # 0 (unlabelled) -> the don't-care id 255
 
 
 def test_palette_conversion_both_ways(tmp_path, capsys):
