@@ -69,6 +69,11 @@ RECIPES: dict[str, tuple[list[str], str]] = {
          "--model.r1_every", "16"],
         "maps_best.yaml + a lazy R1 penalty on the real pairs' images (gamma 1, every 16 batches; StyleGAN2's at "
         "256x256): keeps D smooth around the 1,096 real maps instead of memorising them"),
+    "resnet24_in_ms_fm_ema_l1_10": (
+        [*_UNET_IN_MS_FM, "--model.ema_decay", "0.99", "--model.lambda_L1", "10", "--model.netG", "resnet_9blocks",
+         "--model.ngf", "24"],
+        "maps_best.yaml's losses and D on GAN Compression's generator, ResNet-9 at ngf 24 (G ~14 GFLOP, the "
+        "U-Net's 12: equal FLOPs)"),
     "unet_in_ms_fm_ema_l1_3": ([*_UNET_IN_MS_FM, "--model.ema_decay", "0.99", "--model.lambda_L1", "3"],
                                "unet_in_ms_fm_ema with L1 x3: nearly pix2pixHD's losses (GAN + feature matching)"),
     "unet_in_ms_fm_ema_l1_30_sn_ttur": (
