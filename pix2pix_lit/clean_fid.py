@@ -50,8 +50,10 @@ class CleanFID:
 
     def __init__(self, weights: Path, batch_size: int = 16, device: Optional[torch.device] = None) -> None:
         from cleanfid.inception_torchscript import InceptionV3W
+        from cleanfid.resize import build_resizer
 
         self.weights = Path(weights)
+        self.resize = build_resizer("clean")  # the package's per-file resize, for image_features
         self.batch_size, self.device = batch_size, device or torch.device("cpu")
         # clean-fid's wrapper loads <folder>/inception-2015-12-05.pt: a file of another name is linked under it
         with tempfile.TemporaryDirectory() as folder:
@@ -75,10 +77,7 @@ class CleanFID:
         """Features of 8-bit RGB images (N, 3, H, W) as :meth:`features` gives of the same images saved as PNG:
         each resized by the package's own clean resizer (``cleanfid.resize.build_resizer``, what
         ``get_files_features`` runs per file), then the network (validation and test, ``model.fid_protocol``)."""
-        from cleanfid.resize import build_resizer
-
-        resize = self.__dict__.setdefault("_resize", build_resizer("clean"))
-        arrays = [resize(x) for x in images.permute(0, 2, 3, 1).cpu().numpy()]  # HWC uint8 -> 299x299x3 float32
+        arrays = [self.resize(x) for x in images.permute(0, 2, 3, 1).cpu().numpy()]  # HWC uint8 -> 299x299x3 float32
         batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
         device = images.device
         if next(self.network.parameters()).device != device:

@@ -98,8 +98,8 @@ def evaluation_protocol(trainer: pl.Trainer, pl_module: pl.LightningModule) -> d
         val_split = dm.hparams.get("val_split")
         # the val split chose best-*.ckpt (and whatever was tuned on it): scores there are optimistic
         out["split_selected_checkpoint"] = out["split"] is not None and out["split"] == val_split
-    clean = h.get("fid") and h.get("fid_protocol", "legacy") != "legacy"
-    if h.get("kid") or (h.get("fid") and h.get("fid_protocol", "legacy") != "clean"):
+    evaluator = getattr(pl_module, "evaluator", None)  # the GANs' (the Segmenter scores no FID)
+    if evaluator is not None and evaluator.needs_inception("test"):
         weights = find_inception_weights(h.get("inception_weights"))
         out["fid_implementation"] = FID_FEATURES
         out["fid_weights"] = {"file": weights.name, "sha256": weights_sha256(weights)}
@@ -107,14 +107,13 @@ def evaluation_protocol(trainer: pl.Trainer, pl_module: pl.LightningModule) -> d
                              "TF-1.x-compatible bilinear), as the official TF FID and torch-fidelity")
         out["fid_real_side"] = (f"stored statistics {Path(h['fid_real_stats']).name}" if h.get("fid_real_stats")
                                 else "the real images of the same split")
-    if clean:
+    if evaluator is not None and evaluator.needs_clean_fid("test"):
         weights = find_clean_fid_weights(h.get("clean_fid_weights"))
         out["clean_fid"] = {"protocol": CLEAN_FID_PROTOCOL, "weights": weights.name, "weights_sha256": weights_sha256(weights),
                             "real_side": "the real images of the same split"}
     out["checkpoint_selection"] = checkpoint_selection(trainer, pl_module)
     from pix2pix_lit.models.segmenter import Segmenter
 
-    evaluator = getattr(pl_module, "evaluator", None)
     scorer = evaluator.scorer if evaluator is not None else None  # a generator scored with model.segmenter
     if scorer is not None or isinstance(pl_module, Segmenter):
         about = scorer.about if scorer is not None else {"segmenter": type(pl_module).__name__, "arch": h.get("arch")}
