@@ -181,3 +181,7 @@ def test_fid_protocol_refusals_are_one_line(tmp_path):
         Pix2Pix(fid_protocol="tf")
     with pytest.raises(ConfigError, match=r"holds legacy FID statistics; clean-FID \(model.fid_protocol both\)"):
         Pix2Pix(fid_protocol="both", kid=False, fid_real_stats=str(tmp_path / "real.npz"))
+    # MiFID divides the legacy FID: under clean alone it would be silently missing from the scores
+    with pytest.raises(ConfigError, match=r"model.mifid divides the legacy FID .* model.fid_protocol both"):
+        Pix2Pix(fid_protocol="clean", mifid=True)
+    assert Pix2Pix(fid_protocol="both", mifid=True).evaluator.metrics["val"]["out"].mifid

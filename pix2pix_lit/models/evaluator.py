@@ -48,6 +48,9 @@ class Evaluator(nn.Module):
         if mifid and not (fid and kid):
             raise ConfigError("model.mifid needs model.fid and model.kid (MiFID is FID divided by a memorization term "
                               "computed on the Inception features KID keeps)")
+        if mifid and fid_protocol == "clean":
+            raise ConfigError("model.mifid divides the legacy FID by its memorization term; with model.fid_protocol "
+                              "clean there is none: set model.fid_protocol both (or legacy), or model.mifid false")
         if fid_real_stats is not None and (not fid or kid or len(domains) > 1):
             raise ConfigError(f"model.fid_real_stats {fid_real_stats} gives FID's real side for one output domain: it "
                               "needs model.fid: true and model.kid: false (KID needs every real image's features)"
