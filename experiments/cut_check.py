@@ -114,7 +114,8 @@ def main() -> None:
 
     # 2. training steps of small networks from the same start
     small = dict(ngf=8, ndf=8, netF_nc=32, num_patches=16)
-    record = {"small": small, "steps": args.steps, "modes": {}}
+    # the CPU kernels the numbers came from (tests/conftest.py, same_kernels)
+    record = {"small": small, "steps": args.steps, "modes": {}, "kernels": torch.backends.cpu.get_cpu_capability()}
     for mode in MODES:
         torch.manual_seed(1)
         batch = {"A": torch.rand(1, 3, args.size, args.size) * 2 - 1, "B": torch.rand(1, 3, args.size, args.size) * 2 - 1}

@@ -74,6 +74,16 @@ def step_at_start():
     return StepAtStart()
 
 
+def same_kernels(recorded: str) -> bool:
+    """Whether this CPU runs the kernels a fixture of the official code's numbers was recorded with (``recorded``:
+    ``torch.backends.cpu.get_cpu_capability()`` there). Other kernels (an AVX2-only CPU, or this one limited with
+    ``ONEDNN_MAX_CPU_ISA``) round differently, and a few Adam steps turn that rounding into ~lr-sized updates
+    wherever a gradient is near 0 — so training steps equal the official ones exactly only on the same kernels."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability() == recorded and "ONEDNN_MAX_CPU_ISA" not in os.environ
+
+
 TINY_MODEL = dict(netG="unet", num_downs=5, ngf=8, ndf=8, fid=False, kid=False, n_epochs=1, n_epochs_decay=1)
 
 

@@ -2,6 +2,8 @@
 and every gradient of each update, through the step that freezes D for G's update and unfreezes it for its own —
 the ``requires_grad`` switch a compiled graph can go stale on — and a compiled run resumes."""
 
+import os
+
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -10,7 +12,14 @@ from pix2pix_lit import Pix2Pix, SyntheticPairedDataModule
 
 from conftest import TINY_MODEL, quiet_trainer
 
-pytestmark = pytest.mark.slow  # inductor compiles each graph once per process: ~1 minute on 2 cores
+pytestmark = [
+    pytest.mark.slow,  # inductor compiles each graph once per process: ~1 minute on 2 cores
+    # an AVX2 machine emulated on a newer CPU (ONEDNN_MAX_CPU_ISA=AVX2, as experiments/ and the suite's timing use)
+    # limits oneDNN but not the code inductor generates for the whole CPU: compiled graphs then abort or give NaN.
+    # On a real AVX2-only CPU both detect the same CPU (not measured on one since this test landed)
+    pytest.mark.skipif("ONEDNN_MAX_CPU_ISA" in os.environ,
+                       reason="ONEDNN_MAX_CPU_ISA emulates another CPU, which inductor's code does not follow"),
+]
 
 
 def data(tmp_path):

@@ -21,7 +21,7 @@ from pix2pix_lit.errors import ConfigError
 from pix2pix_lit.models.cut import CUT
 from pix2pix_lit.nets.cut import patch_nce_loss
 
-from conftest import REPO, quiet_trainer, run, step_at_start
+from conftest import REPO, quiet_trainer, run, same_kernels, step_at_start
 
 OFFICIAL = Path(__file__).resolve().parents[1] / "fixtures" / "official" / "cut_steps.pt"
 MODES = {"CUT": dict(nce_idt=True, lambda_NCE=1.0, flip_equivariance=False),
@@ -60,9 +60,14 @@ def test_three_steps_equal_the_official_code(mode):
     assert steps == 3
     quiet_trainer(max_steps=steps, limit_val_batches=0).fit(
         model, DataLoader([{"A": batch["A"][0], "B": batch["B"][0], "name": "x"}] * steps, batch_size=1))
-    for official, ours in zip(case["losses"], seen, strict=True):
+    # D is saturated here (loss_D_fake ~1e-9), and Adam scales its near-0 gradients to lr-sized steps: on kernels
+    # other than the recording's, rounding grows to ~3 % by step 3 (AVX2), so there only step 1 is exact (the
+    # later steps within 5 %, or 1e-3 for a loss near 0)
+    exact = same_kernels(ref["kernels"])
+    for step, (official, ours) in enumerate(zip(case["losses"], seen, strict=True)):
         for k, v in official.items():
-            assert float(ours[k].detach()) == pytest.approx(v, abs=1e-5, rel=1e-6), k
+            tolerance = dict(abs=1e-5, rel=1e-6) if exact or step == 0 else dict(rel=0.05, abs=1e-3)
+            assert float(ours[k].detach()) == pytest.approx(v, **tolerance), (step, k)
 
 
 def test_instance_norm_gradients_are_right_whatever_layout_reaches_them():

@@ -12,7 +12,7 @@ from pix2pix_lit.data import SyntheticPairedDataModule
 from pix2pix_lit.errors import ConfigError
 from pix2pix_lit.models import Pix2Pix
 
-from conftest import quiet_trainer, step_at_start
+from conftest import quiet_trainer, same_kernels, step_at_start
 
 HD = dict(ngf=4, ndf=4, norm="instance", no_dropout=True, n_downsample_global=2, n_blocks_global=1, netD="multiscale",
           num_D=2, lambda_feat=10.0, fid=False, kid=False)
@@ -141,10 +141,17 @@ def test_three_steps_equal_the_official_train_loop(stage):
         for k, v in official.items():
             assert float(ours[k].detach()) == pytest.approx(v, abs=1e-5), k
     theirs_d = official_d_to_ours(ref["D"], model.D.state_dict(), STAGE[stage]["num_D"])
+    exact = same_kernels(torch.load(OFFICIAL_STEPS, weights_only=True)["kernels"])
     for net, theirs in (("G", ref["G"]), ("D", theirs_d)):
         for k, v in getattr(model, net).state_dict().items():
-            if k.endswith("weight"):
+            if not k.endswith("weight"):
+                continue
+            if exact:
                 torch.testing.assert_close(v, theirs[k], atol=1e-6, rtol=0, msg=f"{net}.{k}")
+            else:  # other kernels: the 3 updates equal the official ones up to rounding (AVX2: <= 0.4 %; a wrong
+                # gradient or step gives O(1))
+                start = ref[f"{net}0"][k]
+                assert (v - theirs[k]).norm() <= 0.02 * (theirs[k] - start).norm(), f"{net}.{k}"  # fixed: 0 <= 0
 
 
 def test_gan_loss_summed_over_scales_is_the_official_value():
