@@ -129,8 +129,9 @@ def run(args, env, cwd, check=True, timeout=600):
 
 def run_in_process(args, env, cwd, check=False) -> subprocess.CompletedProcess:
     """``pix2pix-lit ARGS`` by calling its ``main`` in this process, for matrices of commands that must stop
-    before training (each saves the ~15 s start-up of a new Python with torch and Lightning; every such test
-    also runs one of its cases through ``run``, the real process). The same exit code, stdout and stderr; an
+    before training and for commands whose subject is not the process (a checkpoint tested or predicted): each
+    saves the start-up of a new Python with torch and Lightning (~6-15 s); every such test also runs one of its
+    commands through ``run``, the real process. The same exit code, stdout and stderr; an
     uncaught exception is exit 1 with its traceback on stderr, as Python would print it. Unlike ``run`` it does
     not raise on a non-zero exit unless ``check``: these matrices are about failures."""
     import contextlib

@@ -14,7 +14,7 @@ from pix2pix_lit.nets import define_G
 from pix2pix_lit.official import import_official
 from pix2pix_lit.serving.export import ExportError, export_checkpoint
 
-from conftest import REPO, run, tiny
+from conftest import REPO, run, run_in_process, tiny
 
 FIXTURE = torch.load(REPO / "tests" / "fixtures" / "official" / "junyanz_generators.pt", weights_only=True)
 
@@ -140,18 +140,20 @@ def test_a_file_that_is_not_an_official_network_is_one_line_and_writes_nothing(t
 
 def test_import_official_on_the_command_line_then_predict_and_fine_tune(tmp_path, cli_env):
     src = official_file(tmp_path, "unet5_batch_dropout")
-    proc = run(["import-official", str(src), str(tmp_path / "munit.ckpt"), "--model", "munit"], cli_env, tmp_path,
-               check=False)
+    # the commands whose subject is not the process run in this one (a new Python's start-up each saved); the
+    # import and the fine-tuning run as users type them
+    proc = run_in_process(["import-official", str(src), str(tmp_path / "munit.ckpt"), "--model", "munit"], cli_env,
+                          tmp_path)
     assert proc.returncode == 2 and "invalid choice: 'munit'" in proc.stderr
     ckpt = tmp_path / "facades.ckpt"
     proc = run(["import-official", str(src), str(ckpt), "--model", "pix2pix"], cli_env, tmp_path)
     assert "unet, ngf 4, norm batch, 3 -> 3 channels, dropout on" in proc.stdout and "freshly initialised: D" in proc.stdout
-    again = run(["import-official", str(src), str(ckpt), "--model", "pix2pix"], cli_env, tmp_path, check=False)
+    again = run_in_process(["import-official", str(src), str(ckpt), "--model", "pix2pix"], cli_env, tmp_path)
     assert again.returncode == 2 and "nothing is overwritten" in again.stderr
     args = tiny(tmp_path / "run", tmp_path / "syn", "--trainer.logger", "false", "--model.kid", "false",
                 "--model.fid", "false")
-    run(["predict", *args, "--ckpt_path", str(ckpt), "--model.inference_mode", "eval",
-         "--predict_writer.output_dir", str(tmp_path / "pred")], cli_env, tmp_path)
+    run_in_process(["predict", *args, "--ckpt_path", str(ckpt), "--model.inference_mode", "eval",
+                    "--predict_writer.output_dir", str(tmp_path / "pred")], cli_env, tmp_path, check=True)
     assert len(list((tmp_path / "pred").glob("*.png"))) == 4
     # fine-tuning: the ckpt's architecture (ngf 4 over tiny()'s 8), its weights, step 0, fresh optimizers
     run(["fit", *args, "--ckpt_path", str(ckpt), "--trainer.max_epochs", "1"], cli_env, tmp_path)
@@ -161,8 +163,8 @@ def test_import_official_on_the_command_line_then_predict_and_fine_tune(tmp_path
     assert "imported" not in tuned["pix2pix_lit"]  # a trained checkpoint: every network trained
     moved = [k for k in start if k.startswith("G.") and k.endswith("weight") and not torch.equal(start[k], tuned["state_dict"][k])]
     assert moved
-    report = run(["test", *args, "--ckpt_path", str(ckpt), "--test_report.output_dir", str(tmp_path / "rep")],
-                 cli_env, tmp_path)
+    report = run_in_process(["test", *args, "--ckpt_path", str(ckpt), "--test_report.output_dir",
+                             str(tmp_path / "rep")], cli_env, tmp_path)
     assert report.returncode == 0
     assert json.loads((tmp_path / "rep" / "metrics.json").read_text())["protocol"]["generator"] == "G"
 

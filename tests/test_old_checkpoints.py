@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import REPO, cyclegan_cli, run, tiny
+from conftest import REPO, cyclegan_cli, run, run_in_process, tiny
 
 FIXTURES = REPO / "tests" / "fixtures"
 NO_INCEPTION = ["--model.fid", "false", "--model.kid", "false"]
@@ -19,9 +19,15 @@ def copy(name: str, tmp_path):
     return str(path)
 
 
+def cli(args: list[str], env: dict, cwd) -> None:
+    """``pix2pix-lit ARGS`` in this process (the subject is the checkpoint, not the process: each test's resumed
+    ``fit`` still runs as its own process, through ``run``)."""
+    run_in_process(args, env, cwd, check=True)
+
+
 def report_of(args: list[str], env: dict, cwd) -> dict:
     """``test`` with ``args``: the metrics.json it wrote beside the checkpoint."""
-    run(["test", *args], env, cwd)
+    cli(["test", *args], env, cwd)
     return json.loads((cwd / "metrics.json").read_text())
 
 
@@ -37,7 +43,7 @@ def pix2pix_with_ema_runs(args: list[str], env: dict, cwd) -> dict:
     and EMA. Returns the resumed run's last checkpoint."""
     report = report_of(args, env, cwd)
     assert report["num_images"] == 4 and report["protocol"]["generator"] == "G_ema"
-    run(["predict", *args, "--predict_writer.output_dir", str(cwd / "pred")], env, cwd)
+    cli(["predict", *args, "--predict_writer.output_dir", str(cwd / "pred")], env, cwd)
     assert len(list((cwd / "pred").glob("*.png"))) == 4
     resumed = resumed_by(args, env, cwd)
     assert resumed["global_step"] == 4 and len(resumed["pix2pix_lit"]["image_pools"]["pool"]) == 2
@@ -51,9 +57,9 @@ def test_pix2pix_from_fc12e82(tmp_path, cli_env):
     # before the models/ layer the checkpoint named no class and held 4-channel networks as hyper-parameters
     small = ["--model.num_downs", "5", "--model.ngf", "4", "--model.ndf", "4", "--model.pool_size", "2", *NO_INCEPTION]
     args = tiny(tmp_path / "run", tmp_path / "syn")
-    run(["test", *args, *small, "--ckpt_path", old], cli_env, tmp_path)
+    cli(["test", *args, *small, "--ckpt_path", old], cli_env, tmp_path)
     assert json.loads((tmp_path / "metrics.json").read_text())["num_images"] == 4
-    run(["predict", *args, *small, "--ckpt_path", old, "--predict_writer.output_dir", str(tmp_path / "pred")],
+    cli(["predict", *args, *small, "--ckpt_path", old, "--predict_writer.output_dir", str(tmp_path / "pred")],
         cli_env, tmp_path)
     assert len(list((tmp_path / "pred").glob("*.png"))) == 4
     # resume: its image pool held lone fakes (no sources), which cannot be paired again: dropped with a warning
@@ -78,7 +84,7 @@ def test_cyclegan_from_b98c3a6(tmp_path, cli_env):
     assert report["num_images"] == 8 and report["protocol"]["generator"] == "G_A_ema+G_B_ema"
     for direction in ("AtoB", "BtoA"):  # the direction was a data option when it was written; now the model's
         out = tmp_path / f"pred-{direction}"
-        run(["predict", *args, "--model.predict_direction", direction, "--predict_writer.output_dir", str(out)],
+        cli(["predict", *args, "--model.predict_direction", direction, "--predict_writer.output_dir", str(out)],
             cli_env, tmp_path)
         assert len(list(out.glob("*.png"))) == 4
     assert (tmp_path / "pred-AtoB" / "00000.png").read_bytes() != (tmp_path / "pred-BtoA" / "00000.png").read_bytes()

@@ -11,7 +11,7 @@ import torch.nn as nn
 from pix2pix_lit.models import Pix2Pix
 from pix2pix_lit.models.base import ImageTranslationModel
 
-from conftest import REPO, TINY_MODEL, run, tiny
+from conftest import REPO, TINY_MODEL, run, run_in_process, tiny
 
 
 def readme_blocks(language: str, heading: str = "Add your own model") -> list[str]:
@@ -19,7 +19,7 @@ def readme_blocks(language: str, heading: str = "Add your own model") -> list[st
     return re.findall(rf"```{language}\n(.*?)```", section, re.S)
 
 
-def test_the_readme_model_trains_evaluates_resumes_and_predicts(tmp_path, cli_env):
+def test_the_readme_model_trains_evaluates_resumes_and_predicts(tmp_path, cli_env, monkeypatch):
     (code,) = readme_blocks("python")
     (config,) = readme_blocks("yaml")
     (tmp_path / "l1_baseline.py").write_text(code)
@@ -37,15 +37,18 @@ def test_the_readme_model_trains_evaluates_resumes_and_predicts(tmp_path, cli_en
     assert any(n.startswith("best-") for n in (p.name for p in last.parent.iterdir()))  # by val/ssim (no FID)
     run(["fit", *args, "--trainer.max_epochs", "2", "--ckpt_path", str(last)], env, tmp_path)
     assert torch.load(last, weights_only=True)["global_step"] == 4
-    run(["test", *args, "--ckpt_path", str(last)], env, tmp_path)
+    # test and predict in this process (the training and the resume ran as users type them)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run_in_process(["test", *args, "--ckpt_path", str(last)], env, tmp_path, check=True)
     report = json.loads((last.parent / "metrics.json").read_text())
     assert report["protocol"]["generator"] == "G_ema" and {"ssim", "psnr"} <= set(report["metrics"])
-    run(["predict", *args, "--ckpt_path", str(last), "--predict_writer.output_dir", str(tmp_path / "pred")],
-        env, tmp_path)
+    run_in_process(["predict", *args, "--ckpt_path", str(last), "--predict_writer.output_dir", str(tmp_path / "pred")],
+                   env, tmp_path, check=True)
     assert len(list((tmp_path / "pred").glob("*.png"))) == 4
 
 
-def test_the_second_example_a_label_map_model_takes_its_runtime_option_from_the_command_line(tmp_path, cli_env):
+def test_the_second_example_a_label_map_model_takes_its_runtime_option_from_the_command_line(tmp_path, cli_env,
+                                                                                          monkeypatch):
     """docs/development.md's label-map model: trained on the built-in label maps; its runtime option given at
     predict wins over the checkpoint's (flip averaging changes the pictures), its generator sees one-hot maps."""
     from pix2pix_lit.data.labels import semantic_channels
@@ -69,9 +72,10 @@ def test_the_second_example_a_label_map_model_takes_its_runtime_option_from_the_
     first = next(v for k, v in ckpt["state_dict"].items() if k.startswith("G.") and v.dim() == 4)
     assert first.shape[1] == semantic_channels(len(CLASSES), False, True)  # one-hot classes + the edges
     outputs = {}
+    monkeypatch.syspath_prepend(str(tmp_path))  # the predictions in this process (the training ran as typed)
     for flip in ("false", "true"):
-        run(["predict", *args, "--ckpt_path", str(last), "--model.flip_average", flip,
-             "--predict_writer.output_dir", str(tmp_path / flip)], env, tmp_path)
+        run_in_process(["predict", *args, "--ckpt_path", str(last), "--model.flip_average", flip,
+                        "--predict_writer.output_dir", str(tmp_path / flip)], env, tmp_path, check=True)
         outputs[flip] = [p.read_bytes() for p in sorted((tmp_path / flip).glob("*.png"))]
     assert len(outputs["true"]) == 2 and outputs["true"] != outputs["false"]
 

@@ -21,7 +21,7 @@ from pix2pix_lit.errors import ConfigError
 from pix2pix_lit.models.cut import CUT
 from pix2pix_lit.nets.cut import patch_nce_loss
 
-from conftest import REPO, quiet_trainer, run, same_kernels, step_at_start
+from conftest import REPO, quiet_trainer, run, run_in_process, same_kernels, step_at_start
 
 OFFICIAL = Path(__file__).resolve().parents[1] / "fixtures" / "official" / "cut_steps.pt"
 MODES = {"CUT": dict(nce_idt=True, lambda_NCE=1.0, flip_equivariance=False),
@@ -173,7 +173,7 @@ def test_fit_test_predict_export_serve(tmp_path, cli_env):
     assert len(fid_B) == 3 and not any(r.get("val/fid_A") for r in rows)  # one direction
     assert any(r.get("train/loss_NCE_Y") for r in rows)
     last = str(root / "checkpoints" / "last.ckpt")
-    run(["test", *cut_cli(root, syn), "--ckpt_path", last], cli_env, tmp_path)
+    run_in_process(["test", *cut_cli(root, syn), "--ckpt_path", last], cli_env, tmp_path, check=True)  # saves a start-up
     report = json.loads((root / "checkpoints" / "metrics.json").read_text())
     assert {"fid_B", "kid_mean_B", "ssim_B"} <= set(report["metrics"]) and "fid_A" not in report["metrics"]
     assert report["num_images"] == 4
@@ -181,8 +181,8 @@ def test_fit_test_predict_export_serve(tmp_path, cli_env):
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)).save(photos / "p.png")
-    run(["predict", *cut_cli(root, syn), "--ckpt_path", last, "--data.predict_dir", str(photos),
-         "--predict_writer.output_dir", str(tmp_path / "pred")], cli_env, tmp_path)
+    run_in_process(["predict", *cut_cli(root, syn), "--ckpt_path", last, "--data.predict_dir", str(photos),
+                    "--predict_writer.output_dir", str(tmp_path / "pred")], cli_env, tmp_path, check=True)
     assert Image.open(tmp_path / "pred" / "p.png").size == (50, 30)
 
     export = run(["export", "--ckpt_path", last, "--format", "onnx"], cli_env, tmp_path)
