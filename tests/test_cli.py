@@ -227,9 +227,11 @@ def test_run_options_come_from_the_command_line_with_a_checkpoint(trained, tmp_p
     ckpt = str(tmp / "run_a" / "checkpoints" / "last.ckpt")
     outs = {}
     for mode in ("paper", "eval"):
-        # --model.ngf 16 defines the network: the checkpoint's 8 wins and the weights load
-        run(["predict", *tiny(tmp / "run_a", tmp / "syn"), "--ckpt_path", ckpt, "--model.inference_mode", mode,
-             "--model.ngf", "16", "--predict_writer.output_dir", str(tmp_path / mode)], env, tmp_path)
+        # --model.ngf 16 defines the network: the checkpoint's 8 wins and the weights load (in this process: the
+        # same command line through main(); the test below runs as its own process)
+        run_in_process(["predict", *tiny(tmp / "run_a", tmp / "syn"), "--ckpt_path", ckpt, "--model.inference_mode",
+                        mode, "--model.ngf", "16", "--predict_writer.output_dir", str(tmp_path / mode)], env, tmp_path,
+                       check=True)
         outs[mode] = (tmp_path / mode / "00000.png").read_bytes()
     assert outs["paper"] != outs["eval"]
     report = tmp_path / "report"
@@ -248,8 +250,9 @@ def test_whole_number_limits_mean_batches_and_val_split_is_flagged(trained, tmp_
     assert report["num_images"] == 2  # 1 batch of 2, not 100% of the 4 images
     assert report["protocol"]["split"] == "val" and report["protocol"]["split_selected_checkpoint"] is True
     assert "testing on the validation split (val)" in proc.stderr + proc.stdout
-    run(["test", *tiny(tmp / "run_a", tmp / "syn"), "--ckpt_path", ckpt, "--data.batch_size", "2",
-         "--trainer.limit_test_batches", "1.0", "--test_report.output_dir", str(tmp_path)], env, tmp_path)
+    run_in_process(["test", *tiny(tmp / "run_a", tmp / "syn"), "--ckpt_path", ckpt, "--data.batch_size", "2",
+                    "--trainer.limit_test_batches", "1.0", "--test_report.output_dir", str(tmp_path)], env, tmp_path,
+                   check=True)
     assert json.loads((tmp_path / "metrics.json").read_text())["num_images"] == 4  # 1.0 is 100%
 
 
@@ -318,8 +321,8 @@ def test_export_command_from_a_checkpoint(trained, tmp_path):
     assert contract["input"]["size_multiple"] == 32 and contract["inference_mode"] == "eval"
     # the same image through predict (eval mode) and through the exported file
     pred = tmp_path / "pred"
-    run(["predict", *tiny(tmp / "run_a", tmp / "syn"), "--ckpt_path", str(ckpt), "--model.inference_mode", "eval",
-         "--predict_writer.output_dir", str(pred)], env, tmp_path)
+    run_in_process(["predict", *tiny(tmp / "run_a", tmp / "syn"), "--ckpt_path", str(ckpt), "--model.inference_mode",
+                    "eval", "--predict_writer.output_dir", str(pred)], env, tmp_path, check=True)
     src = Image.open(tmp / "syn" / "test" / "00000.png")
     w, h = src.size
     a = torch.from_numpy(np.asarray(src.crop((0, 0, w // 2, h)).resize((32, 32), Image.Resampling.BICUBIC)))
