@@ -1,4 +1,5 @@
-"""Adam with torch's fused kernel, fed channels_last weights at full speed.
+"""Adam with torch's fused kernel, fed channels_last weights at full speed; the LR policies; the guarded step
+(a non-finite loss skips the update) that every model's ``update`` runs.
 
 The update is torch's own Adam (``torch.optim.Adam``, ``fused=True`` where torch has the kernel: CPU and
 CUDA). Two things are added, both measured (``experiments/RESULTS.md``, the training-speed profiles):
@@ -14,9 +15,11 @@ CUDA). Two things are added, both measured (``experiments/RESULTS.md``, the trai
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
+
+from pix2pix_lit.errors import ConfigError
 
 _FUSED_DEVICES = ("cpu", "cuda")
 
@@ -95,6 +98,56 @@ def make_scheduler(opt: torch.optim.Optimizer, policy: str, n_epochs: int, n_epo
     if policy == "plateau":
         return ReduceLROnPlateau(opt, mode=metric_mode(plateau_monitor), factor=0.2, threshold=0.01, patience=5)
     return CosineAnnealingLR(opt, T_max=n_epochs, eta_min=0)
+
+
+def step_schedulers(schedulers: Any, metrics: dict[str, Any], monitor: str) -> None:
+    """One epoch's step of each scheduler (a list or one, as ``LightningModule.lr_schedulers()`` gives them);
+    ``plateau`` steps with ``metrics[monitor]``."""
+    from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+    for sched in schedulers if isinstance(schedulers, list) else [schedulers]:
+        if isinstance(sched, ReduceLROnPlateau):
+            if metrics.get(monitor) is None:
+                raise ConfigError(f"lr_policy=plateau watches {monitor!r}, which was not logged; set "
+                                  "model.plateau_monitor (e.g. train/loss_G) or enable validation")
+            sched.step(metrics[monitor])
+        else:
+            sched.step()
+
+
+def guarded_step(optimizer: Any, loss: torch.Tensor, backward: Callable[[torch.Tensor], None], strategy: Any,
+                 world_size: int = 1, scaler: Optional[Any] = None) -> torch.Tensor:
+    """zero_grad, ``backward(loss)``, step — the step skipped if ``loss`` is NaN/Inf on any of ``world_size``
+    processes. Returns the skip flag: a 0-dim tensor on the loss's device, 1.0 where the update was skipped.
+
+    Nothing here waits for the device: the flag goes to the fused Adam as its ``found_inf`` (its kernel leaves
+    weights, moments and step count untouched where it is 1); under a GradScaler (``scaler``: 16-mixed) the NaN
+    gradients of such a loss make the scaler's own ``found_inf`` skip it. Only an optimizer without the fused
+    kernel needs the flag on the host. ``optimizer`` may be Lightning's wrapper (its ``.optimizer`` is stepped);
+    ``strategy`` does the step (``strategy.optimizer_step``: Lightning's public step, through the precision plugin
+    and DDP) and, with several processes, the sum of the flags (``strategy.reduce``, a collective with no wait).
+    """
+    skipped = (~torch.isfinite(loss.detach())).float().reshape(())
+    if world_size > 1:  # all processes step or skip
+        skipped = strategy.reduce(skipped, reduce_op="sum").clamp(max=1)
+    optimizer.zero_grad(set_to_none=True)
+    backward(loss)
+    inner = getattr(optimizer, "optimizer", optimizer)
+    if scaler is not None and getattr(inner, "_step_supports_amp_scaling", False):
+        strategy.optimizer_step(inner, closure=_no_closure)  # the scaler's found_inf skips NaN
+    elif scaler is None and inner.defaults.get("fused"):
+        inner.found_inf = skipped
+        try:
+            strategy.optimizer_step(inner, closure=_no_closure)
+        finally:
+            del inner.found_inf
+    elif skipped.item() == 0:  # an optimizer without the fused kernel: the host decides
+        strategy.optimizer_step(inner, closure=_no_closure)
+    return skipped
+
+
+def _no_closure() -> None:
+    return None
 
 
 class OptimizerToggle:

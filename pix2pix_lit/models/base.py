@@ -17,7 +17,6 @@ import lightning.pytorch as pl
 import torch
 import torch.nn as nn
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
-from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from pix2pix_lit.checkpoints import EMA_SUFFIX, align_ema_weights
 from pix2pix_lit.data.datasets import fingerprint
@@ -39,7 +38,7 @@ from pix2pix_lit.modes import DIRECTIONS, InferenceMode
 from pix2pix_lit.nets.generators import checkpoint_residual_blocks
 from pix2pix_lit.nets.image_pool import ImagePool
 from pix2pix_lit.nets.norm import plain_batch_norms
-from pix2pix_lit.optim import LR_POLICIES, Adam, OptimizerToggle, make_scheduler
+from pix2pix_lit.optim import LR_POLICIES, Adam, OptimizerToggle, guarded_step, make_scheduler, step_schedulers
 from pix2pix_lit.precision import cpu_precision_fallback, is_16bit
 
 log = logging.getLogger(__name__)
@@ -320,33 +319,13 @@ class ImageTranslationModel(pl.LightningModule):
             yield
 
     def update(self, optimizer, loss: torch.Tensor, name: str) -> torch.Tensor:
-        """zero_grad, backward, step — the step skipped if ``loss`` is NaN/Inf on any process. Returns the skip
-        flag: a 0-dim device tensor, 1.0 where the update was skipped.
-
-        Nothing here waits for the device: the flag goes to the fused Adam as its ``found_inf`` (its kernel leaves
-        weights, moments and step count untouched where it is 1); under a GradScaler (16-mixed) the NaN gradients
-        of such a loss make the scaler's own ``found_inf`` skip it. Only an optimizer without the fused kernel needs
-        the flag on the host. The backward goes through Lightning (precision plugin, DDP) and the step through the
-        strategy, not the LightningOptimizer (whose step would count a trainer step per optimizer: :meth:`end_batch`
-        counts the batch as one).
-        """
-        skipped = (~torch.isfinite(loss.detach())).float().reshape(())
-        if self.trainer.world_size > 1:  # all processes step or skip (a collective on the device, no wait)
-            skipped = self.trainer.strategy.reduce(skipped, reduce_op="sum").clamp(max=1)
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        inner = optimizer.optimizer
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        if scaler is not None and getattr(inner, "_step_supports_amp_scaling", False):
-            self.trainer.strategy.optimizer_step(inner, closure=_no_closure)  # the scaler's found_inf skips NaN
-        elif scaler is None and inner.defaults.get("fused"):
-            inner.found_inf = skipped
-            try:
-                self.trainer.strategy.optimizer_step(inner, closure=_no_closure)  # Lightning's public step
-            finally:
-                del inner.found_inf
-        elif skipped.item() == 0:  # an optimizer without the fused kernel: the host decides
-            self.trainer.strategy.optimizer_step(inner, closure=_no_closure)
+        """zero_grad, backward, step — the step skipped if ``loss`` is NaN/Inf on any process, with no wait for the
+        device (``optim.guarded_step``; the backward through Lightning, the step through the strategy, not the
+        LightningOptimizer, whose step would count a trainer step per optimizer: :meth:`end_batch` counts the batch
+        as one). Returns the skip flag (a 0-dim device tensor, 1.0 where skipped), counted by ``self.nonfinite``."""
+        t = self.trainer
+        skipped = guarded_step(optimizer, loss, self.manual_backward, t.strategy, t.world_size,
+                               getattr(t.precision_plugin, "scaler", None))
         self.nonfinite.record(name, skipped)
         return skipped
 
@@ -381,16 +360,7 @@ class ImageTranslationModel(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         if epoch_cut_short(self.trainer):
             return  # max_steps ended the run inside the epoch: the run that finishes the epoch steps the LR
-        schedulers = self.lr_schedulers()
-        for sched in schedulers if isinstance(schedulers, list) else [schedulers]:
-            if isinstance(sched, ReduceLROnPlateau):
-                metric = self.trainer.callback_metrics.get(self.hparams.plateau_monitor)
-                if metric is None:
-                    raise ConfigError(f"lr_policy=plateau watches {self.hparams.plateau_monitor!r}, which was not "
-                                      "logged; set model.plateau_monitor (e.g. train/loss_G) or enable validation")
-                sched.step(metric)
-            else:
-                sched.step()
+        step_schedulers(self.lr_schedulers(), self.trainer.callback_metrics, self.hparams.plateau_monitor)
 
     def on_fit_start(self) -> None:
         h, t = self.hparams, self.trainer
@@ -581,10 +551,6 @@ class ImageTranslationModel(pl.LightningModule):
         saved = state.get("image_pools", {})
         for name, pool in self.image_pools().items():
             pool.images = list(saved.get(name, []))
-
-
-def _no_closure() -> None:
-    return None
 
 
 def count_parameters(net: nn.Module) -> int:
