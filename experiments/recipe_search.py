@@ -76,6 +76,10 @@ RECIPES: dict[str, tuple[list[str], str]] = {
         "U-Net's 12: equal FLOPs)"),
     "unet_in_ms_fm_ema_l1_3": ([*_UNET_IN_MS_FM, "--model.ema_decay", "0.99", "--model.lambda_L1", "3"],
                                "unet_in_ms_fm_ema with L1 x3: nearly pix2pixHD's losses (GAN + feature matching)"),
+    "unet_in_ms_fm_ema_l1_10_sn_ttur": (
+        [*_UNET_IN_MS_FM, "--model.ema_decay", "0.99", "--model.lambda_L1", "10", "--model.spectral_norm_D", "true",
+         "--model.lr_D", "0.0008"],
+        "maps_best.yaml + spectral norm in D + two time-scale learning rates (G 2e-4, D 8e-4)"),
     "unet_in_ms_fm_ema_l1_30_sn_ttur": (
         [*_UNET_IN_MS_FM, "--model.ema_decay", "0.99", "--model.lambda_L1", "30", "--model.spectral_norm_D", "true",
          "--model.lr_D", "0.0008"],
