@@ -157,6 +157,11 @@ def run_in_process(args, env, cwd, check=False) -> subprocess.CompletedProcess:
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)
+    wandb = sys.modules.get("wandb")
+    if code == 0 and wandb is not None and wandb.run is not None:
+        # a process that ends finishes its W&B run (wandb's exit hook); here the next test goes on in this process.
+        # A failed command's run is left as it is: that the CLI finished it is what tests of failures assert.
+        wandb.finish()
     if check and code != 0:
         raise AssertionError(f"exit {code}\n{out.getvalue()[-3000:]}\n{err.getvalue()[-5000:]}")
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())

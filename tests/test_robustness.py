@@ -220,6 +220,9 @@ def test_runs_that_cannot_start_leave_nothing(tmp_path, env):
         (["--trainer.devices", "3", "--data.num_val", "2"], "the val split has 2 image(s) but 3 processes evaluate it"),
         (["--ckpt_path", str(tmp_path)], "is a folder, not a file"),
     ]
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:  # another test's run in this worker process, not these cases'
+        wandb.finish()
     for extra, message in cases:
         # the first case in its own process (the real exit code), the others in this one (no start-up each)
         launch = run if extra is cases[0][0] else run_in_process
@@ -229,7 +232,7 @@ def test_runs_that_cannot_start_leave_nothing(tmp_path, env):
         assert "Traceback" not in proc.stderr and not (tmp_path / "r").exists(), extra
         # a W&B run the failed start had begun is finished, so it cannot write its files into the folder later
         # (it did under load: the next case found the removed folder back with an output.log)
-        wandb = sys.modules.get("wandb")
+        wandb = sys.modules.get("wandb")  # imported by the in-process cases
         assert wandb is None or wandb.run is None, extra
     time.sleep(1)
     assert not (tmp_path / "r").exists()
