@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pix2pix_lit.precision import cpu_kernels
+
 MODES = {  # the official CUT_mode defaults
     "CUT": dict(nce_idt=True, lambda_NCE=1.0, flip_equivariance=False),
     "FastCUT": dict(nce_idt=False, lambda_NCE=10.0, flip_equivariance=True),
@@ -115,7 +117,7 @@ def main() -> None:
     # 2. training steps of small networks from the same start
     small = dict(ngf=8, ndf=8, netF_nc=32, num_patches=16)
     # the CPU kernels the numbers came from (tests/conftest.py, same_kernels)
-    record = {"small": small, "steps": args.steps, "modes": {}, "kernels": torch.backends.cpu.get_cpu_capability()}
+    record = {"small": small, "steps": args.steps, "modes": {}, "kernels": cpu_kernels()}
     for mode in MODES:
         torch.manual_seed(1)
         batch = {"A": torch.rand(1, 3, args.size, args.size) * 2 - 1, "B": torch.rand(1, 3, args.size, args.size) * 2 - 1}

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from pix2pix_lit.nets import define_D, define_G
+from pix2pix_lit.precision import cpu_kernels
 
 # small networks (the recipe's structure; sizes a CPU steps in seconds): n_layers_D 2 so that pix2pixHD's feature-
 # matching layer weight 4/(n_layers_D+1) is not 1; the stage-2 G has ngf 4 around the stage-1 G's 8
@@ -158,7 +159,7 @@ def compare_steps(checkout: Path, steps: int, fixture: Path | None) -> None:
     torch.manual_seed(0)
     # the CPU kernels the numbers came from: 3 Adam steps turn rounding into ~lr-sized weight differences where a
     # gradient is near 0, so the tests compare exactly only on the same kernels (tests/conftest.py, same_kernels)
-    record: dict = {"steps": steps, "stages": {}, "kernels": torch.backends.cpu.get_cpu_capability()}
+    record: dict = {"steps": steps, "stages": {}, "kernels": cpu_kernels()}
     stage1_ckpt = Path(tempfile.mkdtemp()) / "stage1.ckpt"
     pretrain_dir = stage1_ckpt.parent
     for stage in (1, 2):

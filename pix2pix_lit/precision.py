@@ -45,6 +45,22 @@ def cpu_bf16_support() -> BF16Support:
     return "native" if native else "emulated"
 
 
+def cpu_kernels() -> str:
+    """Which CPU kernels torch runs here, as far as their rounding goes: its ISA level, the vendor and AMX (oneDNN
+    picks its fp32 convolution kernels by all three; the same training steps on two of them differ by rounding).
+    Fixtures of the official code's numbers record it (``experiments/*_check.py``) so tests compare exactly only
+    on the kernels the numbers came from."""
+    vendor = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        vendor = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("vendor_id")), "")
+    except OSError:
+        pass
+    amx = " AMX" if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() else ""
+    return f"{torch.backends.cpu.get_cpu_capability()} {vendor or 'unknown'}{amx}"
+
+
 def runs_on_cpu(accelerator: Any) -> bool:
     """Whether a Trainer ``accelerator`` setting ends up on the CPU."""
     name = accelerator if isinstance(accelerator, str) else type(accelerator).__name__.lower().replace("accelerator", "")

@@ -76,12 +76,12 @@ def step_at_start():
 
 def same_kernels(recorded: str) -> bool:
     """Whether this CPU runs the kernels a fixture of the official code's numbers was recorded with (``recorded``:
-    ``torch.backends.cpu.get_cpu_capability()`` there). Other kernels (an AVX2-only CPU, or this one limited with
+    ``precision.cpu_kernels()`` there). Other kernels (an AVX2-only CPU, another vendor's or AMX, or this one limited with
     ``ONEDNN_MAX_CPU_ISA``) round differently, and a few Adam steps turn that rounding into ~lr-sized updates
     wherever a gradient is near 0 — so training steps equal the official ones exactly only on the same kernels."""
-    import torch
+    from pix2pix_lit.precision import cpu_kernels
 
-    return torch.backends.cpu.get_cpu_capability() == recorded and "ONEDNN_MAX_CPU_ISA" not in os.environ
+    return cpu_kernels() == recorded and "ONEDNN_MAX_CPU_ISA" not in os.environ
 
 
 TINY_MODEL = dict(netG="unet", num_downs=5, ngf=8, ndf=8, fid=False, kid=False, n_epochs=1, n_epochs_decay=1)
