@@ -408,6 +408,19 @@ class ImageQualityMetrics(nn.Module):
         return local
 
     @torch.no_grad()
+    def dataset_features(self, dataset, device: torch.device, rank: int = 0, world: int = 1) -> torch.Tensor:
+        """:meth:`features` of every ``image`` of ``dataset`` (each of ``world`` processes a share, gathered)."""
+        share = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world)))
+        loader = torch.utils.data.DataLoader(share, batch_size=8, num_workers=0)
+        feats = [self.features(batch["image"].to(device)) for batch in loader]
+        local = torch.cat(feats) if feats else torch.zeros(0, 2048, device=device)
+        if world > 1:
+            from torchmetrics.utilities.distributed import gather_all_tensors
+
+            local = torch.cat(gather_all_tensors(local))
+        return local
+
+    @torch.no_grad()
     def set_training_reference(self, features: torch.Tensor, key: str) -> None:
         """The Inception features of the training images MiFID compares the generated ones with (``key``: a
         fingerprint of those images, see :attr:`training_key`)."""

@@ -129,3 +129,22 @@ def tile_weight(n: int, overlap: int, like: torch.Tensor) -> torch.Tensor:
     only one tile covers keeps that tile's value)."""
     i = torch.arange(n, dtype=like.dtype, device=like.device)
     return (torch.minimum(i + 0.5, n - i - 0.5) / max(overlap, 1)).clamp(max=1.0)
+
+
+def translate_in_tiles(batch: dict[str, torch.Tensor], translate, tile: int, overlap: int) -> torch.Tensor:
+    """``translate`` (a batch dict -> images) run on tiles of ``tile`` pixels a side (or the image's side where
+    smaller) overlapping by ``overlap``, the last of each row and column flush with the edge; each output pixel
+    the average of the tiles covering it, weighted linearly across each overlap (no hard seam). Peak memory is
+    one tile's."""
+    height, width = batch["source"].shape[-2:]
+    th, tw = min(tile, height), min(tile, width)
+    out = weight = None
+    for top in tile_starts(height, th, overlap):
+        for left in tile_starts(width, tw, overlap):
+            y = translate({k: v[..., top:top + th, left:left + tw] for k, v in batch.items()})
+            w = tile_weight(th, overlap, y)[:, None] * tile_weight(tw, overlap, y)[None, :]
+            if out is None:
+                out, weight = y.new_zeros(*y.shape[:2], height, width), y.new_zeros(height, width)
+            out[..., top:top + th, left:left + tw] += y * w
+            weight[top:top + th, left:left + tw] += w
+    return out / weight

@@ -54,63 +54,67 @@ SHARED_NUMBERS = {
 class ImageTranslationModel(pl.LightningModule):
     """Base class of the GANs here (see the module docstring). Manual optimization: a subclass's
     ``training_step`` updates its optimizers with :meth:`toggled` and :meth:`update` and ends with
-    :meth:`end_batch`.
+    :meth:`end_batch`. The contract with a subclass, by example: docs/development.md, "Add a model"
+    (``models/pix2pix.py`` is the shortest real one). In brief: it declares ``generator_names`` (each gets an
+    EMA copy ``<name>_ema`` with ``ema_decay``), ``discriminator_names``, ``data_kind`` (``paired``:
+    ``source``/``target`` batches; ``unpaired``: ``A``/``B``), ``metric_domains`` (metric name suffix per
+    evaluated output domain) and ``reference_domains`` (which training references MiFID compares each with);
+    its ``__init__`` calls ``super().__init__(**kwargs)``, builds them, then :meth:`finish_networks`; it writes
+    ``configure_optimizers`` (:meth:`adam`, :meth:`schedulers_for`), ``training_step``, :meth:`generator_for`,
+    :meth:`evaluate_batch` and :meth:`grid_rows`, optionally :meth:`image_pools`, :meth:`real_set_loaders`,
+    :meth:`export_extra_inputs` and its own ``runtime_options``. The parts, each usable without a Trainer:
+    ``self.runner`` (``models/runner.py``), ``self.evaluator`` (``models/evaluator.py``), ``self.training_state``
+    (``models/training_state.py``), ``self.nonfinite`` (``models/nonfinite.py``).
 
-    The contract with a subclass (``models/pix2pix.py`` is the shortest example):
-
-    Declared (class attributes):
-        ``generator_names``: its generators (attributes), e.g. ``("G",)`` or ``("G_A", "G_B")``; each gets an
-            EMA copy ``<name>_ema`` when ``ema_decay`` is set.
-        ``discriminator_names``: its discriminators, e.g. ``("D",)``.
-        ``data_kind``: ``"paired"`` (batches ``source``/``target``) or ``"unpaired"`` (``A``/``B``).
-        ``metric_domains``: metric name suffix per evaluated output domain (``{"out": ""}`` logs ``val/fid``,
-            ``{"B": "_B", "A": "_A"}`` logs ``val/fid_B``, ``val/fid_A``); ``reference_domains``: which of the
-            data's ``training_references()`` each domain's MiFID compares with.
-    ``__init__``: ``super().__init__(**kwargs)`` first (the shared options below), then build the declared
-        networks, then :meth:`finish_networks` once.
-    Hooks (each raises until written): ``configure_optimizers`` (with :meth:`adam` and :meth:`schedulers_for`),
-        ``training_step``, :meth:`generator_for`, :meth:`evaluate_batch`, :meth:`grid_rows`; optionally
-        :meth:`image_pools` (saved for exact resume), :meth:`real_set_loaders`, :meth:`export_extra_inputs`.
-        ``runtime_options``: the base's plus the model's own options that say how it is run, not what was trained.
-    Parts (each its own file, each usable without a Trainer): ``self.runner`` (``models/runner.py``: inference
-        modes, the EMA choice, generate, predict at any size), ``self.evaluator`` (``models/evaluator.py``:
-        metrics, Inception, real-set cache, segmentation scores), ``self.training_state``
-        (``models/training_state.py``: what a checkpoint holds for exact resume), ``self.nonfinite``.
-    Shared options (official names where the official code has them):
-        lr, beta1, beta2: Adam. lr_policy: linear (n_epochs constant + n_epochs_decay to 0, junyanz's rule) |
-            linear_nvidia (the same with pix2pixHD's and SPADE's rule, one epoch later) | step (x0.1 every
-            lr_decay_iters epochs) | plateau (x0.2 when ``plateau_monitor`` stalls 5 epochs) | cosine (over n_epochs).
-        inference_mode: how the generators run at validation/test/predict. ``paper`` (default): the official
-            ``test.py`` without ``--eval``: dropout as in training, every image normalised with its own
-            statistics (one image at a time; running statistics untouched). ``eval``: the official ``--eval``:
-            dropout off, batch norm with the running statistics.
-        predict_fit: how ``predict`` fits any image size: ``pad`` (reflect-pad to a multiple of the generator's
-            stride, then crop back) or ``resize`` (to ``predict_size``, then back).
-        predict_tile, predict_tile_overlap: ``predict`` (with ``pad``) of images larger than ``predict_tile`` pixels
-            a side runs the generator on tiles of that side overlapping by ``predict_tile_overlap`` pixels (``null``:
-            a quarter tile), blended with weights that fall off linearly across each overlap: memory of one tile,
-            not of the image. Normalisation layers then see each tile's statistics, not the image's (docs/data.md, predict).
-            0: the whole image at once.
-        channels_last: NHWC memory format. ``null``: on with 16-bit/bf16 precision and on GPUs, off for fp32 on CPU.
-        compile: ``torch.compile`` the networks.
-        fid, kid, mifid, mifid_eps, inception_weights, kid_subset_size: metric settings (``pix2pix_lit.metrics``).
-        fid_protocol, clean_fid_weights: which FID ``fid`` scores: ``legacy`` (``fid``: torch-fidelity's, as the
-            official TF code), ``clean`` (``clean_fid``: the clean-fid package's resize and NVIDIA's TorchScript
-            Inception, the file at ``clean_fid_weights`` or where ``pix2pix_lit.clean_fid`` looks) or ``both``.
-        fid_real_stats: a file of stored FID statistics (``pix2pix-lit eval --save_stats``) that validation and test
-            score FID against instead of the real images' features (``pix2pix_lit.fid_stats``; KID off).
-        checkpoint_activations: recompute the generators' residual-block activations in the backward pass instead of
-            keeping them (ResNet, global and local generators): less training memory for one more forward of the
-            blocks; the same gradients.
-        segmenter, segmenter_weights: label-map sources only: also score the generated photos with this segmenter
-            (a Segmenter checkpoint, or ``torchvision:NAME`` with its local state dict) against their label maps:
-            ``val/miou``, ``val/pixel_acc``, ``val/class_acc`` (``pix2pix_lit.segmentation``).
+    Args:
+        lr: Adam's learning rate (official names throughout, where the official code has the option).
+        beta1: Adam's β1.
+        beta2: Adam's β2.
+        lr_policy: linear (n_epochs constant, then n_epochs_decay to 0: junyanz's rule) | linear_nvidia (the same,
+            one epoch later: pix2pixHD's and SPADE's) | step (x0.1 every lr_decay_iters epochs) | plateau (x0.2
+            when plateau_monitor stalls 5 epochs) | cosine (over n_epochs).
+        n_epochs: epochs at the starting learning rate (linear policies; cosine: its span).
+        n_epochs_decay: epochs of linear decay to 0 after n_epochs.
+        lr_decay_iters: the step policy's period in epochs.
+        plateau_monitor: the metric the plateau policy watches.
+        inference_mode: how the generators run at validation, test, predict and export. ``paper``: the official
+            test.py without --eval (dropout as in training, each image normalised with its own statistics, the
+            running statistics untouched). ``eval``: the official --eval (dropout off, running statistics).
+        predict_fit: how predict fits any image size: ``pad`` (reflect-pad to a multiple of the generator's
+            stride, crop back) or ``resize`` (to predict_size and back).
+        predict_size: the side predict_fit ``resize`` translates at.
+        predict_tile: with ``pad``, images larger than this many pixels a side are translated in overlapping
+            tiles blended linearly across each overlap: the memory of one tile (normalisation then sees each
+            tile's statistics: docs/data.md, predict). 0: whole images.
+        predict_tile_overlap: the tiles' overlap in pixels (null: a quarter tile).
+        channels_last: NHWC memory format; null: on with 16-bit precision and on GPUs, off for fp32 on CPU.
+        compile: torch.compile the networks.
+        fid: score FID at validation and test (fid_protocol says which).
+        kid: score KID.
+        mifid: also MiFID (FID divided by a memorization term against the training images; needs fid and kid).
+        mifid_eps: MiFID's memorization threshold.
+        inception_weights: the FID Inception's weights file (null: where pix2pix_lit.inception looks).
+        fid_real_stats: stored FID statistics (``pix2pix-lit eval --save_stats``) to score against instead of the
+            real images' features (KID off).
+        kid_subset_size: KID's subset size (capped at the images scored).
+        fid_protocol: ``legacy`` (``fid``: torch-fidelity's, as the official TF code), ``clean`` (``clean_fid``:
+            clean-fid's resize and NVIDIA's TorchScript Inception at clean_fid_weights) or ``both``.
+        clean_fid_weights: the clean-FID Inception's file (null: where pix2pix_lit.clean_fid looks).
         max_nonfinite_steps: stop after this many consecutive batches with NaN/Inf losses (they are skipped).
-        ema_decay, ema_warmup: an exponential moving average of each generator (``<name>_ema``), updated after
-            every generator step (``null``: none, as the official code). use_ema_for_eval: evaluate/predict/export it.
-        label_nc, contain_dontcare_label, no_instance: the sources are label maps (linked from the data, as the
-            channels): the networks see them one-hot (+ a don't-care class) (+ the instance edges), see
-            :meth:`network_input`; ``label_nc`` 0: the sources are images of ``input_nc`` channels.
+        ema_decay: an exponential moving average of each generator (``<name>_ema``), updated after every
+            generator step; null: none, as the official code.
+        ema_warmup: the EMA's decay after n updates is min(ema_decay, (1 + n) / (10 + n)), so early averages
+            are not held at the initial weights; false: ema_decay from the first update.
+        use_ema_for_eval: validation, test, predict and export run the EMA copy where there is one.
+        label_nc: the sources are label maps of this many classes (linked from the data), seen one-hot; 0: images
+            of input_nc channels.
+        contain_dontcare_label: label maps: one more channel for the don't-care class.
+        no_instance: label maps: no instance-edge channel.
+        segmenter: label-map sources: also score the generated photos with this segmenter (a Segmenter checkpoint,
+            or ``torchvision:NAME``) against their label maps: val/miou, val/pixel_acc, val/class_acc.
+        segmenter_weights: the ``torchvision:NAME`` segmenter's local state dict.
+        checkpoint_activations: recompute the generators' residual-block activations in the backward pass instead
+            of keeping them (ResNet, global and local generators): less memory, one more forward of the blocks.
     """
 
     generator_names: tuple[str, ...] = ("G",)

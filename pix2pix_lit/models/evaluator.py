@@ -169,7 +169,7 @@ class Evaluator(nn.Module):
             dataset, key = references[self.references[domain]]
             m = self.metrics[stage][domain]
             if m.training_key != key:
-                m.set_training_reference(_features(dataset, m, device, rank, world), key)
+                m.set_training_reference(m.dataset_features(dataset, device, rank, world), key)
                 computed.append(f"{m.training_features.shape[0]} training images of {self.references[domain]}")
         return computed
 
@@ -193,15 +193,3 @@ class Evaluator(nn.Module):
         if self.segmentation is not None:
             self.segmentation.reset(stage)
 
-
-@torch.no_grad()
-def _features(dataset, metrics: ImageQualityMetrics, device: torch.device, rank: int, world: int) -> torch.Tensor:
-    share = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world)))
-    loader = torch.utils.data.DataLoader(share, batch_size=8, num_workers=0)
-    feats = [metrics.features(batch["image"].to(device)) for batch in loader]
-    local = torch.cat(feats) if feats else torch.zeros(0, 2048, device=device)
-    if world > 1:
-        from torchmetrics.utilities.distributed import gather_all_tensors
-
-        local = torch.cat(gather_all_tensors(local))
-    return local

@@ -5,17 +5,16 @@ size (padded, resized or in tiles). A plain object: it holds options, not networ
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pix2pix_lit.data.transforms import crop_box, pad_to_multiple, tile_starts, tile_weight
+from pix2pix_lit.data.transforms import crop_box, pad_to_multiple, translate_in_tiles
 from pix2pix_lit.errors import ConfigError, check_choice
 from pix2pix_lit.modes import INFERENCE_MODES, InferenceMode
-from pix2pix_lit.nets.norm import batch_norm_per_image, has_active_dropout
+from pix2pix_lit.nets.norm import has_active_dropout, in_inference_mode
 from pix2pix_lit.precision import EvalPassWeights
 
 
@@ -50,35 +49,12 @@ class GeneratorRunner:
         """The network evaluated: the EMA copy where there is one (and ``use_ema_for_eval``), else the generator."""
         return ema.module if ema is not None and self.use_ema else generator
 
-    @contextmanager
-    def mode_of(self, net: nn.Module) -> Iterator[None]:
-        """``net`` in the inference mode; changes no parameter or buffer. ``eval``: the official ``--eval`` (dropout
-        off, running statistics). ``paper``: the official test without it (dropout on, each image's statistics)."""
-        was_training = net.training
-        if self.mode == "eval":
-            net.eval()
-            context, buffers = nullcontext(), {}
-        else:
-            net.train()
-            context = batch_norm_per_image(net)
-            # a train-mode forward also steps what else keeps state (spectral norm's power iteration): put it back
-            buffers = {name: b.clone() for name, b in net.named_buffers()}
-        try:
-            with context:
-                yield
-        finally:
-            net.train(was_training)
-            with torch.no_grad():
-                for name, b in net.named_buffers():
-                    if name in buffers:
-                        b.copy_(buffers[name])
-
     @torch.no_grad()
     def generate(self, net: nn.Module, source: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
         """``net(source, **inputs)`` in the inference mode, as float. In ``paper`` mode with dropout, images go
         through one after another, so a seed gives the same masks for any batch split (and batch norm sees each
         image's own statistics, as the official test at batch size 1, whatever the batch)."""
-        with self.mode_of(net):
+        with in_inference_mode(net, self.mode):
             if self.mode == "paper" and source.shape[0] > 1 and has_active_dropout(net):
                 return torch.cat([net(x.unsqueeze(0), **{k: v[i:i + 1] for k, v in inputs.items()}).float()
                                   for i, x in enumerate(source)])
@@ -107,23 +83,5 @@ class GeneratorRunner:
                 padded[key], box = pad_to_multiple(batch[key], size_multiple, min_size)
                 padded[key] = padded[key].to(batch[key].dtype)
         if self.tile and max(padded["source"].shape[-2:]) > self.tile:
-            return crop_box(self.tiled(padded, lambda window: run(encode(window))), box)
+            return crop_box(translate_in_tiles(padded, lambda window: run(encode(window)), self.tile, self.overlap), box)
         return crop_box(run(encode(padded)), box)
-
-    def tiled(self, batch: dict[str, torch.Tensor], translate: Callable[[dict], torch.Tensor]) -> torch.Tensor:
-        """``translate`` tile by tile: tiles of ``predict_tile`` pixels a side (or the image's side where smaller)
-        overlapping by ``predict_tile_overlap``, the last of each row and column flush with the edge; each output
-        pixel the average of the tiles covering it, weighted linearly across each overlap (no hard seam). Peak
-        memory is one tile's."""
-        height, width = batch["source"].shape[-2:]
-        th, tw = min(self.tile, height), min(self.tile, width)
-        out = weight = None
-        for top in tile_starts(height, th, self.overlap):
-            for left in tile_starts(width, tw, self.overlap):
-                y = translate({k: v[..., top:top + th, left:left + tw] for k, v in batch.items()})
-                w = tile_weight(th, self.overlap, y)[:, None] * tile_weight(tw, self.overlap, y)[None, :]
-                if out is None:
-                    out, weight = y.new_zeros(*y.shape[:2], height, width), y.new_zeros(height, width)
-                out[..., top:top + th, left:left + tw] += y * w
-                weight[top:top + th, left:left + tw] += w
-        return out / weight

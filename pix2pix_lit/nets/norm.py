@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator, Literal, get_args
 
 import torch
@@ -127,6 +127,31 @@ def batch_norm_per_image(net: nn.Module) -> Iterator[None]:
     finally:
         for m in patched:
             del m.forward  # back to the class's forward
+
+
+@contextmanager
+def in_inference_mode(net: nn.Module, mode: str) -> Iterator[None]:
+    """Inside: ``net`` in an inference mode (``modes.INFERENCE_MODES``); no parameter or buffer changes. ``eval``:
+    the official ``--eval`` (dropout off, running statistics). ``paper``: the official test without it (dropout
+    on, each image's own statistics, :func:`batch_norm_per_image`)."""
+    was_training = net.training
+    if mode == "eval":
+        net.eval()
+        context, buffers = nullcontext(), {}
+    else:
+        net.train()
+        context = batch_norm_per_image(net)
+        # a train-mode forward also steps what else keeps state (spectral norm's power iteration): put it back
+        buffers = {name: b.clone() for name, b in net.named_buffers()}
+    try:
+        with context:
+            yield
+    finally:
+        net.train(was_training)
+        with torch.no_grad():
+            for name, b in net.named_buffers():
+                if name in buffers:
+                    b.copy_(buffers[name])
 
 
 def replace_batch_norms(net: nn.Module) -> nn.Module:

@@ -135,3 +135,19 @@ def test_model_call_means_inference_for_every_model():
     with torch.no_grad():
         raw = model.G.eval()(x)
     assert not torch.allclose(model(x), raw, atol=1e-4)
+
+
+def test_every_shared_option_has_its_help_text(tmp_path, cli_env):
+    """``pix2pix-lit fit --model.help MODEL`` documents the options every model inherits (jsonargparse reads the
+    base's ``Args:``): each of the base's parameters has a description, and one reaches the help a user reads."""
+    import inspect
+
+    import docstring_parser
+
+    documented = {p.arg_name: p.description for p in docstring_parser.parse(ImageTranslationModel.__doc__).params}
+    options = [n for n in inspect.signature(ImageTranslationModel.__init__).parameters if n != "self"]
+    assert [n for n in options if not documented.get(n)] == []
+    assert set(documented) == set(options)  # no description of an option that is gone
+    out = run_in_process(["fit", "--model.help", "Pix2Pix"], cli_env, tmp_path)
+    assert out.returncode == 0
+    assert "the official test.py without --eval" in " ".join(out.stdout.split())  # inference_mode's text
