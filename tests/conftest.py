@@ -30,6 +30,16 @@ SHARED = REPO.parent / "shared"
 MAPS = SHARED / "datasets" / "maps"
 
 
+# The files that take a worker longest (--durations of fresh-clone runs: README "Tests"), started first: xdist's
+# loadfile hands out files in collection order, so a long file collected last would run alone at the end
+LONGEST_FIRST = ("test_precision.py", "test_cli_walkthroughs.py", "test_cli.py", "test_metrics.py",
+                 "test_distributed.py", "test_segmenter.py", "test_old_checkpoints.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
 def noise_image(rng: np.random.Generator, w: int, h: int, channels: int = 3) -> np.ndarray:
     shape = (h, w, channels) if channels > 1 else (h, w)
     return rng.integers(0, 256, size=shape, dtype=np.uint8)
