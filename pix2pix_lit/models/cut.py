@@ -35,17 +35,34 @@ class CUT(ImageTranslationModel):
     Metrics: ``val/fid_B`` (G(A) against the real B images), KID, MiFID; one direction (CUT is one-sided).
 
     Args:
-        input_nc, output_nc: channels of domains A and B (linked from the data).
-        netG (resnet_9blocks | resnet_6blocks), ngf, no_dropout; netD (basic | n_layers with n_layers_D), ndf;
-            norm, init_type, init_gain: the networks. antialias / antialias_up: blurred downsampling (G and D) /
-            upsampling (G), the official default (false: junyanz's strided and transposed convolutions).
-        gan_mode: lsgan | vanilla | hinge | wgangp. lambda_GAN, lambda_NCE: the weights.
-        nce_idt: the identity PatchNCE on B images (G(b) should keep b's patches). nce_layers: G's layers (indices
-            into ``G.model``) whose activations PatchNCE compares. num_patches, netF_nc, nce_T: patches per layer,
-            F's width, the temperature. nce_includes_all_negatives_from_minibatch: negatives from every image of the
-            batch (for single-image translation), else only from the same image.
+        input_nc: channels of domain A (linked from the data).
+        output_nc: channels of domain B (linked from the data).
+        netG: resnet_9blocks | resnet_6blocks.
+        ngf: G's filters in its first layer.
+        no_dropout: no dropout in G (the official default: true).
+        netD: basic | n_layers (with n_layers_D).
+        ndf: D's filters in its first layer.
+        n_layers_D: netD n_layers: the PatchGAN's strided layers.
+        norm: batch | instance | none | syncbatch, in G and D.
+        init_type: G's and D's weight init (official: xavier).
+        init_gain: the init's gain (official: 0.02).
+        antialias: blurred downsampling in G and D, the official default (false: junyanz's strided convolutions).
+        antialias_up: blurred upsampling in G, the official default (false: transposed convolutions).
+        gan_mode: lsgan | vanilla | hinge | wgangp.
+        lambda_GAN: weight of G's adversarial loss.
+        lambda_NCE: weight of the PatchNCE loss.
+        nce_idt: the identity PatchNCE on B images (G(b) should keep b's patches).
+        nce_layers: G's layers (indices into ``G.model``) whose activations PatchNCE compares.
+        num_patches: patches per layer.
+        netF_nc: the width of F's MLP heads.
+        nce_T: PatchNCE's temperature.
+        nce_includes_all_negatives_from_minibatch: negatives from every image of the batch (for single-image
+            translation), else only from the same image.
         flip_equivariance: FastCUT's regularisation: half the batches go through G flipped left-right and the
             query features are flipped back before PatchNCE.
+        plateau_monitor: as the base's, here ``val/fid_B``.
+        n_epochs: as the base's; CUT's default 200.
+        n_epochs_decay: as the base's; CUT's default 200.
     """
 
     generator_names = ("G",)

@@ -39,13 +39,18 @@ class CycleGAN(OfficialNetworksModel):
     official CycleGAN defaults.
 
     Args:
-        netG, no_dropout, norm, gan_mode, pool_size: as OfficialNetworksModel, with CycleGAN's defaults
-            (resnet_9blocks, no dropout, instance, lsgan, 50).
-        lambda_A, lambda_B: weights of the cycle losses A -> B -> A and B -> A -> B.
+        netG: both generators (OfficialNetworksModel's choices; CycleGAN's default resnet_9blocks).
+        no_dropout: no dropout in the generators (CycleGAN's default: true).
+        norm: batch | instance | none | syncbatch, in every network (CycleGAN's default: instance).
+        gan_mode: vanilla | lsgan | hinge | wgangp (CycleGAN's default: lsgan).
+        pool_size: each D's image buffer of past fakes (CycleGAN's default: 50; 0: none).
+        lambda_A: weight of the cycle loss A -> B -> A.
+        lambda_B: weight of the cycle loss B -> A -> B.
         lambda_identity: weight of the identity losses relative to lambda_A/lambda_B (0: off; needs
             input_nc == output_nc).
         predict_direction: the way ``predict`` translates: ``AtoB`` (G_A, the data's A images) or ``BtoA``
             (G_B, its B images).
+        plateau_monitor: as the base's, here ``val/fid_B``.
     """
 
     generator_names = ("G_A", "G_B")

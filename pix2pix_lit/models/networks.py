@@ -28,13 +28,24 @@ class OfficialNetworksModel(ImageTranslationModel):
     declares just those again and passes them on.
 
     Args:
-        input_nc, output_nc: channels of the source (domain A) and target (domain B) images (linked from the data).
+        input_nc: channels of the source (domain A) images (linked from the data).
+        output_nc: channels of the target (domain B) images (linked from the data).
         netG: unet_256 | unet_128 | unet (with num_downs) | resnet_9blocks | resnet_6blocks | resnet (n_blocks) |
-            global | local (pix2pixHD's, with Pix2Pix's options). ngf: the generator's filters in its first layer.
-            no_dropout: no dropout in the generator (the official ``--no_dropout``).
-        netD: basic (70x70 PatchGAN) | n_layers (n_layers_D) | pixel | multiscale (num_D PatchGANs). ndf: its filters.
-        norm: batch | instance | none | syncbatch, in every network; init_type, init_gain: weight init.
+            global | local (pix2pixHD's, with Pix2Pix's options).
+        ngf: the generator's filters in its first layer.
+        num_downs: netG unet: its downsamplings (the image side must divide by 2**num_downs).
+        n_blocks: netG resnet: its residual blocks.
+        no_dropout: no dropout in the generator (the official ``--no_dropout``).
+        netD: basic (70x70 PatchGAN) | n_layers (n_layers_D) | pixel | multiscale (num_D PatchGANs).
+        ndf: the discriminator's filters in its first layer.
+        n_layers_D: netD n_layers and multiscale: the PatchGAN's strided layers (3: the basic 70x70 one).
+        num_D: netD multiscale: how many PatchGANs, each at half the previous one's resolution.
+        norm: batch | instance | none | syncbatch, in every network.
+        init_type: conv and linear weights: normal | xavier | kaiming | orthogonal | pix2pixhd (NVIDIA's: normal,
+            biases left at torch's default).
+        init_gain: normal's standard deviation, xavier's and orthogonal's gain.
         gan_mode: vanilla (BCE on logits) | lsgan | hinge | wgangp (+ lambda_gp * gradient penalty).
+        lambda_gp: gan_mode wgangp: the gradient penalty's weight.
         pool_size: the official image buffer of past fakes shown to D (0: none).
     """
 

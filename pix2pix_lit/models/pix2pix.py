@@ -42,9 +42,11 @@ class Pix2Pix(OfficialNetworksModel):
     ``val_check_interval`` and checkpoint ``every_n_train_steps`` are in batches.
 
     Args:
-        n_downsample_global, n_blocks_global, n_local_enhancers, n_blocks_local: pix2pixHD's GlobalGenerator and
-            LocalEnhancer (``netG: global | local``; pix2pixHD trains them with norm instance, no_dropout, netD
-            multiscale, lambda_feat 10 and ngf 32 for local).
+        n_downsample_global: pix2pixHD's GlobalGenerator (``netG: global | local``): its downsamplings (pix2pixHD
+            trains it with norm instance, no_dropout, netD multiscale, lambda_feat 10, and ngf 32 for local).
+        n_blocks_global: the GlobalGenerator's residual blocks.
+        n_local_enhancers: ``netG: local``: how many LocalEnhancers, each doubling the resolution.
+        n_blocks_local: each LocalEnhancer's residual blocks.
         spectral_norm_D: every convolution of D spectrally normalised (not in the official pix2pix).
         padding_D: of D's 4x4 convolutions: 1 (pix2pix) or 2 (pix2pixHD's ``ceil(3/2)``; same parameters, every map
             a few pixels larger, so other feature-matching targets).
@@ -52,17 +54,22 @@ class Pix2Pix(OfficialNetworksModel):
         gan_scales: a multi-scale D's adversarial losses averaged (``mean``) or summed (``sum``: pix2pixHD).
         step_order: ``pix2pix`` (D's update, then G's loss on the updated D: the official pix2pix) or ``pix2pixhd``
             (every loss on the batch's D, then G's update, then D's: NVIDIA/pix2pixHD's train.py).
-        lambda_L1: weight of L1(G(source), target). lambda_feat: pix2pixHD feature matching on D's layers, each
-            layer weighted ``4 / (n_layers_D + 1)`` as pix2pixHD does (1 at its n_layers_D 3).
-        lambda_vgg, vgg_weights, vgg_sha256: pix2pixHD's VGG-19 perceptual loss (its default: 10) with a local
-            torchvision VGG-19 state dict (0, the pix2pix default: off).
+        lambda_L1: weight of L1(G(source), target).
+        lambda_feat: weight of pix2pixHD's feature matching on D's layers, each layer weighted
+            ``4 / (n_layers_D + 1)`` as pix2pixHD does (1 at its n_layers_D 3); 0: off.
+        lambda_vgg: weight of pix2pixHD's VGG-19 perceptual loss (its default: 10; 0, the pix2pix default: off).
+        vgg_weights: the local torchvision VGG-19 state dict that loss needs (no download).
+        vgg_sha256: the SHA-256 that file must have (null: only its tensors' names and shapes are checked).
         diff_augment: DiffAugment of every pair D judges (``nets/diffaugment.py``): a comma-separated choice of
             color, translation, cutout (e.g. ``color,translation,cutout``); one draw per step for the real and the
             fake pairs; "" (default, the official): none.
-        r1_gamma, r1_every: an R1 penalty on real pairs, (r1_gamma / 2) * ||grad of D wrt the real image||^2 added
-            to D's loss every ``r1_every`` batches and multiplied by ``r1_every`` (StyleGAN2's lazy
-            regularisation); 0 (default, the official): none.
-        init_global_from, niter_fix_global: pix2pixHD's coarse-to-fine training of ``netG: local``: its global part
+        r1_gamma: an R1 penalty on real pairs, (r1_gamma / 2) * ||grad of D wrt the real image||^2 added to D's
+            loss every ``r1_every`` batches and multiplied by ``r1_every`` (StyleGAN2's lazy regularisation); 0
+            (default, the official): none.
+        r1_every: the R1 penalty's period in batches.
+        niter_fix_global: the epochs at the start of a ``netG: local`` run from ``init_global_from`` in which G's
+            optimizer holds only the outermost enhancer's parameters (see init_global_from).
+        init_global_from: pix2pixHD's coarse-to-fine training of ``netG: local``: its global part
             starts from the G of a ``netG: global`` checkpoint (trained at half the resolution, ``2·ngf`` filters),
             its multi-scale D's scales from that checkpoint's (each scale kept at the resolution it was trained at:
             the first stage's D scale k becomes scale k + num_D - its num_D, as the official ``--load_pretrain``),

@@ -53,12 +53,18 @@ class Segmenter(pl.LightningModule):
         class_mapping: ``null``: the data's classes (``label_nc``); ``cityscapes_train_ids``: Cityscapes' 34 label ids
             as its 19 train ids (the classes of every Cityscapes score; the others ignored).
         aux_loss: torchvision's auxiliary head (not for LRASPP), weighted 0.5 as in its reference recipe.
-        optimizer: ``sgd`` (the reference: momentum, weight decay) or ``adam``. lr, momentum, weight_decay: its
-            settings. poly_power: the learning rate falls as ``(1 - step / total) ** poly_power`` per step.
+        optimizer: ``sgd`` (the reference: momentum, weight decay) or ``adam``.
+        lr: the starting learning rate.
+        momentum: SGD's momentum.
+        weight_decay: the optimizer's weight decay.
+        poly_power: the learning rate falls as ``(1 - step / total) ** poly_power`` per step.
         bn_momentum: the batch-norm momentum; ``null``: torchvision's (0.1, MobileNetV3 0.01). Short runs want 0.1:
             with 0.01 the running statistics trail the weights for hundreds of steps and eval mode lags.
-        input_nc, output_nc, label_nc, contain_dontcare_label, no_instance: from the data (linked); the photos have
-            ``output_nc`` channels, the label maps ``label_nc`` classes (+ don't care, ignored).
+        input_nc: the data's source channels (linked; unused: the photos are the input).
+        output_nc: the photos' channels (linked from the data).
+        label_nc: the label maps' classes (linked from the data).
+        contain_dontcare_label: the label maps have a don't-care class, ignored in the loss (linked).
+        no_instance: linked from the data; the segmenter reads no instance maps.
     """
 
     default_best_monitor = "val/miou"  # the checkpoint the CLI keeps as best-*.ckpt

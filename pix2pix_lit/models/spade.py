@@ -39,23 +39,37 @@ class SPADE(ImageTranslationModel):
     ``no_instance`` from it): G and D see them one-hot with the instance edges.
 
     Args:
-        output_nc: the photos' channels (linked from the data). input_nc: unused (the labels decide).
-        ngf: G's width (its blocks run at 16·ngf down to ngf). num_upsampling_layers: normal | more (Cityscapes) |
-            most. norm_G: ``spectralspadesyncbatch3x3`` (spectral norm on G's convs, SPADE over a parameter-free
+        input_nc: unused (the label maps decide G's and D's input channels).
+        output_nc: the photos' channels (linked from the data).
+        ngf: G's width (its blocks run at 16·ngf down to ngf).
+        num_upsampling_layers: normal | more (Cityscapes) | most: how small G's starting grid is.
+        norm_G: ``spectralspadesyncbatch3x3`` (spectral norm on G's convs, SPADE over a parameter-free
             synchronised batch norm, 3x3 SPADE convs) or the ``batch``/``instance`` variants, with or without
             ``spectral``.
-        ndf, n_layers_D, num_D: the multi-scale discriminator (2 PatchGANs of 4 groups, spectral instance norm).
-        gan_mode: hinge (official) | vanilla | lsgan | wgangp. lambda_feat: feature matching on D's layers
-            (``no_ganFeat_loss`` switches it off). lambda_vgg: the VGG-19 perceptual loss, on only with
-            ``vgg_weights`` (a local torchvision VGG-19 state dict; optional ``vgg_sha256``); ``no_vgg_loss``.
-        no_TTUR: one learning rate for both (else G at lr/2 and D at 2·lr, the two time-scale update rule); β1/β2
-            left unset follow it as the official options do: (0, 0.9) with TTUR, (0.5, 0.999) without.
-        init_type, init_variance: the official xavier init with gain 0.02.
-        use_vae, z_dim, lambda_kld: the image encoder E (the VAE): G starts from a style code z (z_dim 256) drawn
-            from E's posterior for the photo (KL term λ 0.05); validation and test take each photo's style (as the
-            official test), ``predict`` a random one. crop_size, aspect_ratio: the size G is built for with the
-            VAE (its grid is fixed; set them as the data's).
-        inference_mode: ``eval`` (the official test.py calls ``model.eval()``: batch norm with running statistics).
+        ndf: the multi-scale discriminator's filters in its first layer.
+        n_layers_D: each of its PatchGANs' layer groups (official: 4; spectral instance norm).
+        num_D: its PatchGANs, each at half the previous one's resolution (official: 2).
+        gan_mode: hinge (official) | vanilla | lsgan | wgangp.
+        lambda_feat: weight of feature matching on D's layers.
+        no_ganFeat_loss: no feature matching.
+        lambda_vgg: weight of the VGG-19 perceptual loss, on only with vgg_weights.
+        no_vgg_loss: no VGG-19 perceptual loss.
+        vgg_weights: a local torchvision VGG-19 state dict (no download).
+        vgg_sha256: the SHA-256 that file must have (null: only its tensors' names and shapes are checked).
+        no_TTUR: one learning rate for both (else G at lr/2 and D at 2·lr, the two time-scale update rule).
+        init_type: the official xavier (or another, as OfficialNetworksModel's).
+        init_variance: the init's gain (official: 0.02).
+        beta1: Adam's β1; null follows no_TTUR as the official options do: 0 with TTUR, 0.5 without.
+        beta2: Adam's β2; null: 0.9 with TTUR, 0.999 without.
+        lr_policy: as the base's, here ``linear_nvidia`` (SPADE's rule).
+        inference_mode: ``eval`` here (the official test.py calls ``model.eval()``: batch norm with running
+            statistics).
+        use_vae: the image encoder E (the VAE): G starts from a style code z drawn from E's posterior for the
+            photo; validation and test take each photo's style (as the official test), ``predict`` a random one.
+        z_dim: the style code's size.
+        lambda_kld: weight of the VAE's KL term.
+        crop_size: with use_vae, the size G is built for (its grid is fixed; set it as the data's).
+        aspect_ratio: with use_vae, width / height of that size (as the data's).
     Shared options (lr 2e-4, the LR policy: ``linear_nvidia`` here, SPADE's rule; metrics, EMA) are the base's.
     """
 

@@ -137,17 +137,27 @@ def test_model_call_means_inference_for_every_model():
     assert not torch.allclose(model(x), raw, atol=1e-4)
 
 
-def test_every_shared_option_has_its_help_text(tmp_path, cli_env):
-    """``pix2pix-lit fit --model.help MODEL`` documents the options every model inherits (jsonargparse reads the
-    base's ``Args:``): each of the base's parameters has a description, and one reaches the help a user reads."""
+
+def test_every_option_of_every_model_has_its_help_text(tmp_path, cli_env):
+    """``pix2pix-lit fit --model.help MODEL`` documents every option: jsonargparse reads each class's ``Args:``,
+    so each class that declares an option in its ``__init__`` describes it there (the base: the shared ones)."""
     import inspect
 
     import docstring_parser
 
-    documented = {p.arg_name: p.description for p in docstring_parser.parse(ImageTranslationModel.__doc__).params}
-    options = [n for n in inspect.signature(ImageTranslationModel.__init__).parameters if n != "self"]
-    assert [n for n in options if not documented.get(n)] == []
-    assert set(documented) == set(options)  # no description of an option that is gone
+    from pix2pix_lit.models import SPADE, CycleGAN
+    from pix2pix_lit.models.cut import CUT
+    from pix2pix_lit.models.segmenter import Segmenter
+
+    undocumented, stale = [], []
+    for model in (Pix2Pix, CycleGAN, SPADE, CUT, Segmenter):
+        for cls in [c for c in model.__mro__ if "__init__" in vars(c) and c.__module__.startswith("pix2pix_lit")]:
+            params = inspect.signature(cls.__init__).parameters.values()
+            options = {p.name for p in params if p.name != "self" and p.kind is not p.VAR_KEYWORD}
+            documented = {p.arg_name: p.description for p in docstring_parser.parse(cls.__doc__ or "").params}
+            undocumented += [f"{cls.__name__}.{n}" for n in sorted(options) if not documented.get(n)]
+            stale += [f"{cls.__name__}.{n}" for n in sorted(set(documented) - options)]
+    assert undocumented == [] and stale == []
     out = run_in_process(["fit", "--model.help", "Pix2Pix"], cli_env, tmp_path)
     assert out.returncode == 0
-    assert "the official test.py without --eval" in " ".join(out.stdout.split())  # inference_mode's text
+    assert "the official test.py without --eval" in " ".join(out.stdout.split())  # the base's inference_mode
