@@ -70,8 +70,8 @@ def ema_update(ema: AveragedModel, net: nn.Module, skipped: Optional[torch.Tenso
     if skipped is None:
         torch._foreach_lerp_(averaged, current, weight)
     else:  # averaged += weight * (1 - skipped) * (current - averaged), the flag staying on the device: one pass
-        # over the weights (a sub, mul and add were three, and a temporary copy of G: 0.18 s of a 256x256 U-Net's
-        # CPU step, experiments/RESULTS.md)
+        # over the weights (a sub, mul and add were three, and a temporary copy of G: ~0.17 s of a 256x256 U-Net's
+        # CPU step, experiments/log/2026-12-06-0608-*)
         flagged = (1.0 - skipped) * weight
         torch._foreach_lerp_(averaged, current, [flagged.to(a.dtype) for a in averaged])
     for b_ema, b_net in zip(ema.module.buffers(), net.buffers()):  # use_buffers=False: kept in sync, not averaged
