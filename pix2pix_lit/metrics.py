@@ -413,12 +413,7 @@ class ImageQualityMetrics(nn.Module):
         share = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world)))
         loader = torch.utils.data.DataLoader(share, batch_size=8, num_workers=0)
         feats = [self.features(batch["image"].to(device)) for batch in loader]
-        local = torch.cat(feats) if feats else torch.zeros(0, 2048, device=device)
-        if world > 1:
-            from torchmetrics.utilities.distributed import gather_all_tensors
-
-            local = torch.cat(gather_all_tensors(local))
-        return local
+        return self._gathered(torch.cat(feats) if feats else torch.zeros(0, 2048, device=device), "training")
 
     @torch.no_grad()
     def set_training_reference(self, features: torch.Tensor, key: str) -> None:

@@ -40,6 +40,7 @@ def pytest_collection_modifyitems(items: list) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
+
 def noise_image(rng: np.random.Generator, w: int, h: int, channels: int = 3) -> np.ndarray:
     shape = (h, w, channels) if channels > 1 else (h, w)
     return rng.integers(0, 256, size=shape, dtype=np.uint8)
