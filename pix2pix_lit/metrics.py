@@ -72,7 +72,8 @@ class CompactFID(FrechetInceptionDistance):
     of each as its reset value: 256 MB for a model's val and test metrics, nearly all zeros through
     training (the test metrics are never updated during ``fit``, the generated-image sums only during a
     pass). Here a zero sum is one zero broadcast to its shape, made a real tensor by the first update that
-    adds to it; the scores are torchmetrics' own (tests/test_metrics.py).
+    adds to it. The sums, means and covariances are torchmetrics' own; the distance is :func:`frechet_distance`'s
+    (the same value, ~2.4x sooner on a CPU: tests/test_metrics.py).
     """
 
     _SUMS = {"real": ("real_features_sum", "real_features_cov_sum"), "fake": ("fake_features_sum", "fake_features_cov_sum")}
@@ -108,6 +109,33 @@ class CompactFID(FrechetInceptionDistance):
     def update(self, imgs: torch.Tensor, real: bool) -> None:
         self._materialize(("real",) if real else ("fake",))  # FID adds in place
         super().update(imgs, real)
+
+    def compute(self) -> torch.Tensor:
+        # torchmetrics' own means and covariances from the sums; the distance by frechet_distance (why: there)
+        if self.real_features_num_samples < 2 or self.fake_features_num_samples < 2:
+            raise RuntimeError("More than one sample is required for both the real and fake distributed to compute FID")
+        stats = []
+        for kind in ("real", "fake"):
+            n = getattr(self, f"{kind}_features_num_samples")
+            mean = getattr(self, f"{kind}_features_sum") / n
+            stats += [mean, (getattr(self, f"{kind}_features_cov_sum") - n * torch.outer(mean, mean)) / (n - 1)]
+        return frechet_distance(*stats).to(self.orig_dtype)
+
+
+def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> torch.Tensor:
+    """|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr(sqrt(S1 S2)), the last term from symmetric eigenproblems.
+
+    torchmetrics (and scipy's sqrtm in the TF/pytorch-fid code) take tr sqrt(S1 S2) from the general,
+    non-symmetric 2048 x 2048 matrix S1 S2: ~4 s on one CPU core per score, and for a set of fewer than 2048
+    images (most val sets) the round-off in its zero eigenvalues adds ~1e-5 of the score. Here S1 = U U^T on
+    S1's range (U = V sqrt(w), V, w its eigenvectors and values above the round-off), so S1 S2 has the
+    eigenvalues of the symmetric U^T S2 U: one 2048 eigh and one of S1's rank (<= images - 1): ~1.6 s, and
+    equal to the exact value through the features themselves (tests/test_metrics.py)."""
+    w, v = torch.linalg.eigh(sigma1)
+    kept = w > w.max() * w.numel() * torch.finfo(w.dtype).eps  # numpy's matrix_rank tolerance
+    u = v[:, kept] * w[kept].sqrt()
+    tr_sqrt = torch.linalg.eigvalsh(u.T @ sigma2 @ u).clamp(min=0).sqrt().sum()
+    return (mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * tr_sqrt
 
     def sync(self, *args: Any, **kwargs: Any) -> None:
         self._materialize()  # a process that saw no images still sends real tensors to the others

@@ -126,8 +126,8 @@ def test_test_writes_metrics_json_and_predict_writes_images(trained):
         assert row["l1"] == pytest.approx(np.abs(out_img - target).mean() / 127.5, abs=0.01)  # by hand, from the PNGs
         assert (ckpt.parent / row["source"]).is_file()
     out = tmp / "pred"
-    run(["predict", *tiny(tmp / "run_a", tmp / "syn"), "--ckpt_path", str(ckpt), "--predict_writer.output_dir", str(out)],
-        env, tmp)
+    run_in_process(["predict", *tiny(tmp / "run_a", tmp / "syn"), "--ckpt_path", str(ckpt), "--predict_writer.output_dir",
+                    str(out)], env, tmp, check=True)  # a start-up saved: `test` above ran as its own process
     assert sorted(p.name for p in out.glob("*.png")) == [f"{i:05d}.png" for i in range(4)]
     assert [r["output"] for r in page_data(out / "index.html")["rows"]] == [f"{i:05d}.png" for i in range(4)]
     assert yaml.safe_load((tmp / "run_a" / "config.yaml").read_text())["ckpt_path"] in (None, "last")
@@ -138,12 +138,13 @@ def test_test_writes_metrics_json_and_predict_writes_images(trained):
 def test_compare_prints_table_and_writes_plot(trained):
     tmp, env = trained
     run(["fit", *tiny(tmp / "run_b", tmp / "syn", "--trainer.max_epochs", "1", "--model.lambda_L1", "10")], env, tmp)
-    proc = run(["compare", str(tmp / "run_a"), str(tmp / "run_b"), "--output", str(tmp / "cmp.png")], env, tmp)
+    proc = run_in_process(["compare", str(tmp / "run_a"), str(tmp / "run_b"), "--output", str(tmp / "cmp.png")], env, tmp,
+                          check=True)
     assert re.search(r"model\.init_args\.lambda_L1\s+100\s+10\n", proc.stdout), proc.stdout
     assert "best val/fid (step)" in proc.stdout and "run_a" in proc.stdout and "run_b" in proc.stdout
     assert "trainer.max_epochs" in proc.stdout
     assert Image.open(tmp / "cmp.png").size[0] > 400
-    bad = run(["compare", str(tmp / "nothing")], env, tmp, check=False)
+    bad = run_in_process(["compare", str(tmp / "nothing")], env, tmp)
     assert bad.returncode == 2 and "nothing does not exist" in bad.stderr
 
 
@@ -330,7 +331,7 @@ def test_export_command_from_a_checkpoint(trained, tmp_path):
     exported = ((torch.from_numpy(run_onnx(x))[0].clamp(-1, 1) + 1) * 127.5).round()
     predicted = torch.from_numpy(np.asarray(Image.open(pred / "00000.png"))).permute(2, 0, 1).float()
     assert (exported - predicted).abs().max() <= 1  # equal up to 8-bit rounding
-    bad = run(["export", "--ckpt_path", str(tmp_path / "none.ckpt"), "--format", "torchscript"], env, tmp_path, check=False)
+    bad = run_in_process(["export", "--ckpt_path", str(tmp_path / "none.ckpt"), "--format", "torchscript"], env, tmp_path)
     assert bad.returncode == 2 and "none.ckpt does not exist" in bad.stderr.strip().splitlines()[-1]
     assert not list(tmp_path.glob("*.pt"))
 

@@ -1,6 +1,8 @@
-"""Whole paths through the command line as users type them, each in its own processes: the README's sketch ->
-photo walkthrough, plain DDP, and CycleGAN through fit / validate / test / predict / export (a file of its own so
-that `make test`'s workers share these long tests with test_cli.py's)."""
+"""Whole paths through the command line as users type them: the README's sketch -> photo walkthrough, plain DDP,
+and CycleGAN through fit / validate / test / predict / export (a file of its own so that `make test`'s workers
+share these long tests with test_cli.py's). Each path's training and serving run in their own processes, as users
+start them; the commands whose subject is a file written before (prepare, and those that read a checkpoint) run
+in this process (``run_in_process``: the same exit code and output, without a new Python's start-up)."""
 
 import csv
 import io
@@ -36,17 +38,19 @@ def test_sketch_to_photo_walkthrough(built_in, tmp_path, cli_env):
     for path in sorted((built_in / "train").glob("*.png")) + sorted((built_in / "val").glob("*.png")):
         img = Image.open(path)
         img.crop((img.size[0] // 2, 0, img.size[0], img.size[1])).save(photos / path.name)
-    run(["prepare", "edges", str(photos), str(tmp_path / "edges")], env, tmp_path)
-    run(["prepare", "combine", str(tmp_path / "edges"), str(photos), str(tmp_path / "combined")], env, tmp_path)
-    run(["prepare", "split", str(tmp_path / "combined"), str(tmp_path / "data"), "--val", "0.25", "--test", "0.25"],
-        env, tmp_path)
+    run_in_process(["prepare", "edges", str(photos), str(tmp_path / "edges")], env, tmp_path, check=True)
+    run_in_process(["prepare", "combine", str(tmp_path / "edges"), str(photos), str(tmp_path / "combined")], env, tmp_path,
+                   check=True)
+    run_in_process(["prepare", "split", str(tmp_path / "combined"), str(tmp_path / "data"), "--val", "0.25", "--test",
+                    "0.25"], env, tmp_path, check=True)
     run(["fit", "-c", str(REPO / "configs" / "sketch2photo.yaml"), "--data.root", str(tmp_path / "data"),
          "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.max_steps", "4", "--trainer.logger", "false",
          "--trainer.enable_progress_bar", "false", "--data.load_size", "36", "--data.crop_size", "32",
          "--data.num_workers", "0", "--model.ngf", "8", "--model.ndf", "8", "--model.fid", "false", "--model.kid", "false"],
         env, tmp_path)
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    run(["export", "--ckpt_path", str(ckpt), "--format", "onnx", "--output", str(tmp_path / "sketch.onnx")], env, tmp_path)
+    run_in_process(["export", "--ckpt_path", str(ckpt), "--format", "onnx", "--output", str(tmp_path / "sketch.onnx")], env,
+                   tmp_path, check=True)
     for how in (["--model", str(tmp_path / "sketch.onnx")], ["--ckpt_path", str(ckpt)]):
         proc, url = start_server(how, tmp_path)
         try:
@@ -92,13 +96,13 @@ def test_command_line_fit_validate_test_predict_export_both_ways(tmp_path, cli_e
     keys = set().union(*tracked["history"])
     assert {"val/fid_B", "val/fid_A", "train/loss_cycle_B", "train/loss_idt_A", "images/val/_type"} <= keys
     assert tracked["config"]["model.class_path"].endswith("CycleGAN")
-    compared = run(["compare", str(root), "--output", str(tmp_path / "c.png")], cli_env, tmp_path)
+    compared = run_in_process(["compare", str(root), "--output", str(tmp_path / "c.png")], cli_env, tmp_path, check=True)
     assert "best val/fid_B" in compared.stdout and "best val/fid_A" in compared.stdout
     last = str(root / "checkpoints" / "last.ckpt")
 
-    val = run(["validate", *cyclegan_cli(root, data), "--ckpt_path", last], cli_env, tmp_path)
+    val = run_in_process(["validate", *cyclegan_cli(root, data), "--ckpt_path", last], cli_env, tmp_path, check=True)
     assert "val/fid_A" in val.stdout and "val/fid_B" in val.stdout
-    run(["test", *cyclegan_cli(root, data), "--ckpt_path", last], cli_env, tmp_path)
+    run_in_process(["test", *cyclegan_cli(root, data), "--ckpt_path", last], cli_env, tmp_path, check=True)
     report = json.loads((root / "checkpoints" / "metrics.json").read_text())
     assert {"fid_A", "fid_B", "kid_mean_A", "ssim_B", "psnr_A"} <= set(report["metrics"])
     assert report["protocol"]["generator"] == "G_A+G_B" and report["num_images"] == 8
@@ -113,16 +117,18 @@ def test_command_line_fit_validate_test_predict_export_both_ways(tmp_path, cli_e
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)).save(photos / "p.png")
     for direction in ("BtoA", "AtoB"):
         out = tmp_path / f"pred-{direction}"
-        run(["predict", *cyclegan_cli(root, data), "--ckpt_path", last, "--data.predict_dir", str(photos),
-             "--model.predict_direction", direction, "--predict_writer.output_dir", str(out)], cli_env, tmp_path)
+        run_in_process(["predict", *cyclegan_cli(root, data), "--ckpt_path", last, "--data.predict_dir", str(photos),
+                        "--model.predict_direction", direction, "--predict_writer.output_dir", str(out)], cli_env,
+                       tmp_path, check=True)
         assert Image.open(out / "p.png").size == (50, 30)
     assert not np.array_equal(np.asarray(Image.open(tmp_path / "pred-AtoB" / "p.png")),
                               np.asarray(Image.open(tmp_path / "pred-BtoA" / "p.png")))  # two generators
 
-    export = run(["export", "--ckpt_path", last, "--format", "onnx", "--direction", "BtoA"], cli_env, tmp_path)
+    export = run_in_process(["export", "--ckpt_path", last, "--format", "onnx", "--direction", "BtoA"], cli_env, tmp_path,
+                            check=True)
     assert "G_B" in export.stdout and (root / "checkpoints" / "last.G_B.eval.onnx").is_file()
 
-    wrong = run(["test", "-c", str(REPO / "configs" / "quickstart.yaml"), "--data.root", str(data),
+    wrong = run_in_process(["test", "-c", str(REPO / "configs" / "quickstart.yaml"), "--data.root", str(data),
                  "--ckpt_path", last, "--trainer.default_root_dir", str(tmp_path / "wrong")], cli_env, tmp_path,
                 check=False)
     assert wrong.returncode == 2 and "holds a CycleGAN model" in wrong.stderr.strip().splitlines()[-1]

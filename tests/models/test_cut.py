@@ -185,7 +185,7 @@ def test_fit_test_predict_export_serve(tmp_path, cli_env):
                     "--predict_writer.output_dir", str(tmp_path / "pred")], cli_env, tmp_path, check=True)
     assert Image.open(tmp_path / "pred" / "p.png").size == (50, 30)
 
-    export = run(["export", "--ckpt_path", last, "--format", "onnx"], cli_env, tmp_path)
+    export = run_in_process(["export", "--ckpt_path", last, "--format", "onnx"], cli_env, tmp_path, check=True)
     onnx_path = root / "checkpoints" / "last.G.eval.onnx"
     assert onnx_path.is_file(), export.stdout
     import onnxruntime as ort

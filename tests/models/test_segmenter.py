@@ -40,8 +40,8 @@ def test_real_photos_score_above_generated_above_grey(tmp_path, cli_env):
     val_miou = [float(r["val/miou"]) for r in rows if r.get("val/miou")]
     assert len(val_miou) == 1 and 0 < val_miou[0] < 1
     assert next((tmp_path / "runs/pix2pix-labels/checkpoints").glob("best-*.ckpt"))
-    run(["predict", "-c", str(configs / "pix2pix_labels.yaml"), "--ckpt_path",
-         "runs/pix2pix-labels/checkpoints/last.ckpt", *quiet], cli_env, tmp_path)
+    run_in_process(["predict", "-c", str(configs / "pix2pix_labels.yaml"), "--ckpt_path",
+                    "runs/pix2pix-labels/checkpoints/last.ckpt", *quiet], cli_env, tmp_path, check=True)
     generated = _eval(cli_env, tmp_path, "runs/pix2pix-labels/predictions", tmp_path / "generated.json",
                       "data/synthetic-labels-128/test/photos", "--no-fid", "--no-kid")
     grey_dir = tmp_path / "grey"
@@ -71,7 +71,7 @@ def test_cityscapes_config_trains_on_the_download_layout_and_scores_19_train_ids
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=True)["global_step"] == 2
     assert list((tmp_path / "run" / "images").glob("val_epoch*.png"))  # photo | predicted | labels grids
-    run(["test", *common, "--ckpt_path", str(ckpt)], cli_env, tmp_path, timeout=900)
+    run_in_process(["test", *common, "--ckpt_path", str(ckpt)], cli_env, tmp_path, check=True)
     report = json.loads((tmp_path / "run" / "checkpoints" / "metrics.json").read_text())
     assert set(report["metrics"]) == {"miou", "pixel_acc", "class_acc"}
     assert list(report["per_class_iou"]) == list(CITYSCAPES_TRAIN_CLASSES)

@@ -129,8 +129,8 @@ def test_predict_in_tiles_from_the_command_line(tmp_path, cli_env):
     big.mkdir()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (70, 130, 3), dtype=np.uint8)).save(big / "x.png")
     out = tmp_path / "tiles"
-    run(["predict", *args, "--ckpt_path", ckpt, "--data.predict_dir", str(big), "--model.predict_tile", "64",
-         "--predict_writer.output_dir", str(out)], cli_env, tmp_path)
+    run_in_process(["predict", *args, "--ckpt_path", ckpt, "--data.predict_dir", str(big), "--model.predict_tile", "64",
+                    "--predict_writer.output_dir", str(out)], cli_env, tmp_path, check=True)  # fit ran as a process
     assert Image.open(out / "x.png").size == (130, 70)
     bad = run_in_process(["predict", *args, "--ckpt_path", ckpt, "--data.predict_dir", str(big),
                           "--model.predict_tile", "40", "--predict_writer.output_dir", str(tmp_path / "no")],
