@@ -69,13 +69,15 @@ class WandbLogger(_WandbLogger):
 
     def __init__(self, *args: Any, offline: Optional[bool] = None, save_dir: Optional[str] = None,
                  log_checkpoints: Union[bool, Literal["best_and_last", "best", "last"]] = True, **kwargs: Any):
+        self._offline_note: Optional[str] = None
         if offline is None:
             offline = wandb_offline()
             if offline and os.environ.get("WANDB_MODE") is None:
-                rank_zero_info(
+                # said when the run folder is made (experiment), not here: a command that then stops on a bad
+                # option or file writes no run, and must not say it logs one
+                self._offline_note = (
                     "W&B: no credentials found (wandb login / WANDB_API_KEY): logging offline to "
-                    f"{os.path.join(save_dir or '.', 'wandb')}; upload later with `wandb sync <run folder>`"
-                )
+                    f"{os.path.join(save_dir or '.', 'wandb')}; upload later with `wandb sync <run folder>`")
         super().__init__(*args, offline=offline, save_dir=save_dir or ".", **kwargs)
         if self._wandb_init.get("anonymous") is None:
             # Lightning passes anonymous=None, which current wandb versions warn about on every run
@@ -88,6 +90,13 @@ class WandbLogger(_WandbLogger):
         self.log_checkpoints = "best_and_last" if log_checkpoints is True else log_checkpoints
         self._seen_checkpoint_callbacks: dict[int, Any] = {}
         self._logged_checkpoints: dict[str, float] = {}  # path -> modification time when logged
+
+    @property
+    def experiment(self):
+        if self._offline_note is not None and getattr(self, "_experiment", None) is None:
+            rank_zero_info(self._offline_note)
+            self._offline_note = None
+        return super().experiment
 
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback) -> None:

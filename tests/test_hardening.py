@@ -292,3 +292,30 @@ def test_log_checkpoints_keeps_what_it_is_told(tmp_path, monkeypatch, keep, alia
     assert logged == aliases
     with pytest.raises(ConfigError, match="log_checkpoints='all': choose true"):
         WandbLogger(save_dir=str(tmp_path), log_checkpoints="all")
+
+
+def test_the_offline_note_comes_with_the_run_folder_not_before_a_refusal(tmp_path, monkeypatch, caplog, cli_env):
+    """Without credentials W&B logs offline and says where — once the run folder is made; a command stopped by a bad
+    option before that writes no run and says nothing of one."""
+    import wandb
+
+    from pix2pix_lit.loggers import WandbLogger
+
+    env = {k: v for k, v in cli_env.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
+    env["NETRC"] = str(tmp_path / "no-netrc")  # no credentials anywhere
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", env["NETRC"])
+    with caplog.at_level("INFO"):
+        bad = run_in_process(["fit", "-c", str(REPO / "configs" / "quickstart.yaml"), "--model.r1_every", "0",
+                              "--trainer.default_root_dir", str(tmp_path / "bad")], env, tmp_path)
+        assert bad.returncode == 2 and "model.r1_every" in one_error_line(bad)
+        assert "W&B" not in caplog.text + bad.stderr + bad.stdout and not (tmp_path / "bad").exists()
+        logger = WandbLogger(save_dir=str(tmp_path / "good"), project="p")
+        assert "W&B" not in caplog.text
+        try:
+            assert logger.experiment is not None
+        finally:
+            wandb.finish()
+    assert caplog.text.count(f"logging offline to {tmp_path / 'good' / 'wandb'}") == 1
+    assert list((tmp_path / "good" / "wandb").glob("offline-run-*"))
