@@ -73,7 +73,7 @@ class CompactFID(FrechetInceptionDistance):
     training (the test metrics are never updated during ``fit``, the generated-image sums only during a
     pass). Here a zero sum is one zero broadcast to its shape, made a real tensor by the first update that
     adds to it. The sums, means and covariances are torchmetrics' own; the distance is :func:`frechet_distance`'s
-    (the same value, ~2.4x sooner on a CPU: tests/test_metrics.py).
+    (the same value, 1.2-2.5x sooner on a CPU: experiments/fid_compute.py).
     """
 
     _SUMS = {"real": ("real_features_sum", "real_features_cov_sum"), "fake": ("fake_features_sum", "fake_features_cov_sum")}
@@ -126,11 +126,11 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
     """|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr(sqrt(S1 S2)), the last term from symmetric eigenproblems.
 
     torchmetrics (and scipy's sqrtm in the TF/pytorch-fid code) take tr sqrt(S1 S2) from the general,
-    non-symmetric 2048 x 2048 matrix S1 S2: ~4 s on one CPU core per score, and for a set of fewer than 2048
-    images (most val sets) the round-off in its zero eigenvalues adds ~1e-5 of the score. Here S1 = U U^T on
-    S1's range (U = V sqrt(w), V, w its eigenvectors and values above the round-off), so S1 S2 has the
-    eigenvalues of the symmetric U^T S2 U: one 2048 eigh and one of S1's rank (<= images - 1): ~1.6 s, and
-    equal to the exact value through the features themselves (tests/test_metrics.py)."""
+    non-symmetric 2048 x 2048 matrix S1 S2: ~3.5 s on one CPU core per score, and for a set of fewer than 2048
+    images (most val sets) the round-off in its zero eigenvalues adds 1e-7 to 1e-5 of the score. Here S1 = U U^T
+    on S1's range (U = V sqrt(w), V, w its eigenvectors and values above the round-off), so S1 S2 has the
+    eigenvalues of the symmetric U^T S2 U: one 2048 eigh and one of S1's rank (<= images - 1): ~1.4 s, and
+    equal to the exact value from the features themselves (tests/test_metrics.py; experiments/fid_compute.py)."""
     w, v = torch.linalg.eigh(sigma1)
     kept = w > w.max() * w.numel() * torch.finfo(w.dtype).eps  # numpy's matrix_rank tolerance
     u = v[:, kept] * w[kept].sqrt()
