@@ -7,6 +7,7 @@ otherwise: ``checkpoints/``, ``images/``, ``predictions/``, ``wandb/``, ``csv/``
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
@@ -20,6 +21,7 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 import torch
 import yaml
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -419,20 +421,41 @@ def build_cli(args: Optional[list[str]], argv: list[str], run: bool = True) -> P
         args=args,
         run=run,
         auto_configure_optimizers=False,
-        parser_kwargs={"exit_on_error": False} if run else {},
+        parser_kwargs={"prog": "pix2pix-lit", "description": _DESCRIPTION, "epilog": _EPILOG, "formatter_class": _HelpFormatter,
+                       **({"exit_on_error": False} if run else {})},
         argv=argv,
     )
 
 
+# the commands besides LightningCLI's fit/validate/test/predict: plain argparse, no Trainer (name: module, what it does)
+TOOLS = {
+    "prepare": ("pix2pix_lit.prepare", "your own images as training data: pairs, edge maps, splits, label maps, streaming shards"),
+    "eval": ("pix2pix_lit.evaluate", "score a folder of generated images against real ones (FID, KID, ..., mIoU)"),
+    "compare": ("pix2pix_lit.compare", "config differences, best/last metrics and curves of runs"),
+    "export": ("pix2pix_lit.serving.export", "a checkpoint's generator as TorchScript or ONNX"),
+    "serve": ("pix2pix_lit.serving.app", "a checkpoint or exported generator over HTTP, with a drawing page"),
+    "import-official": ("pix2pix_lit.official", "official pretrained network files as pix2pix-lit checkpoints"),
+    "zoo": ("pix2pix_lit.zoo", "the official pretrained models by name: list, fetch (check and import)"),
+}
+_DESCRIPTION = "Image-to-image translation GANs on PyTorch Lightning: train, score, translate, export and serve."
+_EPILOG = "other commands (pix2pix-lit COMMAND --help):\n" + "\n".join(
+    f"  {name:<22}{what}" for name, (_, what) in TOOLS.items())
+
+
+class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """jsonargparse's help, with the epilog's list of commands kept one per line (argparse would refill it)."""
+
+
 def main(args: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
-    tools = {"compare": "pix2pix_lit.compare", "eval": "pix2pix_lit.evaluate", "export": "pix2pix_lit.serving.export",
-             "serve": "pix2pix_lit.serving.app", "prepare": "pix2pix_lit.prepare",
-             "import-official": "pix2pix_lit.official", "zoo": "pix2pix_lit.zoo"}
-    if argv and argv[0] in tools:  # plain argparse commands, no Trainer
+    if argv and argv[0] in TOOLS:  # plain argparse commands, no Trainer
         import importlib
 
-        sys.exit(importlib.import_module(tools[argv[0]]).main(argv[1:]))
+        sys.exit(importlib.import_module(TOOLS[argv[0]][0]).main(argv[1:]))
+    if not argv:
+        print(f"pix2pix-lit: error: give a command: fit, validate, test, predict or {', '.join(TOOLS)} "
+              "(pix2pix-lit --help)", file=sys.stderr)
+        sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # A checkpoint written between batches holds the state after both updates of the last batch, which
     # is what resume needs; Lightning's advice for manual optimization does not apply.

@@ -148,6 +148,26 @@ def test_compare_prints_table_and_writes_plot(trained):
     assert bad.returncode == 2 and "nothing does not exist" in bad.stderr
 
 
+def test_the_help_names_every_command_the_docs_use(tmp_path):
+    """``pix2pix-lit --help`` lists every command the README and docs/ tell users to type (LightningCLI's four and
+    the plain ones: eval, export, serve, ...), each of which answers ``--help``; with no command at all it is one
+    error line naming them, exit 2."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    used = {m for page in pages for m in re.findall(r"(?:^|`)pix2pix-lit ([a-z][a-z-]+)", page.read_text(), re.M)}
+    assert {"fit", "test", "predict", "eval", "export", "serve", "prepare", "compare"} <= used, used
+    top = run_in_process(["--help"], {}, tmp_path)
+    assert top.returncode == 0, top.stderr
+    for command in sorted(used):
+        assert re.search(rf"^\s+{command}\s", top.stdout, re.M), f"{command} is not in pix2pix-lit --help"
+        usage = run_in_process([command, "--help"], {}, tmp_path)
+        assert usage.returncode == 0 and re.match(rf"usage: pix2pix-lit (\[options\] )?{command} ", usage.stdout), (
+            command, usage.stdout[:200], usage.stderr[-500:])
+    bare = run_in_process([], {}, tmp_path)
+    assert bare.returncode == 2 and bare.stdout == ""
+    line = one_error_line(bare)
+    assert all(c in line for c in ("fit", "predict", "export", "serve", "--help")), line
+
+
 def test_cli_bad_input_one_line_no_output(trained, tmp_path):
     _, env = trained
     missing = run(["fit", "-c", str(REPO / "configs" / "maps.yaml"), "--data.root", str(tmp_path / "nope"),
