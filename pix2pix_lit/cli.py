@@ -8,6 +8,7 @@ otherwise: ``checkpoints/``, ``images/``, ``predictions/``, ``wandb/``, ``csv/``
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import re
@@ -30,7 +31,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from pix2pix_lit.callbacks import ImageGridCallback, PredictionWriter, Requeued, RequeueOnSlurmSignal, SaveOnSigterm, TestReport
 from pix2pix_lit.checkpoint_io import remove_stale_partials
 from pix2pix_lit.checkpoints import check_checkpoint_fits, load_checkpoint
-from pix2pix_lit.data import ImageDataModule
+from pix2pix_lit.data import DATA_MODULES, ImageDataModule
 from pix2pix_lit.errors import CheckpointError, ConfigError, Pix2PixLitError, find_in_chain
 from pix2pix_lit.loggers import LoggerSaveConfigCallback, download_wandb_checkpoint
 from pix2pix_lit.models import DEFAULT_MODEL, resolve_model_class
@@ -68,8 +69,8 @@ def given_settings(argv: list[str]) -> list[tuple[str, Any]]:
     """The settings the config files (``-c``) and the command line give, in the order they apply, as
     (``section.key``, value) with the value as written (a config file's YAML value, a command line's string).
 
-    Only what the CLI must know before jsonargparse parses (and changes) them: the model class and the
-    ``trainer.limit_*`` values."""
+    Only what the CLI must know before jsonargparse parses (and changes) them: the model and data classes and
+    the ``trainer.limit_*`` values."""
     out: list[tuple[str, Any]] = []
     for i, arg in enumerate(argv):
         name, _, value = arg.partition("=")
@@ -80,7 +81,7 @@ def given_settings(argv: list[str]) -> list[tuple[str, Any]]:
                 config = yaml.safe_load(Path(value).read_text()) or {}
             except (OSError, yaml.YAMLError):
                 config = {}  # jsonargparse reports an unreadable config itself
-            for section in ("model", "trainer"):
+            for section in ("model", "data", "trainer"):
                 part = config.get(section) if isinstance(config, dict) else None
                 if isinstance(part, dict):
                     out += [(f"{section}.{k}", v) for k, v in part.items()]
@@ -89,18 +90,32 @@ def given_settings(argv: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
+def given_class(argv: list[str], section: str) -> Optional[str]:
+    """The class the config files and command line name for ``section`` (``model``, ``data``; the last one wins)."""
+    found = None
+    for key, value in given_settings(argv):
+        if key in (section, f"{section}.class_path") and isinstance(value, str) and value and not value.startswith("{"):
+            found = value
+    return found
+
+
 def model_class_path(argv: list[str]) -> str:
-    """The model class the config files and command line name (the last one wins), e.g. for
-    ``-c configs/cyclegan/quickstart.yaml``: ``pix2pix_lit.models.CycleGAN``; else Pix2Pix.
+    """The model class the config files and command line name, e.g. for ``-c configs/cyclegan/quickstart.yaml``:
+    ``pix2pix_lit.models.CycleGAN``; else Pix2Pix.
 
     It becomes the parser's default model, so a config naming CycleGAN gets CycleGAN's defaults, not
     Pix2Pix's carried over (jsonargparse keeps the previous class's values when the class changes)."""
-    found = DEFAULT_MODEL
-    for key, value in given_settings(argv):
-        if key in ("model", "model.class_path") and isinstance(value, str) and value and not value.startswith("{"):
-            found = value
-    model_class = resolve_model_class(found)  # a one-line ConfigError for a class that is not a model here
+    model_class = resolve_model_class(given_class(argv, "model") or DEFAULT_MODEL)  # one line for a non-model
     return f"{model_class.__module__}.{model_class.__qualname__}"
+
+
+def default_data(argv: list[str], model_class_path: str) -> dict[str, Any]:
+    """Where no config or option names a data class: the model's kind (``DATA_MODULES``), so ``--data.root DIR``
+    alone reads DIR (none where one is named: a default class would carry its values into the named one)."""
+    if given_class(argv, "data") is not None:
+        return {}
+    data = DATA_MODULES[getattr(resolve_model_class(model_class_path), "data_kind", "paired")]
+    return {"data": {"class_path": f"{data.__module__}.{data.__qualname__}", "init_args": {}}}
 
 
 def whole_number_limits(argv: list[str]) -> dict[str, int]:
@@ -123,7 +138,8 @@ def whole_number_limits(argv: list[str]) -> dict[str, int]:
 
 # where the shipped configs of each model live (a hint in the checkpoint/config mismatch error)
 CONFIG_FOLDERS = {"Pix2Pix": "configs/quickstart.yaml, configs/maps.yaml, configs/pix2pixhd/...",
-                  "CycleGAN": "configs/cyclegan/...", "SPADE": "configs/spade/...", "Segmenter": "configs/segmenter/..."}
+                  "CycleGAN": "configs/cyclegan/...", "CUT": "configs/cut/...", "SPADE": "configs/spade/...",
+                  "Segmenter": "configs/segmenter/..."}
 
 
 def config_hint(model_class: type) -> str:
@@ -140,7 +156,8 @@ class Pix2PixCLI(LightningCLI):
 
     def __init__(self, *args, argv: Optional[list[str]] = None, **kwargs) -> None:
         self._limits = whole_number_limits(list(argv or []))
-        self._model_class_path = model_class_path(list(argv or []))
+        self._argv = list(argv or [])
+        self._model_class_path = model_class_path(self._argv)
         self._ckpt: Optional[dict[str, Any]] = None
         self._finetune_from: Optional[str] = None
         super().__init__(*args, **kwargs)
@@ -196,7 +213,8 @@ class Pix2PixCLI(LightningCLI):
         # channels are a property of the data: the model takes them from there
         for option in DATA_LINKED:
             parser.link_arguments(f"data.init_args.{option}", f"model.init_args.{option}")
-        parser.set_defaults({"model": {"class_path": self._model_class_path, "init_args": {}}, **SHARED_DEFAULTS})
+        parser.set_defaults({"model": {"class_path": self._model_class_path, "init_args": {}},
+                             **default_data(self._argv, self._model_class_path), **SHARED_DEFAULTS})
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -239,12 +257,31 @@ class Pix2PixCLI(LightningCLI):
         root = self._run_dir(cfg)
         if self.subcommand == "fit":
             self._check_run_length(cfg.trainer)
+        self._check_data_kind(cfg)
         if not os.path.exists(root) and _is_launching_process():
             _NEW_RUN_DIR["path"] = os.path.abspath(root)
         self._place_checkpoints(cfg, root)
         self._fall_back_precision(cfg)
         self._refuse_unsupported_strategy(cfg.trainer.strategy)
         self._place_loggers(cfg, root)
+
+    @staticmethod
+    def _check_data_kind(cfg) -> None:
+        """The data module gives the batches the model trains on (paired ``source``/``target``, unpaired ``A``/``B``):
+        a mismatch stops here in one line, not at the first batch with a run folder half written."""
+        model_class = resolve_model_class(cfg.model.class_path)
+        module, _, name = str(cfg.data.class_path).rpartition(".")
+        data_class = getattr(importlib.import_module(module), name)
+        wanted = getattr(model_class, "data_kind", "paired")
+        if data_class is ImageDataModule:
+            raise ConfigError(f"data: {cfg.data.class_path} is the base of the data modules, not one; use "
+                              f"{DATA_MODULES[wanted].__name__} (the default for model {model_class.__name__}) or "
+                              "another in pix2pix_lit.data")
+        given = next((kind for kind, base in DATA_MODULES.items() if issubclass(data_class, base)), None)
+        if given is not None and given != wanted:
+            raise ConfigError(f"model {model_class.__name__} trains on {wanted} data but data {data_class.__name__} "
+                              f"gives {given} data; use {DATA_MODULES[wanted].__name__} or another {wanted} data "
+                              f"module{config_hint(model_class)}")
 
     def _run_dir(self, cfg) -> str:
         """``trainer.default_root_dir``; a W&B sweep trial gets a folder of its own below it."""
@@ -449,8 +486,6 @@ class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter)
 def main(args: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     if argv and argv[0] in TOOLS:  # plain argparse commands, no Trainer
-        import importlib
-
         sys.exit(importlib.import_module(TOOLS[argv[0]][0]).main(argv[1:]))
     if not argv:
         print(f"pix2pix-lit: error: give a command: fit, validate, test, predict or {', '.join(TOOLS)} "

@@ -13,7 +13,7 @@ from PIL import Image
 
 from pix2pix_lit.errors import ConfigError
 
-from conftest import REPO, one_error_line, page_data, run, run_in_process, tiny
+from conftest import REPO, cyclegan_cli, one_error_line, page_data, run, run_in_process, tiny
 from wandb_reader import read_run
 
 
@@ -166,6 +166,27 @@ def test_the_help_names_every_command_the_docs_use(tmp_path):
     assert bare.returncode == 2 and bare.stdout == ""
     line = one_error_line(bare)
     assert all(c in line for c in ("fit", "predict", "export", "serve", "--help")), line
+
+
+def test_a_data_folder_alone_is_read_as_its_model_reads_it_and_the_other_kind_is_one_line(trained, tmp_path):
+    """``--data.root DIR`` with no data class reads DIR as the official code reads it for the model (pix2pix: the
+    aligned A|B pairs the built-in data is written as), where it was the abstract base's NotImplementedError; a model
+    given the other kind of data (CycleGAN on pairs) stops in one line before a run folder exists, where it was a
+    KeyError at the first batch with a W&B run written."""
+    tmp, env = trained
+    run_in_process(["fit", "--data.root", tmp / "syn", "--data.load_size", "36", "--data.crop_size", "32",
+                    "--data.num_workers", "0", "--model.netG", "unet", "--model.num_downs", "5", "--model.ngf", "8",
+                    "--model.ndf", "8", "--model.fid", "false", "--model.kid", "false", "--trainer.max_steps", "2",
+                    "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", tmp_path / "plain"],
+                   env, tmp_path, check=True)
+    assert (tmp_path / "plain" / "checkpoints" / "last.ckpt").is_file()
+    assert yaml.safe_load((tmp_path / "plain" / "config.yaml").read_text())["data"]["class_path"].endswith(
+        ".PairedDataModule")
+    wrong = run_in_process(["fit", *cyclegan_cli(tmp_path / "cyclegan", tmp / "syn", "--data",
+                                               "pix2pix_lit.data.SyntheticPairedDataModule")], env, tmp_path)
+    line = one_error_line(wrong)
+    assert wrong.returncode == 2 and not (tmp_path / "cyclegan").exists()
+    assert "CycleGAN" in line and "unpaired" in line and "UnpairedDataModule" in line, line
 
 
 def test_cli_bad_input_one_line_no_output(trained, tmp_path):

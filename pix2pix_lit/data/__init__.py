@@ -7,6 +7,7 @@ from pix2pix_lit.data.streaming import StreamingPairedDataModule, StreamingUnpai
 from pix2pix_lit.data.unpaired import SyntheticUnpairedDataModule, UnpairedDataModule
 
 __all__ = [
+    "DATA_MODULES",
     "AlignedDataset",
     "FolderPairDataset",
     "ImageDataModule",
@@ -20,3 +21,7 @@ __all__ = [
     "SyntheticUnpairedDataModule",
     "UnpairedDataModule",
 ]
+
+# the data module of each kind of model (its ``data_kind``): what ``--data.root DIR`` alone reads, as the official
+# code's default dataset_mode per model (pix2pix: aligned A|B pairs; CycleGAN: unaligned trainA/trainB)
+DATA_MODULES = {"paired": PairedDataModule, "unpaired": UnpairedDataModule}
