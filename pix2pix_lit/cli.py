@@ -31,7 +31,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from pix2pix_lit.callbacks import ImageGridCallback, PredictionWriter, Requeued, RequeueOnSlurmSignal, SaveOnSigterm, TestReport
 from pix2pix_lit.checkpoint_io import remove_stale_partials
 from pix2pix_lit.checkpoints import check_checkpoint_fits, load_checkpoint
-from pix2pix_lit.data import DATA_MODULES, ImageDataModule
+from pix2pix_lit.data import DATA_MODULES, ImageDataModule, resolve_data_class
 from pix2pix_lit.errors import CheckpointError, ConfigError, Pix2PixLitError, find_in_chain
 from pix2pix_lit.loggers import LoggerSaveConfigCallback, download_wandb_checkpoint
 from pix2pix_lit.models import DEFAULT_MODEL, resolve_model_class
@@ -113,6 +113,7 @@ def default_data(argv: list[str], model_class_path: str) -> dict[str, Any]:
     """Where no config or option names a data class: the model's kind (``DATA_MODULES``), so ``--data.root DIR``
     alone reads DIR (none where one is named: a default class would carry its values into the named one)."""
     if given_class(argv, "data") is not None:
+        resolve_data_class(given_class(argv, "data"))  # one line for a class that is not a data module here
         return {}
     data = DATA_MODULES[getattr(resolve_model_class(model_class_path), "data_kind", "paired")]
     return {"data": {"class_path": f"{data.__module__}.{data.__qualname__}", "init_args": {}}}
@@ -270,8 +271,7 @@ class Pix2PixCLI(LightningCLI):
         """The data module gives the batches the model trains on (paired ``source``/``target``, unpaired ``A``/``B``):
         a mismatch stops here in one line, not at the first batch with a run folder half written."""
         model_class = resolve_model_class(cfg.model.class_path)
-        module, _, name = str(cfg.data.class_path).rpartition(".")
-        data_class = getattr(importlib.import_module(module), name)
+        data_class = resolve_data_class(str(cfg.data.class_path))
         wanted = getattr(model_class, "data_kind", "paired")
         if data_class is ImageDataModule:
             raise ConfigError(f"data: {cfg.data.class_path} is the base of the data modules, not one; use "

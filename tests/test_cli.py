@@ -172,7 +172,7 @@ def test_a_data_folder_alone_is_read_as_its_model_reads_it_and_the_other_kind_is
     """``--data.root DIR`` with no data class reads DIR as the official code reads it for the model (pix2pix: the
     aligned A|B pairs the built-in data is written as), where it was the abstract base's NotImplementedError; a model
     given the other kind of data (CycleGAN on pairs) stops in one line before a run folder exists, where it was a
-    KeyError at the first batch with a W&B run written."""
+    KeyError at the first batch with a W&B run written; a data class that is not one is one line too."""
     tmp, env = trained
     run_in_process(["fit", "--data.root", tmp / "syn", "--data.load_size", "36", "--data.crop_size", "32",
                     "--data.num_workers", "0", "--model.netG", "unet", "--model.num_downs", "5", "--model.ngf", "8",
@@ -187,6 +187,11 @@ def test_a_data_folder_alone_is_read_as_its_model_reads_it_and_the_other_kind_is
     line = one_error_line(wrong)
     assert wrong.returncode == 2 and not (tmp_path / "cyclegan").exists()
     assert "CycleGAN" in line and "unpaired" in line and "UnpairedDataModule" in line, line
+    for name in ("Nope", "pix2pix_lit.data.ImageDataModule"):  # not a data module; the base of them
+        named = run_in_process(["fit", "--data", name, "--data.root", tmp / "syn", "--trainer.default_root_dir",
+                                tmp_path / "named"], env, tmp_path)
+        assert named.returncode == 2 and not (tmp_path / "named").exists()
+        assert name in one_error_line(named) and "PairedDataModule" in one_error_line(named)
 
 
 def test_cli_bad_input_one_line_no_output(trained, tmp_path):
