@@ -1,4 +1,4 @@
-"""pix2pix-lit: paired image-to-image translation with conditional GANs on PyTorch Lightning."""
+"""pix2pix-lit: image-to-image translation GANs (pix2pix, pix2pixHD, SPADE, CycleGAN, CUT) on PyTorch Lightning."""
 
 from pix2pix_lit.data import PairedDataModule, SyntheticPairedDataModule
 from pix2pix_lit.module import Pix2Pix

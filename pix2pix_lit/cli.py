@@ -91,10 +91,12 @@ def given_settings(argv: list[str]) -> list[tuple[str, Any]]:
 
 
 def given_class(argv: list[str], section: str) -> Optional[str]:
-    """The class the config files and command line name for ``section`` (``model``, ``data``; the last one wins)."""
+    """The class the config files and command line name for ``section`` (``model``, ``data``; the last one wins;
+    ``--model.help NAME`` too, so that its class is imported and jsonargparse finds it by its name)."""
     found = None
     for key, value in given_settings(argv):
-        if key in (section, f"{section}.class_path") and isinstance(value, str) and value and not value.startswith("{"):
+        named = key in (section, f"{section}.class_path", f"{section}.help")
+        if named and isinstance(value, str) and value and not value.startswith("{"):
             found = value
     return found
 

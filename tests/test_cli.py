@@ -448,6 +448,9 @@ def test_the_model_class_comes_from_the_configs_and_command_line():
     assert model_class_path(["fit", "-c", cyclegan_config]).endswith(".CycleGAN")
     assert model_class_path(["fit", "-c", cyclegan_config, "--model", "Pix2Pix"]).endswith(".Pix2Pix")
     assert model_class_path(["fit", "--model.class_path=pix2pix_lit.module.Pix2Pix"]).endswith(".Pix2Pix")
+    # a model added as one file (models/cut.py) by its class name, as it is named in --model and --model.help
+    assert model_class_path(["fit", "--model", "CUT"]) == model_class_path(["fit", "--model.help", "CUT"]) == (
+        "pix2pix_lit.models.cut.CUT")
     with pytest.raises(ConfigError, match="'Nope' is not an image-translation model"):
         model_class_path(["fit", "--model", "Nope"])
 
