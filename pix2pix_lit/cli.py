@@ -114,8 +114,9 @@ def model_class_path(argv: list[str]) -> str:
 def default_data(argv: list[str], model_class_path: str) -> dict[str, Any]:
     """Where no config or option names a data class: the model's kind (``DATA_MODULES``), so ``--data.root DIR``
     alone reads DIR (none where one is named: a default class would carry its values into the named one)."""
-    if given_class(argv, "data") is not None:
-        resolve_data_class(given_class(argv, "data"))  # one line for a class that is not a data module here
+    named = given_class(argv, "data")
+    if named is not None:
+        resolve_data_class(named)  # one line for a class that is not a data module here
         return {}
     data = DATA_MODULES[getattr(resolve_model_class(model_class_path), "data_kind", "paired")]
     return {"data": {"class_path": f"{data.__module__}.{data.__qualname__}", "init_args": {}}}

@@ -47,6 +47,22 @@ def find_in_chain(err: BaseException, kind: type) -> "BaseException | None":
     return None
 
 
+def find_class(path: str, modules: list[str]) -> "type | None":
+    """The class a config names: ``path`` a full import path, or a class name looked up in ``modules`` in order;
+    None where there is none (the caller says what it wanted in its ConfigError)."""
+    import importlib
+
+    module, _, name = path.rpartition(".")
+    for where in [module] if module else modules:
+        try:
+            found = getattr(importlib.import_module(where), name)
+        except (ImportError, AttributeError, ValueError):
+            continue
+        if isinstance(found, type):
+            return found
+    return None
+
+
 def check_choice(option: str, value: str, choices) -> str:
     """Return ``value`` if it is one of ``choices``; otherwise raise a ConfigError listing them."""
     choices = list(choices)

@@ -30,16 +30,10 @@ DATA_MODULES = {"paired": PairedDataModule, "unpaired": UnpairedDataModule}
 
 def resolve_data_class(path: str) -> type:
     """The data module class of a ``class_path`` (a full import path, or a class name in ``pix2pix_lit.data``)."""
-    import importlib
+    from pix2pix_lit.errors import ConfigError, find_class
 
-    from pix2pix_lit.errors import ConfigError
-
-    module, _, name = path.rpartition(".")
-    try:
-        data_class = getattr(importlib.import_module(module or "pix2pix_lit.data"), name)
-    except (ImportError, AttributeError, ValueError):
-        data_class = None
-    if not (isinstance(data_class, type) and issubclass(data_class, ImageDataModule)):
+    data_class = find_class(path, ["pix2pix_lit.data"])
+    if not (data_class is not None and issubclass(data_class, ImageDataModule)):
         raise ConfigError(f"data class {path!r} is not a data module of pix2pix-lit; use e.g. PairedDataModule, "
                           "UnpairedDataModule, SyntheticPairedDataModule (pix2pix_lit.data), or your own subclass of "
                           "pix2pix_lit.data.ImageDataModule by its import path")

@@ -19,18 +19,10 @@ def resolve_model_class(path: str) -> type:
     """The model class of a ``class_path``: a full import path, or a class name in ``pix2pix_lit.models`` or in its
     module of that name in lower case (``CUT``: ``models/cut.py``, so a model added as one file is found by its
     name); an image-translation model or a Segmenter."""
-    import importlib
+    from pix2pix_lit.errors import ConfigError, find_class
 
-    from pix2pix_lit.errors import ConfigError
-
-    module, _, name = path.rpartition(".")
-    model_class = None
-    for where in [module] if module else ["pix2pix_lit.models", f"pix2pix_lit.models.{name.lower()}"]:
-        try:
-            model_class = getattr(importlib.import_module(where), name)
-            break
-        except (ImportError, AttributeError, ValueError):
-            continue
+    name = path.rpartition(".")[2]
+    model_class = find_class(path, ["pix2pix_lit.models", f"pix2pix_lit.models.{name.lower()}"])
     if not (isinstance(model_class, type) and issubclass(model_class, MODEL_BASES)):
         raise ConfigError(f"model class {path!r} is not an image-translation model of pix2pix-lit; use e.g. "
                           "pix2pix_lit.models.Pix2Pix, CycleGAN, SPADE, CUT (or Segmenter, to score label -> photo models)")
