@@ -498,6 +498,11 @@ def main(args: Optional[list[str]] = None) -> None:
     # A checkpoint written between batches holds the state after both updates of the last batch, which
     # is what resume needs; Lightning's advice for manual optimization does not apply.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+    # Lightning's own noise, nothing a user can act on: a tip advertising a cloud logger at every Trainer, and
+    # torch's deprecation of a class Lightning 2.6 still builds (utilities/_pytree.py) at every predict
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not str(record.msg).startswith("💡 Tip:"))
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
     _NEW_RUN_DIR["path"] = None
     try:
         if "--zoo" in argv or any(a.startswith("--zoo=") for a in argv):  # an official model by its zoo name
