@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Literal, Optional, get_args
 
 import torch
 import torch.nn.functional as F
 
+from pix2pix_lit.checkpoints import load_checkpoint
 from pix2pix_lit.errors import ConfigError, check_choice, check_numbers
 from pix2pix_lit.losses import VGG19_SOURCE, GANLoss, GANScales, VGGLoss, feature_matching_loss, gradient_penalty, r1_penalty
 from pix2pix_lit.models.networks import OfficialNetworksModel
@@ -132,6 +134,9 @@ class Pix2Pix(OfficialNetworksModel):
     def prepare_data(self) -> None:
         super().prepare_data()
         self._load_vgg(self.trainer.state.fn)  # Lightning calls this before any logger starts: a bad file leaves none
+        if self.hparams.init_global_from and self.trainer.state.fn == "fit" and self.trainer.ckpt_path is None:
+            # the first stage's checkpoint read now, so a missing or wrong one starts no run; kept for on_fit_start
+            self.__dict__["global_ckpt"] = self._global_checkpoint(self.hparams.init_global_from)
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -161,8 +166,18 @@ class Pix2Pix(OfficialNetworksModel):
     def load_global_generator(self, path: str) -> None:
         """The global part of the local generator (and of its EMA) from the G of a ``netG: global`` checkpoint:
         every layer but its output ones (what the official ``load_pretrain`` of a global run loads)."""
-        from pix2pix_lit.checkpoints import load_checkpoint
+        ckpt, theirs = self.__dict__.pop("global_ckpt", None) or self._global_checkpoint(path)
+        for net in (self.G, getattr(self.ema_of("G"), "module", None)):
+            if net is not None:
+                net.model.load_state_dict(theirs)
+        log.info("the local generator's global part starts from %s (its G, %d tensors)", path, len(theirs))
+        self._load_coarser_scales(path, ckpt)
 
+    def _global_checkpoint(self, path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The first stage's checkpoint and the tensors of its G this generator's global part takes, checked."""
+        if not Path(path).is_file():
+            raise ConfigError(f"model.init_global_from {path} does not exist: train the first stage (netG global, e.g. "
+                              "configs/pix2pixhd/quickstart_global.yaml) and name its checkpoint")
         ckpt = load_checkpoint(path)
         if (ckpt.get("hyper_parameters") or {}).get("netG") != "global":
             raise ConfigError(f"model.init_global_from {path} is not a netG global checkpoint (its netG: "
@@ -175,11 +190,7 @@ class Pix2Pix(OfficialNetworksModel):
             raise ConfigError(f"model.init_global_from {path} does not fit this local generator's global part (G.model."
                               f"{wrong[0]}: {got}, expected {tuple(ours[wrong[0]].shape)}); the global run needs ngf = 2 x "
                               "this ngf and the same n_downsample_global, n_blocks_global, norm and data channels")
-        for net in (self.G, getattr(self.ema_of("G"), "module", None)):
-            if net is not None:
-                net.model.load_state_dict({k: theirs[k] for k in ours})
-        log.info("the local generator's global part starts from %s (its G, %d tensors)", path, len(ours))
-        self._load_coarser_scales(path, ckpt)
+        return ckpt, {k: theirs[k] for k in ours}
 
     def _load_coarser_scales(self, path: str, ckpt: dict[str, Any]) -> None:
         """The first stage's multi-scale D into this D's coarser scales, each at the resolution it was trained

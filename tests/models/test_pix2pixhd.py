@@ -94,6 +94,16 @@ def test_coarse_to_fine_refusals(tmp_path, global_ckpt):
     wrong = Pix2Pix(**{**LOCAL, "ngf": 8})  # its global part has 16 filters, the checkpoint's 8
     with pytest.raises(ConfigError, match="does not fit this local generator's global part"):
         wrong.load_global_generator(str(path))
+    # in a fit, a wrong or missing first stage stops it before any logger writes (the model's prepare_data)
+    from lightning.pytorch.loggers import CSVLogger
+
+    missing = (str(tmp_path / "nope.ckpt"), "init_global_from .*nope.ckpt does not exist: train the first stage")
+    for init, message in ((str(path), "does not fit"), missing):
+        model = Pix2Pix(**{**LOCAL, "ngf": 8, "init_global_from": init})
+        trainer = quiet_trainer(max_epochs=1, logger=CSVLogger(tmp_path / "logs"), limit_val_batches=0)
+        with pytest.raises(Exception, match=message):
+            trainer.fit(model, data(tmp_path / "d"))
+        assert not (tmp_path / "logs").exists()  # no hparams.yaml, no metrics: the run never started
 
 
 # -- the recipe as NVIDIA/pix2pixHD trains it ---------------------------------------------------------------------
