@@ -57,3 +57,16 @@ def test_results_is_a_claims_table_whose_entries_exist_and_are_all_listed():
     listed = set(re.findall(r"\]\(log/([^)]+)\)", text))
     assert listed == {p.name for p in (REPO / "experiments" / "log").glob("*.md")}
 
+
+
+def test_every_test_the_docs_name_exists():
+    """``tests/....py`` and ``tests/....py::test_name`` in the README, docs/ and RESULTS.md name a test file, and a
+    test in it, that exist (a test moved to another file once left a page pointing at nothing)."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "experiments" / "RESULTS.md"]
+    missing = []
+    for page in pages:
+        for path, name in re.findall(r"(tests/[\w/]+\.py)(?:::(\w+))?", page.read_text()):
+            file = REPO / path
+            if not file.is_file() or (name and not re.search(rf"^def {name}\(", file.read_text(), re.M)):
+                missing.append(f"{page.name}: {path}{'::' + name if name else ''}")
+    assert not missing, missing
