@@ -265,6 +265,7 @@ class Pix2PixCLI(LightningCLI):
         if not os.path.exists(root) and _is_launching_process():
             _NEW_RUN_DIR["path"] = os.path.abspath(root)
         self._place_checkpoints(cfg, root)
+        self._check_accelerator(cfg.trainer.accelerator)
         self._fall_back_precision(cfg)
         self._refuse_unsupported_strategy(cfg.trainer.strategy)
         self._place_loggers(cfg, root)
@@ -391,6 +392,19 @@ class Pix2PixCLI(LightningCLI):
             log.info("model.fid is off: no best checkpoint (unpaired data has no SSIM); last.ckpt is kept")
 
     @staticmethod
+    def _check_accelerator(accelerator: Any) -> None:
+        """A GPU setting (``-c configs/trainer/gpu.yaml`` copied to a laptop) where none is visible: one line, not
+        Lightning's traceback."""
+        name = str(accelerator).lower() if isinstance(accelerator, str) else ""
+        mps = getattr(torch.backends, "mps", None)
+        has_mps = mps is not None and mps.is_available()
+        if (name == "cuda" and not torch.cuda.is_available()) or (name == "mps" and not has_mps) or (
+                name == "gpu" and not (torch.cuda.is_available() or has_mps)):
+            build = "built without CUDA" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise ConfigError(f"trainer.accelerator {name}: no GPU is visible to this process (torch {torch.__version__}, "
+                              f"{build}); use --trainer.accelerator cpu (or auto), or leave out -c configs/trainer/gpu.yaml")
+
+    @staticmethod
     def _fall_back_precision(cfg) -> None:
         if not cfg.get("precision_fallback", True):
             return
@@ -405,6 +419,33 @@ class Pix2PixCLI(LightningCLI):
                 "convolutions run in slow reference code (about 30x slower than fp32); using precision %s instead "
                 "(--precision_fallback false keeps %s)", asked, torch.backends.cpu.get_cpu_capability(), new, asked,
             )
+
+
+_NOT_ACCEPTED = re.compile(r"Parser key \"(?P<section>\w+)\":.*?Problem with given class_path '(?P<cls>[\w.]+)':\s*"
+                          r"Option '(?P<name>\w+)' is not accepted", re.S)
+
+
+def _unknown_option(message: str) -> Optional[str]:
+    """jsonargparse's refusal of a model or data option the class does not take (its dump of the union it tried),
+    as one line naming the option, the class and the nearest option it does take."""
+    m = _NOT_ACCEPTED.search(message)
+    if m is None:
+        return None
+    import difflib
+
+    from jsonargparse import ArgumentParser
+
+    section, cls_path, name = m["section"], m["cls"], m["name"]
+    cls_name = cls_path.rpartition(".")[2]
+    try:
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(importlib.import_module(cls_path.rpartition(".")[0]).__dict__[cls_name], "x")
+        options = [a.dest[2:] for a in parser._actions if a.dest.startswith("x.")]
+    except Exception:  # the class cannot be read: the name alone
+        options = []
+    near = difflib.get_close_matches(name, options, n=1)
+    hint = f"; did you mean {section}.{near[0]}?" if near else ""
+    return f"{section}.{name} is not an option of {cls_name}{hint} (pix2pix-lit fit --{section}.help {cls_name} lists them)"
 
 
 def _one_line(err: BaseException) -> str:
@@ -498,11 +539,13 @@ def main(args: Optional[list[str]] = None) -> None:
     # A checkpoint written between batches holds the state after both updates of the last batch, which
     # is what resume needs; Lightning's advice for manual optimization does not apply.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
-    # Lightning's own noise, nothing a user can act on: a tip advertising a cloud logger at every Trainer, and
-    # torch's deprecation of a class Lightning 2.6 still builds (utilities/_pytree.py) at every predict
+    # Lightning's own noise, nothing a user can act on: a tip advertising a cloud logger at every Trainer,
+    # torch's deprecation of a class Lightning 2.6 still builds (utilities/_pytree.py) at every predict,
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: not str(record.msg).startswith("💡 Tip:"))
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    # and the summary's word that it counts bf16-mixed weights as 32 bits, which under mixed precision they are
+    warnings.filterwarnings("ignore", message="Precision bf16-mixed is not supported by the model summary")
     _NEW_RUN_DIR["path"] = None
     try:
         if "--zoo" in argv or any(a.startswith("--zoo=") for a in argv):  # an official model by its zoo name
@@ -512,7 +555,8 @@ def main(args: Optional[list[str]] = None) -> None:
         build_cli(args, argv, run=True)
     except ArgumentError as e:
         cause = _rejected(e)
-        msg = _one_line(cause) if cause else " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
+        msg = _one_line(cause) if cause else (
+            _unknown_option(str(e)) or " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()))
         print(f"pix2pix-lit: error: {msg}", file=sys.stderr)
         sys.exit(2)
     except Requeued as e:

@@ -225,6 +225,19 @@ def test_cli_unknown_names_list_choices(trained, tmp_path):
         launch = run if option == "--model.netG" else run_in_process  # one in its own process: the real exit code
         proc = launch(["fit", "-c", str(REPO / "configs" / "quickstart.yaml"), option, value], env, tmp_path, check=False)
         assert proc.returncode != 0 and value in proc.stderr and choice in proc.stderr
+    # a misspelt option: the nearest one the class takes, not jsonargparse's dump of the union it tried
+    for option, expected in (("--model.lamda_L1", "model.lamda_L1 is not an option of Pix2Pix; did you mean "
+                              "model.lambda_L1? (pix2pix-lit fit --model.help Pix2Pix lists them)"),
+                             ("--data.batchsize", "data.batchsize is not an option of SyntheticPairedDataModule; did "
+                              "you mean data.batch_size?")):
+        proc = run_in_process(["fit", "-c", REPO / "configs" / "quickstart.yaml", option, "4"], env, tmp_path)
+        assert proc.returncode == 2 and expected in one_error_line(proc) and "Union" not in proc.stderr
+    # a GPU setting where there is none (gpu.yaml on a laptop): one line before any run folder, not a traceback
+    if not torch.cuda.is_available():
+        proc = run_in_process(["fit", "-c", REPO / "configs" / "quickstart.yaml", "-c", REPO / "configs" / "trainer" /
+                               "gpu.yaml", "--trainer.default_root_dir", tmp_path / "gpu"], env, tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and not (tmp_path / "gpu").exists()
+        assert "trainer.accelerator gpu: no GPU is visible to this process" in one_error_line(proc)
 
 
 def test_truncated_jpeg_stops_before_the_run_starts(trained, tmp_path):
