@@ -93,9 +93,13 @@ class WandbLogger(_WandbLogger):
 
     @property
     def experiment(self):
-        if self._offline_note is not None and getattr(self, "_experiment", None) is None:
-            rank_zero_info(self._offline_note)
-            self._offline_note = None
+        if getattr(self, "_experiment", None) is None:
+            # the run folder exists before wandb starts, so it finds the git repository (and commit) around it
+            if self._save_dir:
+                os.makedirs(self._save_dir, exist_ok=True)
+            if self._offline_note is not None:
+                rank_zero_info(self._offline_note)
+                self._offline_note = None
         return super().experiment
 
     @rank_zero_only
@@ -171,13 +175,6 @@ def download_wandb_checkpoint(spec: str) -> str:
     if not os.path.isfile(path):
         raise CheckpointError(f"--ckpt_path {spec}: the artifact holds no model.ckpt (not logged by pix2pix-lit)")
     return path
-
-    @property
-    def experiment(self):
-        # the run folder exists before wandb starts, so it finds the git repository (and commit) around it
-        if getattr(self, "_experiment", None) is None and self._save_dir:
-            os.makedirs(self._save_dir, exist_ok=True)
-        return super().experiment
 
 
 class CSVLogger(_CSVLogger):

@@ -294,6 +294,30 @@ def test_log_checkpoints_keeps_what_it_is_told(tmp_path, monkeypatch, keep, alia
         WandbLogger(save_dir=str(tmp_path), log_checkpoints="all")
 
 
+def test_a_wandb_run_records_the_commit_of_the_checkout_its_run_folder_is_in(tmp_path, monkeypatch):
+    """The run folder (``runs/NAME`` in a checkout) is made before W&B starts, so W&B finds the repository around it
+    and records its commit with the run (a run folder made after: "git root ... does not exist", no commit)."""
+    import wandb
+
+    from pix2pix_lit.loggers import WandbLogger
+
+    from wandb_reader import records
+
+    git = ["git", "-C", str(tmp_path), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = WandbLogger(save_dir=str(tmp_path / "runs" / "x"), project="p")
+    try:
+        assert logger.experiment is not None
+    finally:
+        wandb.finish()
+    (run_file,) = (tmp_path / "runs" / "x" / "wandb").glob("offline-run-*/run-*.wandb")
+    commits = [r.run.git.commit for r in records(run_file) if r.WhichOneof("record_type") == "run"]
+    assert commits and set(commits) == {head}
+
+
 def test_the_offline_note_comes_with_the_run_folder_not_before_a_refusal(tmp_path, monkeypatch, caplog, cli_env):
     """Without credentials W&B logs offline and says where — once the run folder is made; a command stopped by a bad
     option before that writes no run and says nothing of one."""
