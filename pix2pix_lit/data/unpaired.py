@@ -30,8 +30,6 @@ from pix2pix_lit.errors import ConfigError, DataError, check_choice
 
 log = logging.getLogger(__name__)
 
-HALVES = {"left", "right"}
-
 
 class DomainImages:
     """The images of one domain: files, or one half of side-by-side files (``half``: left | right)."""
