@@ -7,7 +7,9 @@ framework's, or our own ``predict`` outputs all land on one scale. Inception Sco
 original torch-fidelity weights (the offline converted weights have no classifier layer). LPIPS with
 a backbone the user brings (``--lpips_weights``, :mod:`pix2pix_lit.lpips`). Segmentation scores (mIoU, pixel and
 class accuracy, per-class IoU) of the images against label maps of the same names (``--labels DIR --segmenter
-SEG``, :mod:`pix2pix_lit.segmentation`); REAL_DIR may then be left out.
+SEG``, :mod:`pix2pix_lit.segmentation`); REAL_DIR may then be left out. ``--unpaired``: FID/KID of the two folders
+as sets, names and counts free (unpaired translation's protocol); ``--real_stats NPZ``: FID against stored
+statistics in place of REAL_DIR.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from PIL import Image
 from pix2pix_lit.data.datasets import match_pairs
 from pix2pix_lit.data.io import check_decodable, list_images, load_image, to_tensor, write_text_atomic
 from pix2pix_lit.errors import ConfigError, InceptionWeightsError, Pix2PixLitError
-from pix2pix_lit.fid_stats import RealStats, check_writable
+from pix2pix_lit.fid_stats import RealStats, check_compatible, check_image_size, check_writable, load_real_stats
 from pix2pix_lit.inception import weights_sha256
 from pix2pix_lit.metrics import FID_FEATURES, ImageQualityMetrics, find_inception_weights, load_inception
 
@@ -106,6 +108,61 @@ def evaluate_folders(
             **protocol,
         },
     }
+
+
+def evaluate_sets(
+    fake_dir: Path, real_dir: Optional[Path] = None, size: Optional[int] = None, fid: bool = True, kid: bool = True,
+    kid_subset_size: int = 1000, inception_weights: Optional[str] = None, clean_fid: Optional["CleanFID"] = None,
+    real_stats: Optional[Path] = None,
+) -> dict[str, Any]:
+    """FID/KID (and clean-FID) of every image under ``fake_dir`` against every image under ``real_dir``, or FID
+    against the stored statistics ``real_stats`` (``--save_stats``): the set-to-set protocol of unpaired
+    translation (CycleGAN's and CUT's papers: translated test A against real test B), where no generated image has
+    a namesake. Sets of any sizes and counts; each image read as :func:`evaluate_folders` reads it."""
+    if size is not None and size < 8:
+        raise ConfigError(f"--size {size} is too small; give the side in pixels images are resized to (e.g. 256)")
+    if kid_subset_size < 2:
+        raise ConfigError("--kid-subset-size must be >= 2")
+    if real_stats is not None:
+        if clean_fid is not None or real_dir is not None:
+            raise ConfigError("--real_stats is FID's real side (legacy protocol) in place of REAL_DIR: leave out "
+                              "REAL_DIR and --fid clean/both")
+        kid = False  # KID needs every real image's features, which statistics do not keep
+    if not (fid or kid or clean_fid is not None):
+        raise ConfigError("--unpaired scores FID/KID only (SSIM, PSNR, L1 and LPIPS need pairs): leave out --no-fid "
+                          "or --no-kid")
+    fakes = list_images(fake_dir)
+    reals = list_images(real_dir) if real_dir is not None else []
+    if len(fakes) < 2 or (real_dir is not None and len(reals) < 2):
+        raise ConfigError(f"FID/KID need at least 2 images on each side ({fake_dir}: {len(fakes)}"
+                          + (f", {real_dir}: {len(reals)})" if real_dir is not None else ")"))
+    check_decodable(fakes + reals)
+    weights = find_inception_weights(inception_weights) if fid or kid else None
+    metrics = ImageQualityMetrics(fid=fid, kid=kid, kid_subset_size=kid_subset_size)
+    if real_stats is not None:
+        stats = load_real_stats(real_stats, option="--real_stats")
+        check_compatible(stats, str(real_stats), weights_sha256(weights), FID_FEATURES, option="--real_stats")
+        metrics.use_real_stats(stats, str(real_stats), holds_them=True)
+    if metrics.needs_inception:
+        metrics.set_extractor(load_inception(str(weights)))
+    for paths, update in ((fakes, metrics.update_fake), (reals, metrics.update_real)):
+        for path in paths:  # one at a time: any sizes (the metrics batch the Inception by size)
+            image = _read(path, size)
+            if real_stats is not None:  # FID depends on the size: every generated image at the statistics' one
+                check_image_size(stats, str(real_stats), image.shape[2], image.shape[1], option="--real_stats")
+            update(image.unsqueeze(0))
+    values = {k: float(v) for k, v in metrics.compute().items()}
+    protocol: dict[str, Any] = {"fid_implementation": FID_FEATURES if fid else None,
+                                "kid_subset_size": metrics.kid.subset_size if metrics.kid is not None else None,
+                                "sets": "unpaired: every generated image against every real image"}
+    if real_stats is not None:
+        protocol["fid_real_side"] = f"stored statistics {real_stats} ({stats.num_images} images)"
+    if clean_fid is not None:
+        values["clean_fid"] = clean_fid(fakes, reals)
+        protocol["clean_fid"] = clean_fid.about
+    return {"fake_dir": str(fake_dir), "real_dir": str(real_dir or real_stats), "num_images": len(fakes),
+            "num_real_images": len(reals) if real_stats is None else stats.num_images, "size": size,
+            "metrics": values, "protocol": protocol}
 
 
 def save_real_stats(real_dir: Path, out: Path, size: Optional[int] = None, batch_size: int = 16,
@@ -194,8 +251,9 @@ def _segmentation_scorer(args: argparse.Namespace):
     if args.labels is None:
         if args.segmenter is not None:
             raise ConfigError("--segmenter scores FAKE_DIR against label maps: pass --labels LABEL_DIR too")
-        if args.real_dir is None:
-            raise ConfigError("give REAL_DIR (FID, KID, SSIM, PSNR, L1) or --labels LABEL_DIR --segmenter SEG, or both")
+        if args.real_dir is None and args.real_stats is None:
+            raise ConfigError("give REAL_DIR (FID, KID, SSIM, PSNR, L1), --real_stats NPZ (FID) or --labels LABEL_DIR "
+                              "--segmenter SEG")
         return None
     if args.segmenter is None:
         raise ConfigError("--labels needs --segmenter: a Segmenter checkpoint (pix2pix-lit fit -c "
@@ -211,8 +269,8 @@ def _segmentation_scorer(args: argparse.Namespace):
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="pix2pix-lit eval",
-        description="FID, KID, SSIM, PSNR and L1 between generated and real images matched by name, with the "
-        "implementation and weights used in validation and test.",
+        description="FID, KID, SSIM, PSNR and L1 between generated and real images matched by name (or FID/KID of "
+        "two sets with --unpaired), with the implementation and weights used in validation and test.",
     )
     parser.add_argument("fake_dir", type=Path, nargs="?", default=None,
                         help="generated images (any method's outputs); not with --save_stats")
@@ -229,6 +287,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "OUT_NPZ, for model.fid_real_stats; nothing else is scored")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--kid-subset-size", type=int, default=1000)
+    parser.add_argument("--unpaired", action="store_true",
+                        help="FID/KID of every image in FAKE_DIR against every image in REAL_DIR, names and counts "
+                        "free (CycleGAN/CUT: translated test A against real test B); no SSIM/PSNR/L1/LPIPS")
+    parser.add_argument("--real_stats", type=Path, default=None, metavar="NPZ",
+                        help="FID against statistics --save_stats wrote, in place of REAL_DIR (unpaired; no KID)")
     parser.add_argument("--no-fid", action="store_true", help="no FID of either protocol")
     parser.add_argument("--fid", default="legacy", choices=("legacy", "clean", "both"),
                         help="legacy: the FID validation and published pix2pix/CycleGAN numbers use (torch-fidelity, "
@@ -271,6 +334,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.fake_dir is None:
         parser.error("give FAKE_DIR (and REAL_DIR), or --save_stats REAL_DIR OUT_NPZ")
     try:
+        unpaired = args.unpaired or args.real_stats is not None
+        if unpaired and args.lpips_weights is not None:
+            raise ConfigError("--lpips_weights compares each image with its namesake: not with --unpaired/--real_stats")
+        if unpaired and args.real_dir is None and args.real_stats is None:
+            raise ConfigError("--unpaired needs REAL_DIR (or --real_stats NPZ)")
         # checked first: a missing classifier layer or segmenter should not cost the whole evaluation
         isc_weights = inception_score_weights(args.inception_weights) if args.isc else None
         scorer = _segmentation_scorer(args)
@@ -284,7 +352,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             from pix2pix_lit.clean_fid import CleanFID, find_clean_fid_weights
 
             clean = CleanFID(find_clean_fid_weights(args.clean_fid_weights), args.batch_size)
-        if args.real_dir is not None:
+        if unpaired:
+            result = evaluate_sets(
+                args.fake_dir, args.real_dir, args.size, args.fid in ("legacy", "both") and not args.no_fid,
+                not args.no_kid, args.kid_subset_size, args.inception_weights, clean, args.real_stats,
+            )
+        elif args.real_dir is not None:
             result = evaluate_folders(
                 args.fake_dir, args.real_dir, args.size, args.batch_size, args.fid in ("legacy", "both") and
                 not args.no_fid, not args.no_kid, args.kid_subset_size, args.inception_weights, args.fake_suffix,
@@ -312,7 +385,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if result.get("per_class_iou"):
         print("per-class IoU: " + ", ".join(f"{k} {'-' if v is None else f'{v:.3f}'}"
                                             for k, v in result["per_class_iou"].items()))
-    if args.real_dir is not None:
+    if "num_real_images" in result:
+        print(f"({result['num_images']} generated images against {result['num_real_images']} real images)")
+    elif args.real_dir is not None:
         print(f"({result['num_images']} image pairs)")
     if "num_labelled_images" in result:
         print(f"({result['num_labelled_images']} images scored against their label maps)")

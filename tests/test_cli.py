@@ -372,6 +372,55 @@ def test_eval_command_equals_torch_fidelity(trained, tmp_path):
     assert float(re.search(r"ssim\s+(\S+)", same.stdout).group(1)) > 0.9999
 
 
+def test_eval_unpaired_and_stored_statistics_equal_torch_fidelity(tmp_path, cli_env):
+    """``eval --unpaired``: every generated image against every real one, names and counts free (CycleGAN/CUT's
+    protocol: translated test A against real test B), as torch-fidelity scores two folders; ``--real_stats``: the
+    same FID against statistics ``--save_stats`` wrote of those real images."""
+    import warnings
+
+    import torch_fidelity
+
+    from pix2pix_lit.metrics import find_inception_weights
+
+    rng = np.random.default_rng(0)
+    fake, real = tmp_path / "translated_A", tmp_path / "test_B"
+    for folder, n, side, prefix in ((fake, 5, 36, "n02381460_"), (real, 7, 44, "n02391049_")):
+        folder.mkdir()
+        for i in range(n):
+            base = rng.integers(0, 255, 3) if folder is real else rng.integers(60, 200, 3)
+            noise = rng.integers(-40, 40, (side, side, 3))
+            Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(folder / f"{prefix}{i}.png")
+    out = tmp_path / "m.json"
+    proc = run_in_process(["eval", fake, real, "--unpaired", "--kid-subset-size", "4", "--output", out], cli_env,
+                          tmp_path, check=True)
+    result = json.loads(out.read_text())
+    assert (result["num_images"], result["num_real_images"]) == (5, 7) and "5 generated images against 7" in proc.stdout
+    assert set(result["metrics"]) == {"fid", "kid_mean", "kid_std"}  # no pairs: no SSIM/PSNR/L1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = torch_fidelity.calculate_metrics(input1=str(fake), input2=str(real), fid=True, cuda=False, verbose=False,
+                                               feature_extractor_weights_path=str(find_inception_weights()))
+    assert result["metrics"]["fid"] == pytest.approx(ref["frechet_inception_distance"], rel=1e-3)
+    # statistics are of one image size (FID depends on it): both sides resized to 40 here
+    stats = tmp_path / "test_B.npz"
+    run_in_process(["eval", "--save_stats", real, stats, "--size", "40"], cli_env, tmp_path, check=True)
+    run_in_process(["eval", fake, real, "--unpaired", "--no-kid", "--size", "40", "--output", out], cli_env, tmp_path,
+                   check=True)
+    at_40 = json.loads(out.read_text())["metrics"]["fid"]
+    run_in_process(["eval", fake, "--real_stats", stats, "--size", "40", "--output", out], cli_env, tmp_path, check=True)
+    assert json.loads(out.read_text())["metrics"] == {"fid": pytest.approx(at_40, rel=1e-6)}
+    # what cannot be: a generated image of another size than the statistics', pairs' metrics, nothing to score
+    sized = run_in_process(["eval", fake, "--real_stats", stats], cli_env, tmp_path)
+    line = sized.stderr.strip().splitlines()[-1]
+    assert sized.returncode == 2 and line.startswith("pix2pix-lit eval: error: --real_stats")
+    assert "holds statistics of 40x40 images but the generated ones are 36x36" in line
+    for extra, message in ((["--no-fid", "--no-kid"], "--unpaired scores FID/KID only"),
+                           (["--lpips_weights", tmp_path / "x.pth"], "--lpips_weights compares each image with its "
+                            "namesake")):
+        bad = run_in_process(["eval", fake, real, "--unpaired", *extra], cli_env, tmp_path)
+        assert bad.returncode == 2 and message in bad.stderr.strip().splitlines()[-1], bad.stderr[-500:]
+
+
 def test_export_command_from_a_checkpoint(trained, tmp_path):
     from pix2pix_lit.serving.export import load_exported
 
