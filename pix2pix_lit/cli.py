@@ -269,6 +269,11 @@ class Pix2PixCLI(LightningCLI):
         self._fall_back_precision(cfg)
         self._refuse_unsupported_strategy(cfg.trainer.strategy)
         self._place_loggers(cfg, root)
+        if self.subcommand in ("validate", "test", "predict") and not cfg.get("ckpt_path") and rank_zero_only.rank == 0:
+            # allowed (a protocol check, an untrained baseline), but rarely meant: say so before the numbers
+            last = os.path.join(root, "checkpoints", "last.ckpt")
+            log.warning("%s without --ckpt_path runs the networks' initial weights (untrained); pass --ckpt_path %s",
+                        self.subcommand, last if os.path.isfile(last) else "runs/NAME/checkpoints/last.ckpt (or best-*)")
 
     @staticmethod
     def _check_data_kind(cfg) -> None:

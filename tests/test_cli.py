@@ -140,6 +140,19 @@ def test_test_writes_metrics_json_and_predict_writes_images(trained):
     assert (tmp / "run_a" / "config-test.yaml").is_file() and (tmp / "run_a" / "config-predict.yaml").is_file()
 
 
+def test_test_without_a_checkpoint_says_it_scores_untrained_weights(trained, tmp_path, caplog):
+    """`test` with no --ckpt_path runs the initial weights: allowed (protocol checks, an untrained baseline), but
+    said before the numbers, naming the run's last checkpoint, and written into metrics.json."""
+    tmp, env = trained
+    with caplog.at_level("WARNING"):
+        run_in_process(["test", *tiny(tmp / "run_a", tmp / "syn"), "--trainer.logger", "false",
+                        "--test_report.output_dir", tmp_path / "rep"], env, tmp, check=True)
+    assert f"test without --ckpt_path runs the networks' initial weights (untrained); pass --ckpt_path " \
+           f"{tmp / 'run_a' / 'checkpoints' / 'last.ckpt'}" in caplog.text
+    selection = json.loads((tmp_path / "rep" / "metrics.json").read_text())["protocol"]["checkpoint_selection"]
+    assert selection["kind"].startswith("untrained")
+
+
 def test_compare_prints_table_and_writes_plot(trained):
     tmp, env = trained
     run(["fit", *tiny(tmp / "run_b", tmp / "syn", "--trainer.max_epochs", "1", "--model.lambda_L1", "10")], env, tmp)
@@ -563,5 +576,8 @@ def test_the_checkpoint_selection_names_best_last_imported_or_in_memory():
     assert checkpoint_selection(trainer("step=1000.ckpt"), model)["kind"].startswith("periodic")
     imported = SimpleNamespace(loaded_from={"epoch": 0, "global_step": 0, "imported": True})
     assert checkpoint_selection(trainer("facades.ckpt"), imported)["kind"].startswith("imported")
-    assert checkpoint_selection(trainer(None), model) == {"kind": "in memory: the model as the run left it, no "
-                                                                  "checkpoint file"}
+    trained_here = trainer(None)
+    trained_here.global_step = 40  # trainer.fit, then trainer.test in one process
+    assert checkpoint_selection(trained_here, model) == {"kind": "in memory: the model as the run left it, no "
+                                                                     "checkpoint file"}
+    assert checkpoint_selection(trainer(None), model)["kind"].startswith("untrained")  # `test` with no --ckpt_path

@@ -128,6 +128,8 @@ def checkpoint_selection(trainer: pl.Trainer, pl_module: pl.LightningModule) -> 
     a periodic one, imported official weights, or the model in memory — papers differ on this and their numbers
     with them."""
     if not trainer.ckpt_path:
+        if getattr(trainer, "global_step", 0) == 0:  # no checkpoint and no training in this process
+            return {"kind": "untrained: no checkpoint given (--ckpt_path), the networks' initial weights"}
         return {"kind": "in memory: the model as the run left it, no checkpoint file"}
     name = Path(trainer.ckpt_path).name
     meta = dict(getattr(pl_module, "loaded_from", {}) or {})
