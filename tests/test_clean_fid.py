@@ -71,6 +71,16 @@ def test_clean_fid_equals_the_package_on_the_same_folders(tmp_path, folders, cli
     about = result["protocol"]["clean_fid"]
     assert about["weights"] == "my-inception.pt" and len(about["weights_sha256"]) == 64
     assert "PIL bicubic" in about["protocol"]
+    # --unpaired: the two folders as sets (other names, another count), as the package's compute_fid takes them
+    other = tmp_path / "translated"
+    other.mkdir()
+    for f in sorted(fake.iterdir())[:9]:
+        (other / f"x_{f.name}").write_bytes(f.read_bytes())
+    expected = _frechet(*(_package_features(sorted(d.iterdir()), weights) for d in (other, real)))
+    run_in_process(["eval", other, real, "--unpaired", "--fid", "clean", "--clean-fid-weights", weights, "--no-kid",
+                    "--output", out], cli_env, tmp_path, check=True)
+    result = json.loads(out.read_text())
+    assert result["metrics"] == {"clean_fid": pytest.approx(expected, rel=1e-5)} and result["num_real_images"] == 12
 
 
 def test_without_the_torchscript_file_the_error_says_what_to_download(tmp_path, folders, cli_env, monkeypatch):
@@ -106,13 +116,13 @@ def _package_features(files, weights) -> np.ndarray:
 
 def _frechet(a: np.ndarray, b: np.ndarray) -> float:
     """By hand: |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^1/2), in float64. With centred features X_a,
-    X_b of n images, S_a S_b's non-zero eigenvalues are the squared singular values of X_a X_b^T / (n - 1), so the
-    last trace is that small matrix's nuclear norm."""
+    X_b of n_a and n_b images, S_a S_b's non-zero eigenvalues are the squared singular values of
+    X_a X_b^T / sqrt((n_a - 1)(n_b - 1)), so the last trace is that small matrix's nuclear norm."""
     a, b = a.astype(np.float64), b.astype(np.float64)
     xa, xb = a - a.mean(0), b - b.mean(0)
-    n = len(a)
-    root_trace = np.linalg.svd(xa @ xb.T / (n - 1), compute_uv=False).sum()
-    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + (xa ** 2).sum() / (n - 1) + (xb ** 2).sum() / (n - 1)
+    na, nb = len(a), len(b)
+    root_trace = np.linalg.svd(xa @ xb.T / np.sqrt((na - 1) * (nb - 1)), compute_uv=False).sum()
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + (xa ** 2).sum() / (na - 1) + (xb ** 2).sum() / (nb - 1)
                  - 2 * root_trace)
 
 
