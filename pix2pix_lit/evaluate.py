@@ -113,12 +113,13 @@ def evaluate_folders(
 def evaluate_sets(
     fake_dir: Path, real_dir: Optional[Path] = None, size: Optional[int] = None, fid: bool = True, kid: bool = True,
     kid_subset_size: int = 1000, inception_weights: Optional[str] = None, clean_fid: Optional["CleanFID"] = None,
-    real_stats: Optional[Path] = None,
+    real_stats: Optional[Path] = None, fake_suffix: str = "", real_suffix: str = "",
 ) -> dict[str, Any]:
     """FID/KID (and clean-FID) of every image under ``fake_dir`` against every image under ``real_dir``, or FID
     against the stored statistics ``real_stats`` (``--save_stats``): the set-to-set protocol of unpaired
     translation (CycleGAN's and CUT's papers: translated test A against real test B), where no generated image has
-    a namesake. Sets of any sizes and counts; each image read as :func:`evaluate_folders` reads it."""
+    a namesake. Sets of any sizes and counts; each image read as :func:`evaluate_folders` reads it. A suffix keeps
+    only the files whose names end with it (the official ``test.py`` folder: ``_fake_B.png`` and ``_real_B.png``)."""
     if size is not None and size < 8:
         raise ConfigError(f"--size {size} is too small; give the side in pixels images are resized to (e.g. 256)")
     if kid_subset_size < 2:
@@ -131,8 +132,8 @@ def evaluate_sets(
     if not (fid or kid or clean_fid is not None):
         raise ConfigError("--unpaired scores FID/KID only (SSIM, PSNR, L1 and LPIPS need pairs): leave out --no-fid "
                           "or --no-kid")
-    fakes = list_images(fake_dir)
-    reals = list_images(real_dir) if real_dir is not None else []
+    fakes = _ending(list_images(fake_dir), fake_suffix, fake_dir, "--fake-suffix")
+    reals = _ending(list_images(real_dir), real_suffix, real_dir, "--real-suffix") if real_dir is not None else []
     if len(fakes) < 2 or (real_dir is not None and len(reals) < 2):
         raise ConfigError(f"FID/KID need at least 2 images on each side ({fake_dir}: {len(fakes)}"
                           + (f", {real_dir}: {len(reals)})" if real_dir is not None else ")"))
@@ -163,6 +164,13 @@ def evaluate_sets(
     return {"fake_dir": str(fake_dir), "real_dir": str(real_dir or real_stats), "num_images": len(fakes),
             "num_real_images": len(reals) if real_stats is None else stats.num_images, "size": size,
             "metrics": values, "protocol": protocol}
+
+
+def _ending(paths: list[Path], suffix: str, folder: Path, option: str) -> list[Path]:
+    kept = [p for p in paths if p.name.endswith(suffix)]
+    if not kept:
+        raise ConfigError(f"no image in {folder} ends with {option} {suffix!r} (names like {paths[0].name!r})")
+    return kept
 
 
 def save_real_stats(real_dir: Path, out: Path, size: Optional[int] = None, batch_size: int = 16,
@@ -356,6 +364,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             result = evaluate_sets(
                 args.fake_dir, args.real_dir, args.size, args.fid in ("legacy", "both") and not args.no_fid,
                 not args.no_kid, args.kid_subset_size, args.inception_weights, clean, args.real_stats,
+                args.fake_suffix, args.real_suffix,
             )
         elif args.real_dir is not None:
             result = evaluate_folders(

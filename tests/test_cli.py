@@ -414,6 +414,19 @@ def test_eval_unpaired_and_stored_statistics_equal_torch_fidelity(tmp_path, cli_
         ref = torch_fidelity.calculate_metrics(input1=str(fake), input2=str(real), fid=True, cuda=False, verbose=False,
                                                feature_extractor_weights_path=str(find_inception_weights()))
     assert result["metrics"]["fid"] == pytest.approx(ref["frechet_inception_distance"], rel=1e-3)
+    # the official CycleGAN test.py's one folder: <name>_fake_B.png, <name>_real_B.png and more, kept by their endings
+    official = tmp_path / "images"
+    official.mkdir()
+    for i, f in enumerate(sorted(fake.iterdir())):
+        (official / f"{i}_fake_B.png").write_bytes(f.read_bytes())
+        (official / f"{i}_rec_A.png").write_bytes(f.read_bytes())
+    for i, f in enumerate(sorted(real.iterdir())):
+        (official / f"{i}_real_B.png").write_bytes(f.read_bytes())
+    run_in_process(["eval", official, official, "--unpaired", "--fake-suffix", "_fake_B.png", "--real-suffix",
+                    "_real_B.png", "--kid-subset-size", "4", "--output", out], cli_env, tmp_path, check=True)
+    assert json.loads(out.read_text())["metrics"] == pytest.approx(result["metrics"], rel=1e-6)
+    none = run_in_process(["eval", official, real, "--unpaired", "--fake-suffix", "_fake_A.png"], cli_env, tmp_path)
+    assert none.returncode == 2 and "no image in" in none.stderr and "ends with --fake-suffix '_fake_A.png'" in none.stderr
     # statistics are of one image size (FID depends on it): both sides resized to 40 here
     stats = tmp_path / "test_B.npz"
     run_in_process(["eval", "--save_stats", real, stats, "--size", "40"], cli_env, tmp_path, check=True)
