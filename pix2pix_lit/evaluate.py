@@ -287,8 +287,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "then only the segmentation scores)")
     parser.add_argument("--size", type=int, default=None,
                         help="resize both images of every pair to SIZE x SIZE (PIL bicubic) first; default: as stored")
-    parser.add_argument("--fake-suffix", default="", help="name ending stripped before matching, e.g. _fake_B.png")
-    parser.add_argument("--real-suffix", default="", help="name ending stripped before matching, e.g. _real_B.png")
+    parser.add_argument("--fake-suffix", default="", help="name ending stripped before matching, e.g. _fake_B.png "
+                        "(with --unpaired: only the names with this ending)")
+    parser.add_argument("--real-suffix", default="", help="name ending stripped before matching, e.g. _real_B.png "
+                        "(with --unpaired: only the names with this ending)")
     parser.add_argument("--output", type=Path, default=None, help="also write the results to this JSON file")
     parser.add_argument("--save_stats", nargs=2, type=Path, default=None, metavar=("REAL_DIR", "OUT_NPZ"),
                         help="write the FID statistics of the images in REAL_DIR (with --size: resized first) to "
