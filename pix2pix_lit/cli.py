@@ -352,6 +352,7 @@ class Pix2PixCLI(LightningCLI):
     # -- checks before a stage starts (before any process is launched or any file is written) ------------------
     def before_fit(self) -> None:
         self._check_process_count("fit")
+        self._check_crop_fits()
         if self.trainer.is_global_zero:
             for cb in self.trainer.checkpoint_callbacks:
                 if getattr(cb, "dirpath", None):
@@ -359,9 +360,19 @@ class Pix2PixCLI(LightningCLI):
 
     def before_validate(self) -> None:
         self._check_process_count("validate")
+        self._check_crop_fits()
 
     def before_test(self) -> None:
         self._check_process_count("test")
+        self._check_crop_fits()
+
+    def _check_crop_fits(self) -> None:
+        """Where every training and evaluation image is ``crop_size`` square, a side the generator cannot take stops
+        here, not at the first batch of a started run (other preprocessing is checked batch by batch)."""
+        h = getattr(self.datamodule, "hparams", {})
+        crop, check = h.get("crop_size"), getattr(self.model, "check_size", None)
+        if crop and check is not None and h.get("preprocess", "resize_and_crop") in CROPPED:
+            check(torch.empty(0, 0, crop, crop))
 
     def _check_process_count(self, stage: str) -> None:
         """Every process must get at least one evaluation image (Lightning's sampler stops otherwise)."""
@@ -425,6 +436,8 @@ class Pix2PixCLI(LightningCLI):
                 "(--precision_fallback false keeps %s)", asked, torch.backends.cpu.get_cpu_capability(), new, asked,
             )
 
+
+CROPPED = ("resize_and_crop", "crop", "scale_width_and_crop")  # data.preprocess giving crop_size x crop_size images
 
 _NOT_ACCEPTED = re.compile(r"Parser key \"(?P<section>\w+)\":.*?Problem with given class_path '(?P<cls>[\w.]+)':\s*"
                           r"Option '(?P<name>\w+)' is not accepted", re.S)

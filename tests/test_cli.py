@@ -230,6 +230,10 @@ def test_cli_bad_input_one_line_no_output(trained, tmp_path):
     crop = run_in_process(["fit", "-c", str(REPO / "configs" / "maps.yaml"), "--data.crop_size", "300",
                            "--trainer.default_root_dir", str(tmp_path / "r")], env, tmp_path)
     assert crop.returncode == 2 and "crop_size=300 is larger than data.load_size=286" in one_error_line(crop)
+    # a crop the generator cannot take: before the run starts (no model summary, no run folder), not at its first batch
+    deep = run_in_process(["fit", *tiny(tmp_path / "r", trained[0] / "syn", "--model.num_downs", "6")], env, tmp_path)
+    assert deep.returncode == 2 and "images are 32x32 but netG=unet needs sides divisible by 64" in one_error_line(deep)
+    assert "Total params" not in deep.stdout + deep.stderr and not (tmp_path / "r").exists()
 
 
 def test_cli_unknown_names_list_choices(trained, tmp_path):
