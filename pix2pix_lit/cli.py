@@ -266,6 +266,7 @@ class Pix2PixCLI(LightningCLI):
             _NEW_RUN_DIR["path"] = os.path.abspath(root)
         self._place_checkpoints(cfg, root)
         self._check_accelerator(cfg.trainer.accelerator)
+        self._refuse_unsupported_precision(cfg.trainer.precision)
         self._fall_back_precision(cfg)
         self._refuse_unsupported_strategy(cfg.trainer.strategy)
         self._place_loggers(cfg, root)
@@ -313,6 +314,14 @@ class Pix2PixCLI(LightningCLI):
             if cfg.best_checkpoint.mode != mode and mode == "max":
                 log.info("best_checkpoint: %s is higher-is-better: keeping its maximum", cfg.best_checkpoint.monitor)
             cfg.best_checkpoint.mode = mode
+
+    @staticmethod
+    def _refuse_unsupported_precision(precision: Any) -> None:
+        # the data, the metrics and the losses are float32 (or autocast's 16 bits): a float64 model meets float32
+        # images at its first convolution
+        if str(precision).startswith(("64", "transformer-engine")):
+            raise ConfigError(f"trainer.precision={precision} is not supported: use 32-true, bf16-mixed or 16-mixed "
+                              "(configs/trainer/cpu.yaml, gpu.yaml)")
 
     @staticmethod
     def _refuse_unsupported_strategy(strategy: Any) -> None:

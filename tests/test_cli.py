@@ -234,6 +234,10 @@ def test_cli_bad_input_one_line_no_output(trained, tmp_path):
     deep = run_in_process(["fit", *tiny(tmp_path / "r", trained[0] / "syn", "--model.num_downs", "6")], env, tmp_path)
     assert deep.returncode == 2 and "images are 32x32 but netG=unet needs sides divisible by 64" in one_error_line(deep)
     assert "Total params" not in deep.stdout + deep.stderr and not (tmp_path / "r").exists()
+    for option, value, message in (("--trainer.precision", "64", "trainer.precision=64 is not supported: use 32-true"),
+                                   ("--data.eval_batch_size", "0", "data.eval_batch_size=0 must be >= 1")):
+        proc = run_in_process(["fit", *tiny(tmp_path / "r", trained[0] / "syn", option, value)], env, tmp_path)
+        assert proc.returncode == 2 and message in one_error_line(proc) and not (tmp_path / "r").exists()
 
 
 def test_cli_unknown_names_list_choices(trained, tmp_path):

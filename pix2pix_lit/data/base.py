@@ -117,8 +117,9 @@ class ImageDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.label_nc={label_nc}: give the number of classes of the label maps, or 0 for images")
         check_channels_option("data.input_nc", input_nc)
         check_channels_option("data.output_nc", output_nc)
-        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise ConfigError(f"data.batch_size={batch_size} and data.eval_batch_size={eval_batch_size} must be >= 1")
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{name}={value} must be >= 1")
         if num_workers is not None and num_workers < 0:
             raise ConfigError(f"data.num_workers={num_workers} must be >= 0")
         if not 0.0 < val_fraction < 1.0:
