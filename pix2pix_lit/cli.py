@@ -23,6 +23,7 @@ import lightning.pytorch as pl
 import torch
 import yaml
 from jsonargparse import DefaultHelpFormatter
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -357,6 +358,13 @@ class Pix2PixCLI(LightningCLI):
                               "(trainer.max_epochs then ends the run)")
         if epochs is not None and (epochs == 0 or epochs < -1):
             raise ConfigError(f"trainer.max_epochs={epochs}: give a positive number of epochs, or -1 for no epoch limit")
+        every, interval = trainer_cfg.get("check_val_every_n_epoch"), trainer_cfg.get("val_check_interval")
+        if every is not None and every < 1:  # Lightning divides by these at the first epoch's end
+            raise ConfigError(f"trainer.check_val_every_n_epoch={every}: give a positive number of epochs, or null "
+                              "(with trainer.val_check_interval in steps)")
+        if isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval <= 0:
+            raise ConfigError(f"trainer.val_check_interval={interval}: give a fraction of an epoch in (0, 1] or a "
+                              "number of steps >= 1")
 
     # -- checks before a stage starts (before any process is launched or any file is written) ------------------
     def before_fit(self) -> None:
@@ -452,12 +460,39 @@ _NOT_ACCEPTED = re.compile(r"Parser key \"(?P<section>\w+)\":.*?Problem with giv
                           r"Option '(?P<name>\w+)' is not accepted", re.S)
 
 
+_BAD_VALUE = re.compile(r"Parser key \"(?P<section>\w+)\":.*?Problem with given class_path '(?P<cls>[\w.]+)':\s*"
+                        r"Parser key \"(?P<name>[\w.]+)\":\s*(?P<why>[^\n]+)", re.S)
+
+
+def _bad_value(message: str) -> Optional[str]:
+    """jsonargparse's refusal of a value of the wrong type for a model or data option (inside its dump of the
+    union it tried), as one line: the option, what it got, what it takes."""
+    m = _BAD_VALUE.search(message)
+    if m is None:
+        return None
+    cls_name = m["cls"].rpartition(".")[2]
+    help_hint = f"(pix2pix-lit fit --{m['section']}.help {cls_name} lists the options of {cls_name})"
+    typed = re.fullmatch(r"Expected a (?P<type>.+?)\. Got value: (?P<got>.*)", m["why"].strip())
+    if typed is None:
+        return f"{m['section']}.{m['name']}: {m['why'].strip()} {help_hint}"
+    kind = typed["type"]
+    literal = re.fullmatch(r"typing\.Literal\[(.*)\]", kind)
+    kind = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", kind)  # <class 'collections.abc.Sequence'> -> Sequence
+    if literal:
+        wanted = "one of " + literal[1].replace("'", "")
+    elif kind in ("Sequence", "List", "list"):
+        wanted = "a list, written [a, b, c]"
+    else:
+        wanted = f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"
+    return f"{m['section']}.{m['name']}={typed['got']!r} is not {wanted} {help_hint}"
+
+
 def _unknown_option(message: str) -> Optional[str]:
     """jsonargparse's refusal of a model or data option the class does not take (its dump of the union it tried),
     as one line naming the option, the class and the nearest option it does take."""
     m = _NOT_ACCEPTED.search(message)
     if m is None:
-        return None
+        return _bad_value(message)
     import difflib
 
     from jsonargparse import ArgumentParser
@@ -484,8 +519,13 @@ def _one_line(err: BaseException) -> str:
 
 
 def _rejected(err: BaseException) -> Optional[BaseException]:
-    """The Pix2PixLitError behind a parse error, if any (jsonargparse instantiates classes to validate)."""
-    return find_in_chain(err, Pix2PixLitError)
+    """The Pix2PixLitError behind a parse error, if any (jsonargparse instantiates classes to validate), or
+    Lightning's refusal of a Trainer setting (``MisconfigurationException``: its messages name the setting), as a
+    ConfigError."""
+    ours = find_in_chain(err, Pix2PixLitError)
+    if ours is None and (theirs := find_in_chain(err, MisconfigurationException)) is not None:
+        return ConfigError(f"Lightning: {_one_line(theirs)}")
+    return ours
 
 
 class _KeepRunDirOnceTrained(Callback):

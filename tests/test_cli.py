@@ -253,6 +253,25 @@ def test_cli_unknown_names_list_choices(trained, tmp_path):
                               "you mean data.batch_size?")):
         proc = run_in_process(["fit", "-c", REPO / "configs" / "quickstart.yaml", option, "4"], env, tmp_path)
         assert proc.returncode == 2 and expected in one_error_line(proc) and "Union" not in proc.stderr
+    # a value of the wrong type: the option, the value and what it takes
+    for config, option, value, expected in (
+            ("cyclegan/quickstart.yaml", "--model.predict_direction", "CtoD",
+             "model.predict_direction='CtoD' is not one of AtoB, BtoA (pix2pix-lit fit --model.help CycleGAN"),
+            ("cut/quickstart.yaml", "--model.nce_layers", "0,4,8", "model.nce_layers='0,4,8' is not a list, written "
+             "[a, b, c]"),
+            ("quickstart.yaml", "--model.lr", "fast", "model.lr='fast' is not a float")):
+        proc = run_in_process(["fit", "-c", REPO / "configs" / config, option, value], env, tmp_path)
+        assert proc.returncode == 2 and expected in one_error_line(proc) and "Union" not in proc.stderr
+    # Trainer settings Lightning refuses, or divides by: one line before any run folder, not a traceback
+    for option, value, expected in (("--trainer.accumulate_grad_batches", "2", "Lightning: Automatic gradient "
+                                     "accumulation is not supported for manual optimization"),
+                                    ("--trainer.limit_val_batches", "-1", "Lightning: You have passed invalid value -1"),
+                                    ("--trainer.check_val_every_n_epoch", "0", "check_val_every_n_epoch=0: give a"),
+                                    ("--trainer.val_check_interval", "0", "val_check_interval=0: give a fraction")):
+        proc = run_in_process(["fit", "-c", REPO / "configs" / "quickstart.yaml", option, value,
+                               "--trainer.default_root_dir", tmp_path / "lt"], env, tmp_path)
+        assert proc.returncode == 2 and expected in one_error_line(proc) and "Traceback" not in proc.stderr
+        assert not (tmp_path / "lt").exists()
     # a GPU setting where there is none (gpu.yaml on a laptop): one line before any run folder, not a traceback
     if not torch.cuda.is_available():
         proc = run_in_process(["fit", "-c", REPO / "configs" / "quickstart.yaml", "-c", REPO / "configs" / "trainer" /
