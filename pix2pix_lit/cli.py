@@ -33,7 +33,7 @@ from pix2pix_lit.callbacks import ImageGridCallback, PredictionWriter, Requeued,
 from pix2pix_lit.checkpoint_io import remove_stale_partials
 from pix2pix_lit.checkpoints import check_checkpoint_fits, load_checkpoint
 from pix2pix_lit.data import DATA_MODULES, ImageDataModule, resolve_data_class
-from pix2pix_lit.errors import CheckpointError, ConfigError, Pix2PixLitError, find_in_chain
+from pix2pix_lit.errors import CheckpointError, ConfigError, Pix2PixLitError, find_class, find_in_chain
 from pix2pix_lit.loggers import LoggerSaveConfigCallback, download_wandb_checkpoint
 from pix2pix_lit.models import DEFAULT_MODEL, resolve_model_class
 from pix2pix_lit.modes import metric_mode
@@ -456,58 +456,47 @@ class Pix2PixCLI(LightningCLI):
 
 CROPPED = ("resize_and_crop", "crop", "scale_width_and_crop")  # data.preprocess giving crop_size x crop_size images
 
-_NOT_ACCEPTED = re.compile(r"Parser key \"(?P<section>\w+)\":.*?Problem with given class_path '(?P<cls>[\w.]+)':\s*"
-                          r"Option '(?P<name>\w+)' is not accepted", re.S)
+# jsonargparse's refusal of a model/data option, inside its dump of the union of classes it tried
+_CLASS_OPTION = re.compile(r"Parser key \"(?P<section>\w+)\":.*?Problem with given class_path '(?P<cls>[\w.]+)':\s*"
+                           r"(?:Option '(?P<unknown>\w+)' is not accepted|Parser key \"(?P<name>[\w.]+)\":\s*(?P<why>[^\n]+))",
+                           re.S)
 
 
-_BAD_VALUE = re.compile(r"Parser key \"(?P<section>\w+)\":.*?Problem with given class_path '(?P<cls>[\w.]+)':\s*"
-                        r"Parser key \"(?P<name>[\w.]+)\":\s*(?P<why>[^\n]+)", re.S)
-
-
-def _bad_value(message: str) -> Optional[str]:
-    """jsonargparse's refusal of a value of the wrong type for a model or data option (inside its dump of the
-    union it tried), as one line: the option, what it got, what it takes."""
-    m = _BAD_VALUE.search(message)
+def _class_option_error(message: str) -> Optional[str]:
+    """jsonargparse's refusal of a model or data option (its dump of the union it tried) as one line: an option the
+    class does not take, with the nearest one it does; or a value of the wrong type, with what the option takes."""
+    m = _CLASS_OPTION.search(message)
     if m is None:
         return None
+    section, cls = m["section"], find_class(m["cls"], [])
     cls_name = m["cls"].rpartition(".")[2]
-    help_hint = f"(pix2pix-lit fit --{m['section']}.help {cls_name} lists the options of {cls_name})"
+    help_hint = f"(pix2pix-lit fit --{section}.help {cls_name} lists the options of {cls_name})"
+    if m["unknown"]:
+        import difflib
+
+        from jsonargparse import ArgumentParser
+
+        options = []
+        if cls is not None:
+            parser = ArgumentParser(exit_on_error=False)
+            parser.add_class_arguments(cls, "x")
+            options = [a.dest[2:] for a in parser._actions if a.dest.startswith("x.")]
+        near = difflib.get_close_matches(m["unknown"], options, n=1)
+        hint = f"; did you mean {section}.{near[0]}?" if near else ""
+        return (f"{section}.{m['unknown']} is not an option of {cls_name}{hint} (pix2pix-lit fit --{section}.help "
+                f"{cls_name} lists them)")
     typed = re.fullmatch(r"Expected a (?P<type>.+?)\. Got value: (?P<got>.*)", m["why"].strip())
     if typed is None:
-        return f"{m['section']}.{m['name']}: {m['why'].strip()} {help_hint}"
-    kind = typed["type"]
-    literal = re.fullmatch(r"typing\.Literal\[(.*)\]", kind)
-    kind = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", kind)  # <class 'collections.abc.Sequence'> -> Sequence
+        return f"{section}.{m['name']}: {m['why'].strip()} {help_hint}"
+    literal = re.fullmatch(r"typing\.Literal\[(.*)\]", typed["type"])
+    kind = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", typed["type"])  # <class 'collections.abc.Sequence'> -> Sequence
     if literal:
         wanted = "one of " + literal[1].replace("'", "")
     elif kind in ("Sequence", "List", "list"):
         wanted = "a list, written [a, b, c]"
     else:
         wanted = f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"
-    return f"{m['section']}.{m['name']}={typed['got']!r} is not {wanted} {help_hint}"
-
-
-def _unknown_option(message: str) -> Optional[str]:
-    """jsonargparse's refusal of a model or data option the class does not take (its dump of the union it tried),
-    as one line naming the option, the class and the nearest option it does take."""
-    m = _NOT_ACCEPTED.search(message)
-    if m is None:
-        return _bad_value(message)
-    import difflib
-
-    from jsonargparse import ArgumentParser
-
-    section, cls_path, name = m["section"], m["cls"], m["name"]
-    cls_name = cls_path.rpartition(".")[2]
-    try:
-        parser = ArgumentParser(exit_on_error=False)
-        parser.add_class_arguments(importlib.import_module(cls_path.rpartition(".")[0]).__dict__[cls_name], "x")
-        options = [a.dest[2:] for a in parser._actions if a.dest.startswith("x.")]
-    except Exception:  # the class cannot be read: the name alone
-        options = []
-    near = difflib.get_close_matches(name, options, n=1)
-    hint = f"; did you mean {section}.{near[0]}?" if near else ""
-    return f"{section}.{name} is not an option of {cls_name}{hint} (pix2pix-lit fit --{section}.help {cls_name} lists them)"
+    return f"{section}.{m['name']}={typed['got']!r} is not {wanted} {help_hint}"
 
 
 def _one_line(err: BaseException) -> str:
@@ -623,7 +612,7 @@ def main(args: Optional[list[str]] = None) -> None:
     except ArgumentError as e:
         cause = _rejected(e)
         msg = _one_line(cause) if cause else (
-            _unknown_option(str(e)) or " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()))
+            _class_option_error(str(e)) or " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()))
         print(f"pix2pix-lit: error: {msg}", file=sys.stderr)
         sys.exit(2)
     except Requeued as e:
