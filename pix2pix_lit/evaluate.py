@@ -39,6 +39,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _check_size(size: Optional[int]) -> None:
+    if size is not None and size < 8:
+        raise ConfigError(f"--size {size} is too small; give the side in pixels images are resized to (e.g. 256)")
+
+
 def _read(path: Path, size: Optional[int]) -> torch.Tensor:
     with load_image(path) as img:
         img = img.convert("RGB")
@@ -55,8 +60,7 @@ def evaluate_folders(
     """Metrics of the images in ``fake_dir`` against their namesakes in ``real_dir`` (see module doc); with
     ``lpips``, LPIPS too; with ``clean_fid``, clean-FID of the same files (``clean_fid``, its own resize: ``size``
     does not apply)."""
-    if size is not None and size < 8:
-        raise ConfigError(f"--size {size} is too small; give the side in pixels images are resized to (e.g. 256)")
+    _check_size(size)
     if batch_size < 1 or kid_subset_size < 2:
         raise ConfigError("--batch-size must be >= 1 and --kid-subset-size >= 2")
     pairs = match_pairs(Path(fake_dir), Path(real_dir), fake_suffix, real_suffix, ("--fake-suffix", "--real-suffix"))
@@ -120,8 +124,7 @@ def evaluate_sets(
     translation (CycleGAN's and CUT's papers: translated test A against real test B), where no generated image has
     a namesake. Sets of any sizes and counts; each image read as :func:`evaluate_folders` reads it. A suffix keeps
     only the files whose names end with it (the official ``test.py`` folder: ``_fake_B.png`` and ``_real_B.png``)."""
-    if size is not None and size < 8:
-        raise ConfigError(f"--size {size} is too small; give the side in pixels images are resized to (e.g. 256)")
+    _check_size(size)
     if kid_subset_size < 2:
         raise ConfigError("--kid-subset-size must be >= 2")
     if real_stats is not None:
@@ -177,8 +180,7 @@ def save_real_stats(real_dir: Path, out: Path, size: Optional[int] = None, batch
                     inception_weights: Optional[str] = None) -> RealStats:
     """The FID statistics (mean, covariance, count) of every image under ``real_dir`` written to ``out``
     (:mod:`pix2pix_lit.fid_stats`), each image read as :func:`evaluate_folders` reads it."""
-    if size is not None and size < 8:
-        raise ConfigError(f"--size {size} is too small; give the side in pixels images are resized to (e.g. 256)")
+    _check_size(size)
     real_dir = Path(real_dir)
     if not real_dir.is_dir():
         raise ConfigError(f"--save_stats {real_dir} is not a folder; give the folder of real images")
